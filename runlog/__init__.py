@@ -1,0 +1,16 @@
+"""Shared run directory, log writer and command-line error handling (DESIGN.md section 5).
+
+Every entry point of the project writes a run the same way:
+
+    runs/<package>/<entry>/<name>/run.json       resolved config, seeds, versions, git commit, start time
+    runs/<package>/<entry>/<name>/metrics.jsonl  one JSON object per step (sampler, seed, step, metrics)
+
+and analysis/ reads only these files.
+"""
+from runlog.cli import ConfigError, ArgParser, exit_on_config_error
+from runlog.rundir import RunDir, atomic_write_json, atomic_write_text, read_metrics, read_run
+
+__all__ = [
+    "ConfigError", "ArgParser", "exit_on_config_error",
+    "RunDir", "atomic_write_json", "atomic_write_text", "read_metrics", "read_run",
+]
