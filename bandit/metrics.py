@@ -34,24 +34,32 @@ def iterations_to(errors: np.ndarray, tol: float) -> float:
     return float(hit[0]) if hit.size else float("inf")
 
 
-def convergence_order(errors: np.ndarray, floor: float = FLOAT64_FLOOR, tail: int = 3) -> float:
-    """Slope of log e_{t+1} against log e_t over the last `tail` decreasing steps above the float64 floor.
+def convergence_order(errors: np.ndarray, floor: float = FLOAT64_FLOOR, tail: int | None = 3,
+                      min_decades: float = 1.0) -> float:
+    """Slope of log e_{t+1} against log e_t over the tail of the run above `floor`.
 
-    1 means linear convergence, 2 quadratic. NaN when fewer than 2 such steps exist.
+    1 means linear convergence, 2 quadratic. The tail is the last `tail` steps above the floor (all of
+    them if None), widened backwards until e_t spans `min_decades` decades, since a slope fitted to
+    nearly equal points is noise. NaN when the steps above the floor span less than that (a run that
+    barely moves has no order) or are fewer than 2. `floor` is the float64 floor for exact runs, the
+    sampling-noise plateau for empirical ones.
     """
     e = np.asarray(errors, dtype=np.float64)
     e = e[np.isfinite(e)]
     prev, nxt = e[:-1], e[1:]
-    ok = (prev > floor) & (nxt > floor) & (nxt < prev)
-    idx = np.flatnonzero(ok)
-    if idx.size == 0:
+    idx = np.flatnonzero((prev > floor) & (nxt > floor))
+    x_all, y_all = np.log10(prev[idx]), np.log10(nxt[idx])
+    k = len(idx) if tail is None else min(tail, len(idx))
+    while k < len(idx) and np.ptp(x_all[-k:]) < min_decades:
+        k += 1
+    if k < 2 or np.ptp(x_all[-k:]) < min_decades:
         return float("nan")
-    # the tail: the last run of consecutive decreasing steps above the floor
-    start = idx.size - 1
-    while start > 0 and idx[start - 1] == idx[start] - 1:
-        start -= 1
-    idx = idx[start:][-tail:]
-    if idx.size < 2:
-        return float("nan")
-    x, y = np.log(prev[idx]), np.log(nxt[idx])
-    return float(np.polyfit(x, y, 1)[0])
+    return float(np.polyfit(x_all[-k:], y_all[-k:], 1)[0])
+
+
+def noise_floor(errors: np.ndarray, last: float = 0.1, factor: float = 10.0) -> float:
+    """Where a stochastic run stalls: `factor` times the median error over the `last` fraction of the run."""
+    e = np.asarray(errors, dtype=np.float64)
+    e = e[np.isfinite(e)]
+    k = max(1, int(len(e) * last))
+    return max(FLOAT64_FLOOR, factor * float(np.median(e[-k:])))

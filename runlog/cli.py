@@ -13,10 +13,6 @@ class ConfigError(ValueError):
 class ArgParser(argparse.ArgumentParser):
     """argparse with a one-line error (no usage dump) and exit code 2."""
 
-    def __init__(self, *args, **kwargs):
-        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
-        super().__init__(*args, **kwargs)
-
     def error(self, message):  # argparse's own errors: unknown flag, bad type, ...
         print(f"{self.prog}: error: {message}", file=sys.stderr)
         sys.exit(2)
@@ -35,3 +31,30 @@ def exit_on_config_error(main):
             sys.exit(2)
 
     return wrapper
+
+
+def parse_dataclass(cls, argv=None, description: str | None = None):
+    """Build a command line from an `Args`-style dataclass and parse it.
+
+    Each field becomes --field-name with the field's default; metadata may give "help" and "choices".
+    bool fields become on/off switches. Returns an instance of `cls`.
+    """
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    parser = ArgParser(description=description)
+    for f in dataclasses.fields(cls):
+        flag = "--" + f.name.replace("_", "-")
+        help_ = f.metadata.get("help", "")
+        if f.default is not None and not isinstance(f.default, bool):
+            help_ += f" (default: {f.default})"
+        kind = hints[f.name]
+        if kind is bool:
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=f.default, help=help_)
+            continue
+        args = typing.get_args(kind)
+        base = next((a for a in args if a is not type(None)), kind) if args else kind
+        parser.add_argument(flag, dest=f.name, type=base, default=f.default, help=help_,
+                            choices=f.metadata.get("choices"), metavar=f.metadata.get("metavar"))
+    return cls(**vars(parser.parse_args(argv)))

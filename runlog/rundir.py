@@ -46,6 +46,12 @@ def dumps(obj, **kw) -> str:
     return json.dumps(_clean(obj), default=_json_default, allow_nan=False, **kw)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_text(path, text: str) -> None:
     """Write to a temporary file in the same folder, then rename: readers never see half a file."""
     path = Path(path)
@@ -54,6 +60,7 @@ def atomic_write_text(path, text: str) -> None:
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give a normal file's mode
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -105,6 +112,7 @@ class RunDir:
     def __enter__(self):
         self.final.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = Path(tempfile.mkdtemp(dir=self.final.parent, prefix=f".{self.final.name}.", suffix=".tmp"))
+        os.chmod(self.tmp, 0o777 & ~_umask())
         self._metrics = open(self.tmp / "metrics.jsonl", "w")
         atomic_write_json(self.tmp / "run.json", self._run_info(finished=None))
         return self

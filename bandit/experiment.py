@@ -1,0 +1,200 @@
+"""What the bandit example scripts share: arguments, validation, the run loop, logs, figures, summary."""
+from __future__ import annotations
+
+import dataclasses
+import math
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from bandit.metrics import METRICS, convergence_order, iterations_to, noise_floor, optimal_value
+from bandit.runner import simulate
+from bandit.samplers import SAMPLERS, get_sampler
+from runlog import ConfigError, RunDir, atomic_write_json
+
+# The paper's settings (Shi, Zhou, Du, ICLR 2025): exact lr 10 for 100 iterations, empirical lr 0.05 for 3000.
+PAPER = {"exact": {"lr": 10.0, "iters": 100}, "empirical": {"lr": 0.05, "iters": 3000}}
+TOL = 1e-8  # "converged": param_diff <= TOL
+QUADRATIC = 1.8  # a fitted order at least this counts as quadratic
+
+
+def arg(default, help: str, **meta):
+    return field(default=default, metadata={"help": help, **meta})
+
+
+@dataclass
+class BanditArgs:
+    setting: str = arg("both", "exact: expected loss under the sampler; empirical: num-samples labelled pairs per step",
+                       choices=["exact", "empirical", "both"])
+    samplers: str = arg(",".join(SAMPLERS), f"comma-separated sampler names, from: {', '.join(SAMPLERS)}")
+    seeds: int = arg(20, "number of seeds; each seed is its own reward draw (and sampling noise)")
+    seed: int = arg(0, "first seed: the run uses seeds seed, seed+1, ..., seed+seeds-1")
+    iters: int | None = arg(None, "DPO iterations (default: the paper's, 100 exact and 3000 empirical)")
+    lr: float | None = arg(None, "step size per context for --step fixed (default: the paper's, 10 exact and 0.05 empirical)")
+    beta: float = arg(3.0, "DPO beta: strength of the KL pull towards pi_ref")
+    actions: int | None = arg(20, "actions per context (A)")
+    contexts: int | None = arg(1, "contexts (E)")
+    num_samples: int = arg(8192, "labelled pairs drawn per context and step in the empirical setting")
+    step: str = arg("fixed", "fixed: plain step lr; newton: lr = S / (2 A beta^2), S = sum of 2+e^Dr+e^-Dr over pairs, "
+                    "which makes Mix-P converge quadratically", choices=["fixed", "newton"])
+    device: str = arg("cpu", "torch device for the simulation: cpu, cuda, cuda:N")
+    out: str = arg("runs/bandit/tabular", "output folder; the run is written to OUT/NAME")
+    name: str | None = arg(None, "run name (default: SETTING-STEP, e.g. both-fixed); an older run of that name is replaced")
+    plots: bool = arg(True, "write figures (PNG and PDF); --no-plots skips them")
+
+
+@dataclass
+class Plan:
+    settings: dict      # setting -> {"lr": ..., "iters": ...}
+    samplers: list
+    seeds: list
+    device: torch.device
+    name: str
+
+
+def _positive(name: str, value, integer=False):
+    ok = value is not None and math.isfinite(value) and value > 0 and (not integer or value >= 1)
+    if not ok:
+        raise ConfigError(f"--{name}: must be {'an integer >= 1' if integer else 'a finite number > 0'}, got {value}")
+
+
+def resolve(args: BanditArgs, defaults: dict = PAPER) -> Plan:
+    """Check every argument before anything is written; raise ConfigError naming the bad field."""
+    samplers = [s.strip() for s in args.samplers.split(",") if s.strip()]
+    if not samplers:
+        raise ConfigError(f"--samplers: give at least one of {', '.join(SAMPLERS)}")
+    for s in samplers:
+        get_sampler(s)
+    if len(set(samplers)) != len(samplers):
+        raise ConfigError(f"--samplers: a sampler is listed twice in {args.samplers!r}")
+    for name in ("seeds", "num_samples", "actions", "contexts"):
+        _positive(name.replace("_", "-"), getattr(args, name), integer=True)
+    if args.actions < 2:
+        raise ConfigError(f"--actions: need at least 2 actions to form a pair, got {args.actions}")
+    if args.iters is not None:
+        _positive("iters", args.iters, integer=True)
+    _positive("beta", args.beta)
+    if args.lr is not None:
+        if args.step == "newton":
+            raise ConfigError("--lr: applies to --step fixed only; --step newton sets the step from the rewards")
+        _positive("lr", args.lr)
+    try:
+        device = torch.device(args.device)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"--device: {args.device!r} is not a torch device; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device: {args.device!r} requested but no CUDA device is available; use cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"--device: {args.device!r} is not supported (float64 is needed); use cpu, cuda or cuda:N")
+    name = args.name or f"{args.setting}-{args.step}"
+    if "/" in name or name.startswith(".") or not name.strip():
+        raise ConfigError(f"--name: {name!r} must be a plain folder name (no '/', not starting with '.')")
+    settings = ["exact", "empirical"] if args.setting == "both" else [args.setting]
+    plan = {s: {"lr": args.lr if args.lr is not None else defaults[s]["lr"], "iters": args.iters or defaults[s]["iters"]}
+            for s in settings}
+    if args.step == "newton":
+        for s in plan.values():
+            s["lr"] = None
+    return Plan(plan, samplers, list(range(args.seed, args.seed + args.seeds)), device, name)
+
+
+def _generator(device, seed: int, setting: str, sampler: str) -> torch.Generator:
+    # one stream per (seed, setting, sampler): running a sampler alone gives the numbers it has in a full run
+    g = torch.Generator(device=device)
+    g.manual_seed(zlib.crc32(f"{seed}/{setting}/{sampler}".encode()))
+    return g
+
+
+def metric_lines(setting: str, sampler: str, seeds, traj) -> list[str]:
+    """metrics.jsonl lines of one trajectory: one per seed and valid step, then a divergence event if any."""
+    lines = []
+    for b, seed in enumerate(seeds):
+        prefix = f'{{"setting": "{setting}", "sampler": "{sampler}", "seed": {seed}, "step": '
+        m = traj.metrics[:, :, b]
+        for t in range(traj.valid_steps(b)):
+            vals = ", ".join(f'"{k}": {float(v)!r}' for k, v in zip(METRICS, m[t]))
+            lines.append(f"{prefix}{t}, {vals}}}")
+        d = int(traj.diverged_at[b])
+        if d >= 0:
+            lines.append(f'{prefix}{d}, "event": "diverged", "diverged_at": {d}}}')
+    return lines
+
+
+def fitted_order(errors: np.ndarray, setting: str) -> float:
+    """Exact runs: the last 3 steps above the float64 floor. Empirical runs stall at a sampling-noise
+    plateau instead, so fit every step above 10x that plateau (the transient)."""
+    if setting == "exact":
+        return convergence_order(errors)
+    return convergence_order(errors, floor=noise_floor(errors), tail=None)
+
+
+def summarise(traj, setting: str) -> dict:
+    """Per-sampler summary over the seeds that did not diverge."""
+    ok = traj.diverged_at < 0
+    e = traj.series("param_diff")[:, ok]
+    orders = np.array([fitted_order(e[:, b], setting) for b in range(e.shape[1])])
+    hits = np.array([iterations_to(e[:, b], TOL) for b in range(e.shape[1])])
+    fitted = orders[np.isfinite(orders)]
+    med = lambda x: float(np.median(x)) if len(x) else float("nan")
+    return {
+        "seeds": int(ok.size), "diverged": int((~ok).sum()),
+        "diverged_at": [int(d) for d in traj.diverged_at],
+        "final_param_diff_median": med(e[-1]),
+        "final_value_gap_median": med(traj.series("value_gap")[-1, ok]),
+        "iters_to_tol_median": med(hits), "converged_seeds": int(np.isfinite(hits).sum()),
+        "order_median": med(fitted), "order_per_seed": [None if not np.isfinite(o) else float(o) for o in orders],
+        "quadratic_fraction": float((fitted >= QUADRATIC).sum() / max(len(orders), 1)),
+    }
+
+
+def format_summary(summary: dict) -> str:
+    head = (f"{'setting':<10} {'sampler':<11} {'final param_diff':>16} {'iters to 1e-8':>13} "
+            f"{'order':>6} {'quadratic':>9} {'diverged':>8}")
+    lines = [head, "-" * len(head)]
+    for setting, per in summary.items():
+        for sampler, s in per.items():
+            it = s["iters_to_tol_median"]
+            it = "never" if math.isinf(it) else ("-" if math.isnan(it) else f"{it:g}")
+            order = "-" if math.isnan(s["order_median"]) else f"{s['order_median']:.2f}"
+            lines.append(f"{setting:<10} {sampler:<11} {s['final_param_diff_median']:>16.3e} {it:>13} {order:>6} "
+                         f"{s['quadratic_fraction']:>9.0%} {s['diverged']:>4}/{s['seeds']:<3}")
+    lines.append("medians over the seeds that did not diverge. order: slope of log e_{t+1} on log e_t, over the last\n"
+                 "3 steps above the float64 floor (exact) or over the steps above 10x the sampling-noise plateau\n"
+                 "(empirical). quadratic: share of seeds with order >= 1.8. e = param_diff.")
+    return "\n".join(lines)
+
+
+def run_experiment(args, plan: Plan, env, title: str) -> Path:
+    """Simulate every (setting, sampler) of the plan on `env`, write the run, print the summary."""
+    from bandit.plots import plot_setting  # matplotlib only when needed
+
+    config = dataclasses.asdict(args) | {"resolved": {"settings": plan.settings, "samplers": plan.samplers,
+                                                         "name": plan.name}}
+    total = sum(s["iters"] for s in plan.settings.values()) * len(plan.samplers)
+    summary = {}
+    with RunDir(args.out, plan.name, config, plan.seeds) as run, \
+            tqdm(total=total, desc="simulating", unit="it", disable=None) as pbar:
+        v_star = float(optimal_value(env.log_ref, env.rewards, env.beta).mean())
+        for setting, hp in plan.settings.items():
+            results = {}
+            for sampler in plan.samplers:
+                pbar.set_description(f"{setting}/{sampler}")
+                traj = simulate(env, sampler, setting, hp["iters"], lr=hp["lr"] or 0.0, step_rule=args.step,
+                                num_samples=args.num_samples, pbar=pbar,
+                                generator=_generator(plan.device, args.seed, setting, sampler))
+                run.log_lines(metric_lines(setting, sampler, plan.seeds, traj))
+                results[sampler] = traj
+            summary[setting] = {s: summarise(t, setting) for s, t in results.items()}
+            if args.plots:
+                lr = "newton step" if args.step == "newton" else f"lr {hp['lr']:g}"
+                plot_setting(results, f"{title}: {setting}, {lr}, beta {args.beta:g}, {len(plan.seeds)} seeds",
+                             [run.path(f"{setting}.png"), run.path(f"{setting}.pdf")], v_star=v_star)
+        atomic_write_json(run.path("summary.json"), summary)
+        path = run.finish(summary=summary)
+    print(format_summary(summary))
+    print(f"wrote {path}")
+    return path
