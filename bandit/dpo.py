@@ -21,23 +21,25 @@ from bandit.samplers import pair_diff
 def multinomial_counts(n: int, probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """Counts of n draws from each row of probs [..., K], in O(K) work per row rather than O(n).
 
-    Binary splitting: the n draws of a node go to its left half with Binomial(n, mass_left / mass),
-    the rest to the right half; log2(K) levels of vectorised binomials give the exact multinomial law.
+    Binary splitting: the draws of a node go to its left child with Binomial(count, mass_left / mass),
+    the rest to its right child. A tree over the K cells (an odd node out is carried up unsplit) needs
+    K - 1 binomials in about log2(K) vectorised calls, and gives exactly the multinomial law.
     """
-    K = probs.shape[-1]
-    width = 1 << max(K - 1, 0).bit_length()
-    mass = torch.nn.functional.pad(probs.clamp_min(0), (0, width - K))
-    levels = [mass]  # levels[i] has width / 2**i nodes
+    levels = [probs.clamp_min(0)]  # node masses, leaves first
     while levels[-1].shape[-1] > 1:
         m = levels[-1]
-        levels.append(m[..., 0::2] + m[..., 1::2])
+        even = m.shape[-1] // 2 * 2
+        levels.append(torch.cat([m[..., 0:even:2] + m[..., 1:even:2], m[..., even:]], dim=-1))
     counts = torch.full_like(levels[-1], float(n))
     for m in reversed(levels[:-1]):
-        left, parent = m[..., 0::2], m[..., 0::2] + m[..., 1::2]
-        p_left = torch.where(parent > 0, left / parent.clamp_min(torch.finfo(m.dtype).tiny), 0.0).clamp(0.0, 1.0)
-        n_left = torch.binomial(counts, p_left, generator=generator)
-        counts = torch.stack([n_left, counts - n_left], dim=-1).flatten(-2)
-    return counts[..., :K]
+        even = m.shape[-1] // 2 * 2
+        left, parent = m[..., 0:even:2], counts[..., : even // 2]
+        mass = left + m[..., 1:even:2]
+        p_left = torch.where(mass > 0, left / mass.clamp_min(torch.finfo(m.dtype).tiny), 0.0).clamp(0.0, 1.0)
+        n_left = torch.binomial(parent, p_left, generator=generator)
+        split = torch.stack([n_left, parent - n_left], dim=-1).flatten(-2)
+        counts = torch.cat([split, counts[..., even // 2:]], dim=-1)
+    return counts
 
 
 def exact_targets(w: torch.Tensor, p: torch.Tensor):
@@ -48,19 +50,24 @@ def empirical_targets(w: torch.Tensor, p: torch.Tensor, num_samples: int, genera
     """(W, K) of `num_samples` labelled pairs drawn from w [..., A, A], in O(A^2) work.
 
     Drawing (y', y) labelled "y' wins" gives the same loss term as (y, y') labelled "y loses", so the
-    draws are counted per unordered pair {y < y'} (weight w(y,y') + w(y',y), wins of y ~ Binomial(n, p)),
-    plus one cell for all y = y' pairs, which carry no gradient. This halves the binomial draws and
-    has exactly the law of N ordered draws as far as the loss is concerned.
+    draws are counted per unordered pair {y < y'} (weight w(y,y') + w(y',y), wins of y ~ Binomial(n, p))
+    and per diagonal cell (y, y), whose draws add log 2 each to the loss and nothing to its gradient.
+    This has exactly the law of N ordered draws as far as the loss is concerned, with about half the
+    binomial draws.
     """
     A = w.shape[-1]
     iu, ju = torch.triu_indices(A, A, 1, device=w.device)
-    cells = torch.cat([(w + w.transpose(-1, -2))[..., iu, ju], w.diagonal(dim1=-2, dim2=-1).sum(-1, keepdim=True)], -1)
-    n = multinomial_counts(num_samples, cells, generator)[..., :-1]
-    k = torch.binomial(n, p[..., iu, ju].expand(n.shape).contiguous(), generator=generator)
+    diag = w.diagonal(dim1=-2, dim2=-1)
+    cells = torch.cat([(w + w.transpose(-1, -2))[..., iu, ju], diag], -1)
+    n = multinomial_counts(num_samples, cells, generator)
+    n_pair, n_diag = n[..., : iu.numel()], n[..., iu.numel():]
+    k = torch.binomial(n_pair, p[..., iu, ju].expand(n_pair.shape).contiguous(), generator=generator)
     W = torch.zeros_like(w)
     K = torch.zeros_like(w)
-    W[..., iu, ju] = n / num_samples
+    W[..., iu, ju] = n_pair / num_samples
     K[..., iu, ju] = k / num_samples
+    W.diagonal(dim1=-2, dim2=-1).copy_(n_diag / num_samples)
+    K.diagonal(dim1=-2, dim2=-1).copy_(0.5 * n_diag / num_samples)  # label irrelevant: sigmoid(0) either way
     return W, K
 
 

@@ -66,7 +66,7 @@ class TabularEnv:
             r = np.stack([np.random.default_rng(s).standard_normal((contexts, actions)) for s in seeds])
         else:
             r = np.broadcast_to(np.asarray(rewards, dtype=np.float64), (len(seeds),) + np.shape(rewards))
-        r = torch.as_tensor(np.ascontiguousarray(r), dtype=DTYPE, device=device)
+        r = torch.tensor(np.asarray(r), dtype=DTYPE, device=device)  # a copy: later edits of `rewards` don't leak in
         return cls(rewards=r, log_ref=_uniform_log_ref(r.shape, device), beta=beta)
 
     @property

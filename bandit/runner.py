@@ -43,6 +43,10 @@ def simulate(env, sampler: str, setting: str, iters: int, lr: float = 0.0, step_
     setting "exact" takes the expected loss under the sampler; "empirical" draws `num_samples` labelled
     pairs per context and step. `pbar` (a tqdm bar, optional) is advanced once per iteration.
     """
+    if setting not in ("exact", "empirical"):
+        raise ValueError(f"setting must be 'exact' or 'empirical', got {setting!r}")
+    if step_rule not in ("fixed", "newton"):
+        raise ValueError(f"step_rule must be 'fixed' or 'newton', got {step_rule!r}")
     r, log_ref, beta = env.rewards, env.log_ref, env.beta
     p = torch.sigmoid(pair_diff(r))  # P(y beats y')
     step = env.step_size(step_rule, lr)

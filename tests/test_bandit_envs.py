@@ -66,11 +66,6 @@ def test_one_hot_newton_step_equals_tabular_step():
     torch.testing.assert_close(lin.log_policy(l_new), tab.log_policy(t_new), rtol=1e-12, atol=1e-13)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bandit/envs.py TabularEnv.from_seeds(rewards=...) with one seed aliases the caller's array: "
-    "np.broadcast_to + np.ascontiguousarray make no copy for a leading axis of 1, and torch.as_tensor "
-    "shares that (read-only) memory, so later edits of the array change env.rewards (and torch warns "
-    "'The given NumPy array is not writable')"))
 def test_tabular_from_seeds_copies_given_rewards():
     r = np.random.default_rng(0).standard_normal((2, 4))
     env = TabularEnv.from_seeds([0], 2, 4, BETA, rewards=r)
