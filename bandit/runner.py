@@ -64,10 +64,10 @@ def simulate(env, sampler: str, setting: str, iters: int, lr: float = 0.0, step_
         h = beta * (log_pi - log_ref)
         w = sampler_weights(sampler, PairState(log_pi, log_ref, h, r))
         if setting == "exact":
-            W, K = dpo.exact_targets(w, p)
+            g = dpo.exact_grad_h(w, p, h)
         else:
-            W, K = dpo.empirical_targets(w, p, num_samples, generator)
-        new_params = env.apply_grad(params, dpo.grad_h(W, K, h), step)
+            g = dpo.grad_h(*dpo.empirical_targets(w, p, num_samples, generator), h)
+        new_params = env.apply_grad(params, g, step)
         new_log_pi = env.log_policy(new_params)
         m = policy_metrics(new_log_pi, log_ref, r, beta)
         # per-seed divergence check, on the device: no host sync inside the loop

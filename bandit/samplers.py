@@ -1,9 +1,10 @@
 """The sampler registry (DESIGN.md section 3).
 
 A sampler is a stop-gradient weight w(x, y, y') >= 0 over the A x A ordered pairs of each context,
-normalised to sum 1 per context. Each function here returns the *log* of the unnormalised weight,
-shape [..., A, A] (row y, column y'), so that normalising is a stable softmax even when
-exp(Delta_h) would overflow.
+normalised to sum 1 per context. Each function here returns the unnormalised weight, shape
+[..., A, A] (row y, column y'), up to a positive factor per context chosen so that nothing overflows;
+`sampler_weights` normalises. Every weight is built from O(A) exponentials and outer products: no
+transcendental function over the A x A grid, which is what the runner's step time is made of.
 """
 from __future__ import annotations
 
@@ -35,33 +36,50 @@ def log_mix_weight(d: torch.Tensor) -> torch.Tensor:
     return a + 2.0 * torch.log1p(torch.exp(-a))
 
 
+def outer(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    return u[..., :, None] * v[..., None, :]
+
+
+def mix_weight(x: torch.Tensor) -> torch.Tensor:
+    """(2 + e^(x_y - x_y') + e^(x_y' - x_y)) / e^S with S = max x - min x: every entry is at most 4.
+
+    e^(x_y - x_y' - S) = e^(x_y - max x) e^(min x - x_y'), an outer product of two vectors in (0, 1].
+    """
+    hi, lo = x.amax(-1, keepdim=True), x.amin(-1, keepdim=True)
+    m = outer(torch.exp(x - hi), torch.exp(lo - x))
+    return (m + m.transpose(-1, -2)).add_(2.0 * torch.exp(lo - hi)[..., None])  # outer(g, a) is m transposed
+
+
 def unif(s: PairState) -> torch.Tensor:
-    return torch.zeros(s.h.shape + s.h.shape[-1:], dtype=s.h.dtype, device=s.h.device)
+    return torch.ones(s.h.shape + s.h.shape[-1:], dtype=s.h.dtype, device=s.h.device)
 
 
 def on_policy(s: PairState) -> torch.Tensor:
-    return s.log_pi[..., :, None] + s.log_pi[..., None, :]
+    pi = s.log_pi.exp()
+    return outer(pi, pi)
 
 
 def gshf(s: PairState) -> torch.Tensor:
     # one response from pi_ref, the other from pi, in either order
-    return torch.logaddexp(s.log_ref[..., :, None] + s.log_pi[..., None, :],
-                           s.log_pi[..., :, None] + s.log_ref[..., None, :])
+    m = outer(s.log_ref.exp(), s.log_pi.exp())
+    return m + m.transpose(-1, -2)
 
 
 def mix_r(s: PairState) -> torch.Tensor:
-    return log_mix_weight(pair_diff(s.r))
+    return mix_weight(s.r)
 
 
 def mix_p(s: PairState) -> torch.Tensor:
-    return log_mix_weight(pair_diff(s.h))
+    return mix_weight(s.h)
 
 
 def mix_p_star(s: PairState) -> torch.Tensor:
-    # mix_p, with each weight capped at 2 + e^R + e^-R, R = max r - min r: the largest weight Mix-R uses
+    # mix_p, with each weight capped at 2 + e^R + e^-R, R = max r - min r: the largest weight Mix-R uses.
+    # In log space: the cap can be e^1000 times smaller than mix_p's largest weight, so no common factor
+    # keeps both finite, and the min is not an outer product.
     reward_range = s.r.amax(-1) - s.r.amin(-1)
-    cap = log_mix_weight(reward_range)[..., None, None]
-    return torch.minimum(mix_p(s), cap)
+    logw = torch.minimum(log_mix_weight(pair_diff(s.h)), log_mix_weight(reward_range)[..., None, None])
+    return torch.exp(logw - logw.amax((-1, -2), keepdim=True))
 
 
 SAMPLERS = {f.__name__: f for f in (unif, on_policy, gshf, mix_r, mix_p, mix_p_star)}
@@ -76,6 +94,5 @@ def get_sampler(name: str):
 
 def sampler_weights(name: str, s: PairState) -> torch.Tensor:
     """Normalised weights [..., A, A] summing to 1 per context, detached."""
-    logw = get_sampler(name)(s).detach()
-    shape = logw.shape
-    return torch.softmax(logw.flatten(-2), dim=-1).view(shape)
+    w = get_sampler(name)(s).detach()
+    return w.div_(w.sum((-1, -2), keepdim=True))  # in place: every sampler returns a fresh tensor

@@ -16,13 +16,13 @@ pytestmark = pytest.mark.usefixtures("torch_single_thread")
 E, A, BETA = 2, 20, 3.0
 
 
-def _pair():
+def _pair(seeds=1):
     """A tabular env and the one-hot linear env that should reproduce it."""
-    r = torch.tensor(np.random.default_rng(4).standard_normal((1, E, A)), dtype=DT)
-    log_ref = torch.full((1, E, A), -math.log(A), dtype=DT)
+    r = torch.tensor(np.random.default_rng(4).standard_normal((seeds, E, A)), dtype=DT)
+    log_ref = torch.full((seeds, E, A), -math.log(A), dtype=DT)
     tab = TabularEnv(rewards=r, log_ref=log_ref, beta=BETA)
-    features = torch.eye(E * A, dtype=DT).reshape(1, E, A, E * A)   # phi(x, y) = e_{x*A + y}
-    lin = LinearEnv(features=features, theta_star=r.reshape(1, E * A).clone(), log_ref=log_ref.clone(), beta=BETA)
+    features = torch.eye(E * A, dtype=DT).reshape(1, E, A, E * A).expand(seeds, -1, -1, -1)  # phi(x, y) = e_{x*A+y}
+    lin = LinearEnv(features=features, theta_star=r.reshape(seeds, E * A).clone(), log_ref=log_ref.clone(), beta=BETA)
     return tab, lin
 
 
@@ -45,13 +45,17 @@ def test_one_hot_linear_reproduces_tabular_exact(sampler, rule, lr):
 
 @pytest.mark.parametrize("sampler", sorted(SAMPLERS))
 def test_one_hot_linear_reproduces_tabular_empirical(sampler):
-    # same generator seed, same drawing code on the same weights: the same draws. The weights agree
-    # only to rounding (the linear policy goes through log_ref + Phi w), so the metrics agree to
-    # ~1e-15 rather than bit for bit.
-    tab, lin = _pair()
+    # Same generator seed, same drawing code. At the start both policies are exactly pi_ref, so the
+    # first step's draws are identical; later the weights agree only to rounding (the linear policy
+    # goes through log_ref + Phi w), and a binomial draw can flip on a last-bit difference, so later
+    # steps are compared in law: mean param_diff over seeds within a few standard errors.
+    tab, lin = _pair(seeds=16)
     a = simulate(tab, sampler, "empirical", 30, lr=0.5, num_samples=512, generator=torch.Generator().manual_seed(3))
     b = simulate(lin, sampler, "empirical", 30, lr=0.5, num_samples=512, generator=torch.Generator().manual_seed(3))
-    np.testing.assert_allclose(b.metrics, a.metrics, rtol=1e-9, atol=1e-13)
+    np.testing.assert_allclose(b.metrics[:2], a.metrics[:2], rtol=1e-9, atol=1e-13)
+    ea, eb = a.metrics[-1, 0], b.metrics[-1, 0]
+    se = np.sqrt(ea.var(ddof=1) / ea.size + eb.var(ddof=1) / eb.size)
+    assert abs(ea.mean() - eb.mean()) <= 4 * se
     # and a different seed really does give a different trajectory (the comparison is not vacuous)
     c = simulate(lin, sampler, "empirical", 30, lr=0.5, num_samples=512, generator=torch.Generator().manual_seed(4))
     assert np.abs(c.metrics[1:] - a.metrics[1:]).max() > 1e-6

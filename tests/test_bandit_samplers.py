@@ -115,8 +115,9 @@ def test_mix_p_star_caps_large_h_gaps():
     R = r.max() - r.min()
     dh = h[0][:, None] - h[0][None, :]
     expected = np.minimum(np.log(2 + np.exp(dh) + np.exp(-dh)), math.log(2 + math.exp(R) + math.exp(-R)))
+    # samplers return weights up to a positive factor per context: compare ratios to the largest
     got = mix_p_star(s).numpy()[0]
-    np.testing.assert_allclose(got, expected, rtol=1e-13, atol=1e-14)
+    np.testing.assert_allclose(np.log(got / got.max()), expected - expected.max(), rtol=1e-13, atol=1e-12)
     # the cap is actually active somewhere and not everywhere
     capped = np.abs(dh) > R
     assert capped.any() and (~capped).any()
@@ -130,9 +131,11 @@ def test_mix_p_star_caps_per_context():
     r = torch.tensor([[0.0, 1.0, 0.5], [0.0, 3.0, -1.0]], dtype=DT)  # R = 1, 4
     h = torch.tensor([[0.0, 10.0, -10.0], [0.0, 10.0, -10.0]], dtype=DT)
     s = PairState(torch.zeros_like(h), torch.zeros_like(h), h, r)
+    # largest over smallest weight: the cap over the diagonal's 4
     got = mix_p_star(s).numpy()
-    assert got.max(axis=(-1, -2))[0] == pytest.approx(math.log(2 + math.e + 1 / math.e), rel=1e-13)
-    assert got.max(axis=(-1, -2))[1] == pytest.approx(math.log(2 + math.exp(4) + math.exp(-4)), rel=1e-13)
+    ratio = got.max(axis=(-1, -2)) / got.min(axis=(-1, -2))
+    assert ratio[0] == pytest.approx((2 + math.e + 1 / math.e) / 4, rel=1e-13)
+    assert ratio[1] == pytest.approx((2 + math.exp(4) + math.exp(-4)) / 4, rel=1e-13)
 
 
 def test_mix_p_star_equals_mix_p_when_gaps_within_range():
@@ -140,8 +143,7 @@ def test_mix_p_star_equals_mix_p_when_gaps_within_range():
     h = torch.tensor([[0.1, 1.2, -0.9, 2.0]], dtype=DT)           # |Dh| <= 2.9 <= R
     s = PairState(torch.zeros_like(h), torch.zeros_like(h), h, r)
     assert (h[0][:, None] - h[0][None, :]).abs().max() <= r.max() - r.min()
-    torch.testing.assert_close(mix_p_star(s), mix_p(s), rtol=0, atol=0)
-    torch.testing.assert_close(sampler_weights("mix_p_star", s), sampler_weights("mix_p", s), rtol=0, atol=0)
+    torch.testing.assert_close(sampler_weights("mix_p_star", s), sampler_weights("mix_p", s), rtol=1e-13, atol=0)
 
 
 # --- log_mix_weight ------------------------------------------------------------------------------
@@ -160,7 +162,7 @@ def test_log_mix_weight_moderate_values():
 
 
 def test_mix_weights_stable_for_huge_h():
-    # normalising with a softmax of log-weights must not produce NaN even when exp(Dh) overflows
+    # normalising must not produce NaN even when exp(Dh) overflows
     h = torch.tensor([[0.0, 900.0, -900.0]], dtype=DT)
     s = PairState(torch.zeros_like(h), torch.zeros_like(h), h, torch.tensor([[0.0, 1.0, 2.0]], dtype=DT))
     for name in ("mix_p", "mix_p_star"):
