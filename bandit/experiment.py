@@ -31,7 +31,8 @@ class BanditArgs:
     setting: str = arg("both", "exact: expected loss under the sampler; empirical: num-samples labelled pairs per step",
                        choices=["exact", "empirical", "both"])
     samplers: str = arg(",".join(SAMPLERS), f"comma-separated sampler names, from: {', '.join(SAMPLERS)}")
-    seeds: int = arg(20, "number of seeds; each seed is its own reward draw (and sampling noise)")
+    seeds: int = arg(20, "number of seeds; each seed is its own reward draw (the empirical setting's sampling "
+                     "noise is one stream per run, sampler and setting)")
     seed: int = arg(0, "first seed: the run uses seeds seed, seed+1, ..., seed+seeds-1")
     iters: int | None = arg(None, "DPO iterations (default: the paper's, 100 exact and 3000 empirical)")
     lr: float | None = arg(None, "step size per context for --step fixed (default: the paper's, 10 exact and 0.05 empirical)")
@@ -77,6 +78,11 @@ def resolve(args: BanditArgs, defaults: dict = PAPER) -> Plan:
         raise ConfigError(f"--actions: need at least 2 actions to form a pair, got {args.actions}")
     if args.iters is not None:
         _positive("iters", args.iters, integer=True)
+    if args.seed < 0:
+        raise ConfigError(f"--seed: must be an integer >= 0, got {args.seed}")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out: {args.out!r} exists and is not a folder")
     _positive("beta", args.beta)
     if args.lr is not None:
         if args.step == "newton":

@@ -18,7 +18,9 @@ def test_exact_trajectories_match_cpu(kind, rule):
         for device in ("cpu", "cuda"):
             if kind == "tabular":
                 env = TabularEnv.from_seeds(range(8), 2, 20, 3.0, device=device)
-                lr = 10.0
+                # not the paper's 10: at lr 10 some Mix-P seeds oscillate for a while and amplify last-bit
+                # differences (a 1e-15 change of the rewards moves param_diff by 3e-8 on the CPU alone)
+                lr = 5.0
             else:
                 env = LinearEnv.from_seeds(range(8), 8, 16, 8, 3.0, device=device)
                 lr = 0.1

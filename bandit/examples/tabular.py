@@ -31,8 +31,10 @@ def main(argv=None):
         for name, given, actual in (("contexts", args.contexts, rewards.shape[0]), ("actions", args.actions, rewards.shape[1])):
             if given is not None and given != actual:
                 raise ConfigError(f"--{name}: {given} disagrees with --rewards, which has {actual}")
-    args.contexts = rewards.shape[0] if rewards is not None else (args.contexts or 1)
-    args.actions = rewards.shape[1] if rewards is not None else (args.actions or 20)
+    if rewards is not None:
+        args.contexts, args.actions = rewards.shape
+    args.contexts = 1 if args.contexts is None else args.contexts
+    args.actions = 20 if args.actions is None else args.actions
     plan = resolve(args)
 
     env = TabularEnv.from_seeds(plan.seeds, args.contexts, args.actions, args.beta, plan.device, rewards)
