@@ -213,3 +213,10 @@ def test_optimum_is_a_fixed_point(kind, rule, sampler):
     p = torch.sigmoid(pair_diff(r))
     new = env.apply_grad(params, dpo.grad_h(*dpo.exact_targets(w, p), h), env.step_size(rule, 10.0))
     torch.testing.assert_close(new, params, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("sampler", sorted(SAMPLERS))
+def test_fused_exact_gradient_equals_the_generic_one(sampler):
+    # the runner's exact step uses exact_grad_h, the fused form of grad_h(*exact_targets(w, p), h)
+    r, log_ref, theta, h, w, p = setup(E=3, A=6, seed=2, sampler=sampler)
+    torch.testing.assert_close(dpo.exact_grad_h(w, p, h), dpo.grad_h(*dpo.exact_targets(w, p), h), rtol=1e-13, atol=1e-15)
