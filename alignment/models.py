@@ -1,0 +1,78 @@
+"""Load tokenizers and causal LMs by name: "toy" / "toy:SIZE" (built in-process), a local folder, or a Hub name.
+
+Nothing here is toy-only: on a GPU node the same flags take e.g. "Qwen/Qwen2.5-0.5B-Instruct".
+trust_remote_code stays off unless the caller asks for it.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from alignment import toy
+from runlog import ConfigError
+
+DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def is_toy(name: str) -> bool:
+    return name == "toy" or name.startswith("toy:")
+
+
+def _toy_size(name: str, field: str) -> str:
+    size = name.split(":", 1)[1] if ":" in name else "small"
+    if size not in toy.SIZES:
+        raise ConfigError(f"{field}: unknown toy size {size!r}; known: {', '.join(toy.SIZES)}")
+    return size
+
+
+def _check_source(name: str, field: str) -> None:
+    """A local-looking path must exist; anything else is tried as a Hub name (fails clearly offline)."""
+    looks_local = name.startswith((".", "/", "~")) or Path(name).exists() or name.count("/") > 1
+    if looks_local and not Path(name).expanduser().exists():
+        raise ConfigError(f"{field}: no such model folder {name!r}")
+
+
+def load_tokenizer(name: str, field: str = "--model", trust_remote_code: bool = False):
+    """Tokenizer with a pad token and left padding (what batched generation needs)."""
+    if is_toy(name):
+        return toy.build_tokenizer()
+    from transformers import AutoTokenizer
+
+    _check_source(name, field)
+    try:
+        tok = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{field}: cannot load a tokenizer from {name!r} ({str(e).splitlines()[0]})") from None
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"
+    return tok
+
+
+def load_causal_lm(name: str, field: str = "--model", device="cpu", dtype: str = "auto", seed: int = 0,
+                   trust_remote_code: bool = False):
+    """A causal LM in eval mode on `device`. "toy:SIZE" is a fresh random init (seeded)."""
+    if dtype not in DTYPES:
+        raise ConfigError(f"--dtype: unknown dtype {dtype!r}; known: {', '.join(DTYPES)}")
+    if is_toy(name):
+        model = toy.build_model(toy.build_tokenizer(), _toy_size(name, field), seed=seed)
+    else:
+        from transformers import AutoModelForCausalLM
+
+        _check_source(name, field)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(name, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code)
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"{field}: cannot load a causal LM from {name!r} ({str(e).splitlines()[0]})") from None
+    return model.to(device).eval()
+
+
+def resolve_device(name: str) -> torch.device:
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"--device: {name!r} is not a torch device; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device: {name!r} requested but no CUDA device is available; use cpu")
+    return device
