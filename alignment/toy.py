@@ -4,11 +4,11 @@ Prompts ask for a few sentences about a topic; responses are sentences "the ADJ 
 from a 60-word vocabulary. The true reward (a Python function, so the optimum is known) scores
   +1 per good adjective, -1 per bad one, 0 per neutral one,
   +1 per noun of the prompt's topic, -0.5 per noun of another topic,
-  -1 per sentence away from the requested count,
+  -3 per sentence away from the requested count (more than a perfect sentence earns, so length matters),
   -2 once if the response is not a sequence of well-formed sentences ("not fluent").
 The optimum for "write about ocean in 3 sentences :" is three sentences "the GOOD_ADJ OCEAN_NOUN VERB .",
 worth 2 per sentence. Demonstrations (the SFT data) are fluent but pick adjectives, nouns and lengths
-at random, so the SFT policy is mediocre (mean reward about -0.6) and samplers have room to differ.
+at random, so the SFT policy is mediocre (mean reward about -3) and samplers have room to differ.
 Everything is seeded; the tokenizer and the tiny Llama model are built in-process from configs.
 """
 from __future__ import annotations
@@ -31,6 +31,7 @@ BAD = ["dull", "cruel", "harsh", "ugly", "bitter", "cold"]
 NEUTRAL = ["small", "tall", "old", "new", "round", "green"]
 VERBS = ["shines", "grows", "moves", "rests", "sings", "waits"]
 MAX_SENTENCES = 4
+LENGTH_PENALTY = 3.0  # per sentence away from the requested count
 PROMPT_WORDS = ["write", "about", "in", "sentence", "sentences", ":", "the", "."] + [str(n) for n in range(1, MAX_SENTENCES + 1)]
 SPECIAL = ["<pad>", "<bos>", "<eos>", "<unk>"]
 
@@ -79,7 +80,7 @@ def true_reward(prompt: str, response: str) -> float:
         score += ADJ_SCORE.get(w, 0.0)
         if w in NOUN_TOPIC:
             score += 1.0 if NOUN_TOPIC[w] == topic else -0.5
-    score -= abs(len(sentences) - target)
+    score -= LENGTH_PENALTY * abs(len(sentences) - target)
     return score - (0.0 if fluent else 2.0)
 
 
