@@ -1,10 +1,36 @@
 """Prompt, generation and preference sets: loading (toy, local JSON/JSONL/Parquet, Hub), validation, writing.
 
-Every problem found is a ConfigError naming the flag, the file and the row, so a command line stops
-with one clear line and exit code 2.
+Every problem found is a ConfigError naming the flag, the file and the row (rows count from 0, in file
+order; JSON Lines errors give the line number too), so a command line stops with one clear line and
+exit code 2. Rows come back as plain dicts; `as_dataset(rows)` makes a `datasets.Dataset` of them.
+
+Sources:
+    prompts       "toy" / "toy:N", a .json / .jsonl / .parquet file, or a Hub dataset name (connected machine)
+    generations   a generate run folder (its generations.jsonl) or a .jsonl / .json / .parquet file
+    preferences   an annotate run folder (its preferences.jsonl), a local file, or a Hub dataset name
+
+A .jsonl file is read line by line (blank lines skipped); a .json file is a JSON array of row objects or
+JSON Lines. A field set to null counts as missing. `id` is optional everywhere: a row without one gets
+its row number (as a string); ids are strings (integers are converted) and must be unique.
+
+Text fields:
+    prompt     a non-empty string, or a non-empty list of {"role", "content"} messages (conversational);
+               one set is all plain text or all conversational (datasets and TRL need one column type).
+    responses, chosen, rejected
+               completions: strings that may be empty (a model may stop at once, and that is a response
+               the reward can score and DPO can learn from); in a conversational preference set chosen and
+               rejected are lists of messages (TRL's format), e.g. [{"role": "assistant", "content": ...}].
+Preference sets:
+    chosen == rejected is an error by default: the pair carries no preference (zero DPO gradient), and
+    annotate never writes one, so it signals a broken file. Pass allow_identical=True to keep such rows
+    (some public sets have a few). A conversational set without a prompt (chosen and rejected are whole
+    conversations, as on the Hub) gets the shared leading messages as its prompt, as TRL does.
+    Optional: chosen_reward, rejected_reward (finite numbers), responses (strings) and rewards (finite
+    numbers, one per response). Rewards are not required to order chosen above rejected.
 """
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -12,30 +38,124 @@ from runlog import ConfigError, atomic_write_text
 from runlog.rundir import dumps
 
 LOCAL_FORMATS = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+GENERATIONS_FILE = "generations.jsonl"
+PREFERENCES_FILE = "preferences.jsonl"
+
+
+# ------------------------------------------------------------------------------------------------ reading
+
+def _where(field: str, source: str, i: int, lines: list[int] | None = None) -> str:
+    line = f" (line {lines[i]})" if lines is not None else ""
+    return f"{field}: {source} row {i}{line}"
+
+
+def _read_jsonl(path: Path, field: str, source: str) -> tuple[list[dict], list[int]]:
+    """Rows of a JSON Lines text and the line number of each; one error per malformed line."""
+    rows, lines = [], []
+    with open(path, encoding="utf-8") as f:
+        try:
+            text_lines = list(f)
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{field}: {source} is not UTF-8 text ({e.reason})") from None
+    for n, line in enumerate(text_lines, start=1):
+        if not line.strip():
+            continue
+        where = f"{field}: {source} row {len(rows)} (line {n})"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+        if not isinstance(row, dict):
+            raise ConfigError(f"{where}: a row must be a JSON object, got {type(row).__name__}")
+        rows.append(row)
+        lines.append(n)
+    return rows, lines
+
+
+def _read_json(path: Path, field: str, source: str) -> tuple[list[dict], list[int] | None]:
+    """A JSON array of row objects, or JSON Lines (what datasets' json loader accepts too)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{field}: {source} is not UTF-8 text ({e.reason})") from None
+    if not text.lstrip().startswith("["):
+        return _read_jsonl(path, field, source)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{field}: {source} line {e.lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+    for i, row in enumerate(data):
+        if not isinstance(row, dict):
+            raise ConfigError(f"{_where(field, source, i)}: a row must be a JSON object, got {type(row).__name__}")
+    return data, None
+
+
+def _read_parquet(path: Path, field: str, source: str) -> list[dict]:
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_table(path).to_pylist()
+    except Exception as e:  # not a parquet file, truncated, ...
+        raise ConfigError(f"{field}: cannot read {source} as Parquet ({str(e).splitlines()[0]})") from None
+
+
+def _read_local(path: Path, field: str) -> tuple[list[dict], str, list[int] | None]:
+    """(rows, source label, line numbers or None) of a local .json / .jsonl / .parquet file."""
+    source = repr(str(path))
+    if not path.is_file():
+        raise ConfigError(f"{field}: no such file {source}")
+    if path.suffix == ".jsonl":
+        rows, lines = _read_jsonl(path, field, source)
+    elif path.suffix == ".json":
+        rows, lines = _read_json(path, field, source)
+    else:
+        rows, lines = _read_parquet(path, field, source), None
+    return rows, source, lines
+
+
+FILE_SUFFIXES = {".csv", ".tsv", ".txt", ".arrow", ".gz", ".bz2", ".zip", ".xz", ".zst", ".xlsx", ".pkl", ".pt", ".npy"}
+
+
+def _looks_local(spec: str) -> bool:
+    """Hub dataset names are "org/name" or a bare name without a dot; anything else is taken as a path."""
+    p = Path(spec)
+    return (spec.startswith((".", "/", "~")) or p.exists() or spec.count("/") > 1
+            or ("/" not in spec and "." in spec) or p.suffix.lower() in FILE_SUFFIXES)
+
+
+def _bad_suffix(spec: str, field: str, what: str) -> ConfigError:
+    return ConfigError(f"{field}: {spec!r} must be {what}")
 
 
 def _load_rows(spec: str, field: str, split: str) -> list[dict]:
     """Rows of a local file (by suffix) or of a Hub dataset by name (needs a connected machine)."""
+    return _load_rows_located(spec, field, split, "a .json, .jsonl or .parquet file, 'toy[:N]' or a Hub dataset name")[0]
+
+
+def _load_rows_located(spec: str, field: str, split: str, what: str, run_file: str | None = None):
+    """(rows, source label, line numbers or None). `run_file`: a folder holding that file is accepted."""
+    path = Path(spec).expanduser()
+    if run_file is not None and path.is_dir():
+        if not (path / run_file).is_file():
+            raise ConfigError(f"{field}: folder {spec!r} has no {run_file}")
+        return _read_local(path / run_file, field)
+    if path.suffix in LOCAL_FORMATS:
+        return _read_local(path, field)
+    if path.exists():
+        raise _bad_suffix(spec, field, what)
+    if _looks_local(spec):
+        raise ConfigError(f"{field}: no such file {spec!r} (give {what})")
     import datasets
 
-    path = Path(spec)
-    if path.suffix in LOCAL_FORMATS:
-        if not path.is_file():
-            raise ConfigError(f"{field}: no such file {spec!r}")
-        try:
-            ds = datasets.load_dataset(LOCAL_FORMATS[path.suffix], data_files=str(path), split="train")
-        except Exception as e:  # malformed JSON, unreadable parquet, ...
-            raise ConfigError(f"{field}: cannot read {spec!r} ({str(e).splitlines()[0]})") from None
-    elif path.exists():
-        raise ConfigError(f"{field}: {spec!r} must be a .json, .jsonl or .parquet file, 'toy[:N]' or a Hub dataset name")
-    else:
-        try:
-            ds = datasets.load_dataset(spec, split=split)
-        except Exception as e:
-            raise ConfigError(f"{field}: cannot load Hub dataset {spec!r} split {split!r} "
-                              f"({str(e).splitlines()[0]})") from None
-    return [dict(r) for r in ds]
+    try:
+        ds = datasets.load_dataset(spec, split=split)
+    except Exception as e:
+        raise ConfigError(f"{field}: cannot load Hub dataset {spec!r} split {split!r} "
+                          f"({str(e).splitlines()[0]})") from None
+    return [dict(r) for r in ds], f"Hub dataset {spec!r}", None
 
+
+# ------------------------------------------------------------------------------------------------ checks
 
 def _is_messages(x) -> bool:
     return isinstance(x, list) and bool(x) and all(
@@ -53,22 +173,90 @@ def check_text(value, where: str, name: str):
                           f"{{'role', 'content'}} messages, got {type(value).__name__}")
 
 
-def validate_prompts(rows: list[dict], source: str, field: str = "--prompts") -> list[dict]:
+def check_completion(value, where: str, name: str, conversational: bool = False):
+    """A string (possibly empty), or in a conversational set a non-empty list of messages."""
+    if conversational:
+        if not _is_messages(value):
+            raise ConfigError(f"{where}: field {name!r} must be a non-empty list of {{'role', 'content'}} "
+                              f"messages (the prompt is conversational), got {type(value).__name__}")
+    elif not isinstance(value, str):
+        raise ConfigError(f"{where}: field {name!r} must be a string, got {type(value).__name__}")
+
+
+def check_reward(value, where: str, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"{where}: field {name!r} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def _require(row: dict, name: str, where: str):
+    if row.get(name) is None:
+        raise ConfigError(f"{where}: missing field {name!r}")
+    return row[name]
+
+
+def _row_id(row: dict, i: int, where: str, seen: set) -> str:
+    rid = row.get("id")
+    if rid is None:
+        rid = i
+    if isinstance(rid, bool) or not isinstance(rid, (str, int)):
+        raise ConfigError(f"{where}: field 'id' must be a string or an integer, got {type(rid).__name__}")
+    rid = str(rid)
+    if not rid.strip():
+        raise ConfigError(f"{where}: field 'id' is empty")
+    if rid in seen:
+        raise ConfigError(f"{where}: duplicate id {rid!r}")
+    seen.add(rid)
+    return rid
+
+
+def _check_kind(prompt, where: str, first: list) -> bool:
+    """All prompts of a set plain text, or all conversational; returns whether this one is conversational."""
+    conv = isinstance(prompt, list)
+    if not first:
+        first.append(conv)
+    elif first[0] != conv:
+        kinds = {True: "conversational", False: "plain text"}
+        raise ConfigError(f"{where}: field 'prompt' is {kinds[conv]} but row 0's is {kinds[first[0]]}; "
+                          f"a set must be all plain text or all conversational")
+    return conv
+
+
+def _check_list(value, where: str, name: str, n: int | None = None) -> list:
+    if not isinstance(value, list):
+        raise ConfigError(f"{where}: field {name!r} must be a list, got {type(value).__name__}")
+    if n is not None and len(value) != n:
+        raise ConfigError(f"{where}: field {name!r} has {len(value)} entries but 'responses' has {n}")
+    return value
+
+
+def _check_rewards(value, where: str, name: str, n: int | None) -> list[float]:
+    return [check_reward(v, where, f"{name}[{j}]") for j, v in enumerate(_check_list(value, where, name, n))]
+
+
+def _check_responses(value, where: str) -> list[str]:
+    responses = _check_list(value, where, "responses")
+    if not responses:
+        raise ConfigError(f"{where}: field 'responses' is an empty list")
+    for j, r in enumerate(responses):
+        check_completion(r, where, f"responses[{j}]")
+    return responses
+
+
+# ------------------------------------------------------------------------------------------------ prompts
+
+def validate_prompts(rows: list[dict], source: str, field: str = "--prompts", lines: list[int] | None = None) -> list[dict]:
     """Give each row an id (its index if missing), check texts and id uniqueness."""
     if not rows:
         raise ConfigError(f"{field}: {source} has no rows")
-    seen = set()
+    seen, kind = set(), []
     out = []
     for i, row in enumerate(rows):
-        where = f"{field}: {source} row {i}"
-        if "prompt" not in row:
-            raise ConfigError(f"{where}: missing field 'prompt'")
-        check_text(row["prompt"], where, "prompt")
-        rid = str(row.get("id", i))
-        if rid in seen:
-            raise ConfigError(f"{where}: duplicate id {rid!r}")
-        seen.add(rid)
-        out.append(dict(row, id=rid))
+        where = _where(field, source, i, lines)
+        prompt = _require(row, "prompt", where)
+        check_text(prompt, where, "prompt")
+        _check_kind(prompt, where, kind)
+        out.append(dict(row, id=_row_id(row, i, where, seen)))
     return out
 
 
@@ -81,13 +269,122 @@ def load_prompts(spec: str, field: str = "--prompts", split: str = "train", seed
         if not n.isdigit() or int(n) < 1:
             raise ConfigError(f"{field}: 'toy:N' needs a count N >= 1, got {spec!r}")
         return ToyTask(seed).prompts(int(n), split)
-    return validate_prompts(_load_rows(spec, field, split), repr(spec), field)
+    rows, source, lines = _load_rows_located(
+        spec, field, split, "a .json, .jsonl or .parquet file, 'toy[:N]' or a Hub dataset name")
+    return validate_prompts(rows, source, field, lines)
 
 
-def check_reward(value, where: str, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ConfigError(f"{where}: field {name!r} must be a finite number, got {value!r}")
-    return float(value)
+# ------------------------------------------------------------------------------------------------ generations
+
+def validate_generations(rows: list[dict], source: str, field: str = "--generations",
+                         lines: list[int] | None = None) -> list[dict]:
+    """Rows {"id", "prompt", "responses", optional "components", "num_tokens", "rewards"}, checked."""
+    if not rows:
+        raise ConfigError(f"{field}: {source} has no rows")
+    seen, kind = set(), []
+    out = []
+    for i, row in enumerate(rows):
+        where = _where(field, source, i, lines)
+        prompt = _require(row, "prompt", where)
+        check_text(prompt, where, "prompt")
+        _check_kind(prompt, where, kind)
+        responses = _check_responses(_require(row, "responses", where), where)
+        n = len(responses)
+        if row.get("components") is not None:
+            for j, c in enumerate(_check_list(row["components"], where, "components", n)):
+                if not isinstance(c, str) or not c:
+                    raise ConfigError(f"{where}: field 'components[{j}]' must be a non-empty string, got {c!r}")
+        if row.get("num_tokens") is not None:
+            for j, t in enumerate(_check_list(row["num_tokens"], where, "num_tokens", n)):
+                if isinstance(t, bool) or not isinstance(t, int) or t < 0:
+                    raise ConfigError(f"{where}: field 'num_tokens[{j}]' must be an integer >= 0, got {t!r}")
+        if row.get("rewards") is not None:
+            _check_rewards(row["rewards"], where, "rewards", n)
+        out.append(dict(row, id=_row_id(row, i, where, seen)))
+    return out
+
+
+def load_generations(spec: str, field: str = "--generations") -> list[dict]:
+    """A generate run folder (its generations.jsonl) or a local .jsonl / .json / .parquet file."""
+    if not spec:
+        raise ConfigError(f"{field}: give a generate run folder or a {GENERATIONS_FILE} file")
+    path = Path(spec).expanduser()
+    what = "a generate run folder or a .jsonl, .json or .parquet file"
+    if not path.is_dir() and path.suffix not in LOCAL_FORMATS:
+        if path.exists():
+            raise _bad_suffix(spec, field, what)
+        raise ConfigError(f"{field}: no such file or folder {spec!r} (give {what})")
+    rows, source, lines = _load_rows_located(spec, field, "train", what, run_file=GENERATIONS_FILE)
+    return validate_generations(rows, source, field, lines)
+
+
+# ------------------------------------------------------------------------------------------------ preferences
+
+def _split_shared_prefix(chosen: list, rejected: list) -> tuple[list, list, list]:
+    """(prompt, chosen, rejected) of two whole conversations: the shared leading messages are the prompt."""
+    k = 0
+    while k < min(len(chosen), len(rejected)) and chosen[k] == rejected[k]:
+        k += 1
+    return chosen[:k], chosen[k:], rejected[k:]
+
+
+def validate_preferences(rows: list[dict], source: str, field: str = "--preferences",
+                         lines: list[int] | None = None, allow_identical: bool = False) -> list[dict]:
+    """TRL preference rows {"prompt", "chosen", "rejected"} plus optional rewards, checked (see module doc)."""
+    if not rows:
+        raise ConfigError(f"{field}: {source} has no rows")
+    seen, kind = set(), []
+    out = []
+    for i, row in enumerate(rows):
+        where = _where(field, source, i, lines)
+        chosen, rejected = _require(row, "chosen", where), _require(row, "rejected", where)
+        prompt = row.get("prompt")
+        if _is_messages(chosen) and _is_messages(rejected) and (prompt is None or isinstance(prompt, str)):
+            prompt, chosen, rejected = _split_shared_prefix(chosen, rejected)  # implicit prompt (TRL's rule)
+            if not prompt:
+                raise ConfigError(f"{where}: missing field 'prompt' (and 'chosen' and 'rejected' share no leading "
+                                  f"messages to take it from)")
+            if not chosen or not rejected:
+                raise ConfigError(f"{where}: field 'chosen' or 'rejected' has nothing after the shared prompt messages")
+            row = dict(row, prompt=prompt, chosen=chosen, rejected=rejected)
+        elif prompt is None:
+            raise ConfigError(f"{where}: missing field 'prompt'")
+        check_text(prompt, where, "prompt")
+        conv = _check_kind(prompt, where, kind)
+        check_completion(chosen, where, "chosen", conv)
+        check_completion(rejected, where, "rejected", conv)
+        if chosen == rejected and not allow_identical:
+            raise ConfigError(f"{where}: 'chosen' and 'rejected' are the same text; such a pair carries no preference")
+        for name in ("chosen_reward", "rejected_reward"):
+            if row.get(name) is not None:
+                check_reward(row[name], where, name)
+        n = None
+        if row.get("responses") is not None:
+            n = len(_check_responses(row["responses"], where))
+        if row.get("rewards") is not None:
+            _check_rewards(row["rewards"], where, "rewards", n)
+        out.append(dict(row, id=_row_id(row, i, where, seen)))
+    return out
+
+
+def load_preferences(spec: str, field: str = "--preferences", split: str = "train",
+                     allow_identical: bool = False) -> list[dict]:
+    """An annotate run folder (its preferences.jsonl), a local .json / .jsonl / .parquet file, or a Hub name."""
+    if not spec:
+        raise ConfigError(f"{field}: give an annotate run folder, a {PREFERENCES_FILE} file or a Hub dataset name")
+    rows, source, lines = _load_rows_located(
+        spec, field, split, "an annotate run folder, a .json, .jsonl or .parquet file or a Hub dataset name",
+        run_file=PREFERENCES_FILE)
+    return validate_preferences(rows, source, field, lines, allow_identical)
+
+
+# ------------------------------------------------------------------------------------------------ writing
+
+def as_dataset(rows: list[dict]):
+    """A `datasets.Dataset` of checked rows (what TRL's trainers take)."""
+    import datasets
+
+    return datasets.Dataset.from_list(rows)
 
 
 def write_jsonl(path, rows) -> None:

@@ -65,11 +65,18 @@ class HFRewardModel:
     @torch.no_grad()
     def score(self, prompts, responses) -> list[float]:
         texts = self.texts(prompts, responses)
-        scores = []
-        for i in range(0, len(texts), self.batch_size):
-            batch = self.tokenizer(texts[i:i + self.batch_size], return_tensors="pt", padding=True, truncation=True)
-            logits = self.model(**batch.to(self.device)).logits[:, 0]
-            scores += logits.float().cpu().tolist()
+        # chat-rendered texts already hold the template's special tokens (e.g. BOS): don't add them twice
+        chat = [isinstance(p, list) for p in prompts]
+        scores = [0.0] * len(texts)
+        for kind in (False, True):
+            idx = [i for i, c in enumerate(chat) if c == kind]
+            for j in range(0, len(idx), self.batch_size):
+                part = idx[j:j + self.batch_size]
+                batch = self.tokenizer([texts[i] for i in part], return_tensors="pt", padding=True,
+                                       add_special_tokens=not kind)
+                logits = self.model(**batch.to(self.device)).logits[:, 0]
+                for i, v in zip(part, logits.float().cpu().tolist()):
+                    scores[i] = v
         return scores
 
 

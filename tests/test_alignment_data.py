@@ -1,0 +1,277 @@
+"""alignment.data: loading and validating prompt, generation and preference sets.
+
+Every problem must be one ConfigError naming the flag, the file and the row; good files in each local
+format (and a run folder) load to the same rows; what write_jsonl writes loads back, also through datasets.
+"""
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from alignment import data
+from alignment.data import (as_dataset, check_reward, check_text, load_generations, load_preferences, load_prompts,
+                            validate_prompts, write_jsonl)
+from runlog import ConfigError
+
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
+
+P1 = "write about ocean in 2 sentences :"
+P2 = "write about city in 1 sentence :"
+GEN = [
+    {"id": "a", "prompt": P1, "responses": ["the calm wave rests .", "the dull rose grows ."],
+     "components": ["policy", "policy"], "num_tokens": [5, 5]},
+    {"id": "b", "prompt": P2, "responses": ["the tall street waits .", "", "the new tower moves ."]},
+]
+PREF = [
+    {"id": "a", "prompt": P1, "chosen": " the calm wave rests .", "rejected": " the dull rose grows .",
+     "chosen_reward": 0.0, "rejected_reward": -3.5, "responses": ["the calm wave rests .", "the dull rose grows ."],
+     "rewards": [0.0, -3.5]},
+    {"id": "b", "prompt": P2, "chosen": "the tall street waits .", "rejected": ""},
+]
+
+
+def write_lines(path: Path, lines) -> Path:
+    path.write_text("".join(line + "\n" for line in lines))
+    return path
+
+
+def dump_rows(path: Path, rows) -> Path:
+    return write_lines(path, [json.dumps(r) for r in rows])
+
+
+def expect_error(fn, *parts):
+    """fn() raises a one-line ConfigError containing every part."""
+    with pytest.raises(ConfigError) as e:
+        fn()
+    msg = str(e.value)
+    assert "\n" not in msg
+    for part in parts:
+        assert part in msg, f"{part!r} not in {msg!r}"
+    return msg
+
+
+# ------------------------------------------------------------------------------------------------ good input
+
+def test_generations_jsonl_folder_json_parquet_agree(tmp_path):
+    f = dump_rows(tmp_path / "g.jsonl", GEN)
+    rows = load_generations(str(f))
+    assert [r["id"] for r in rows] == ["a", "b"]
+    assert rows[1]["responses"] == GEN[1]["responses"]  # an empty response is a response
+    run = tmp_path / "run"
+    run.mkdir()
+    dump_rows(run / "generations.jsonl", GEN)
+    assert load_generations(str(run)) == rows
+    (tmp_path / "g.json").write_text(json.dumps(GEN, indent=2))
+    assert load_generations(str(tmp_path / "g.json")) == rows
+    as_dataset(rows).to_parquet(str(tmp_path / "g.parquet"))
+    pq = load_generations(str(tmp_path / "g.parquet"))
+    assert [(r["id"], r["prompt"], r["responses"]) for r in pq] == [(r["id"], r["prompt"], r["responses"]) for r in rows]
+
+
+def test_ids_default_to_row_number_and_blank_lines_are_skipped(tmp_path):
+    rows = [{k: v for k, v in r.items() if k != "id"} for r in GEN]
+    f = write_lines(tmp_path / "g.jsonl", [json.dumps(rows[0]), "", json.dumps(dict(rows[1], id=7))])
+    assert [r["id"] for r in load_generations(str(f))] == ["0", "7"]
+
+
+def test_preferences_plain_conversational_and_folder(tmp_path):
+    f = dump_rows(tmp_path / "p.jsonl", PREF)
+    rows = load_preferences(str(f))
+    assert [r["chosen"] for r in rows] == [PREF[0]["chosen"], PREF[1]["chosen"]]
+    run = tmp_path / "run"
+    run.mkdir()
+    dump_rows(run / "preferences.jsonl", PREF)
+    assert load_preferences(str(run)) == rows
+    conv = [{"prompt": [{"role": "user", "content": "hi"}], "chosen": [{"role": "assistant", "content": "hello"}],
+             "rejected": [{"role": "assistant", "content": "go away"}]}]
+    assert load_preferences(str(dump_rows(tmp_path / "c.jsonl", conv)))[0]["id"] == "0"
+
+
+def test_implicit_conversational_prompt_is_extracted(tmp_path):
+    user = {"role": "user", "content": "What colour is the sky?"}
+    row = {"chosen": [user, {"role": "assistant", "content": "Blue."}],
+           "rejected": [user, {"role": "assistant", "content": "Green."}]}
+    (out,) = load_preferences(str(dump_rows(tmp_path / "p.jsonl", [row])))
+    assert out["prompt"] == [user]
+    assert out["chosen"] == [{"role": "assistant", "content": "Blue."}]
+    assert out["rejected"] == [{"role": "assistant", "content": "Green."}]
+
+
+def test_identical_pair_is_an_error_unless_allowed(tmp_path):
+    f = dump_rows(tmp_path / "p.jsonl", [PREF[0], dict(PREF[1], rejected=PREF[1]["chosen"])])
+    expect_error(lambda: load_preferences(str(f)), "--preferences", "p.jsonl", "row 1", "same text")
+    assert len(load_preferences(str(f), allow_identical=True)) == 2
+
+
+def test_prompts_local_file_and_toy(tmp_path):
+    f = dump_rows(tmp_path / "p.jsonl", [{"prompt": P1}, {"id": "x", "prompt": P2}])
+    assert [r["id"] for r in load_prompts(str(f))] == ["0", "x"]
+    assert len(load_prompts("toy:3")) == 3
+    expect_error(lambda: load_prompts("toy:0"), "--prompts", "toy:0")
+
+
+def test_write_jsonl_round_trip_through_datasets(tmp_path):
+    import datasets
+
+    f = tmp_path / "out" / "prefs.jsonl"
+    write_jsonl(f, PREF[:1])
+    assert [p.name for p in f.parent.iterdir()] == ["prefs.jsonl"]  # no temporary left
+    assert load_preferences(str(f)) == [PREF[0]]
+    ds = datasets.load_dataset("json", data_files=str(f), split="train")
+    assert ds[0]["chosen"] == PREF[0]["chosen"] and ds[0]["rewards"] == PREF[0]["rewards"]
+
+
+def test_shared_checks_keep_their_behaviour():
+    check_text("x", "w", "prompt")
+    check_text([{"role": "user", "content": "x"}], "w", "prompt")
+    expect_error(lambda: check_text("  ", "w", "prompt"), "w: field 'prompt' is empty")
+    expect_error(lambda: check_text(3, "w", "prompt"), "w", "'prompt'", "int")
+    assert check_reward(2, "w", "r") == 2.0
+    for bad in (math.nan, math.inf, True, "1", None):
+        expect_error(lambda: check_reward(bad, "w", "r"), "w", "'r'", "finite")
+    assert validate_prompts([{"prompt": "x"}], "'f'")[0]["id"] == "0"
+
+
+# ------------------------------------------------------------------------------------------------ bad rows
+
+def _gen(**change):
+    """GEN with row 1 changed (None deletes a field)."""
+    row = dict(GEN[1])
+    for k, v in change.items():
+        if v is None:
+            row.pop(k, None)
+        else:
+            row[k] = v
+    return [json.dumps(GEN[0]), json.dumps(row)]
+
+
+GEN_PROBLEMS = {
+    "missing prompt": (_gen(prompt=None), "missing field 'prompt'"),
+    "null prompt": ([json.dumps(GEN[0]), json.dumps(dict(GEN[1], prompt=None))], "missing field 'prompt'"),
+    "missing responses": (_gen(responses=None), "missing field 'responses'"),
+    "empty prompt": (_gen(prompt="  "), "field 'prompt' is empty"),
+    "non-string prompt": (_gen(prompt=5), "field 'prompt' must be"),
+    "non-string response": (_gen(responses=["ok", 3]), "'responses[1]' must be a string"),
+    "responses not a list": (_gen(responses="the x"), "'responses' must be a list"),
+    "no responses": (_gen(responses=[]), "'responses' is an empty list"),
+    "components length": (_gen(components=["policy"]), "'components' has 1 entries but 'responses' has 3"),
+    "bad component": (_gen(components=["policy", "", "ref"]), "'components[1]'"),
+    "num_tokens length": (_gen(num_tokens=[1, 2]), "'num_tokens' has 2 entries"),
+    "negative num_tokens": (_gen(num_tokens=[1, -2, 3]), "'num_tokens[1]' must be an integer >= 0"),
+    "non-finite reward": ([json.dumps(GEN[0]), json.dumps(GEN[1])[:-1] + ', "rewards": [1.0, NaN, 2.0]}'],
+                          "'rewards[1]' must be a finite number"),
+    "duplicate id": (_gen(id="a"), "duplicate id 'a'"),
+    "bad id": (_gen(id=[1]), "field 'id' must be a string or an integer"),
+    "malformed JSON": ([json.dumps(GEN[0]), '{"id": "b", "prompt": '], "not valid JSON"),
+    "not an object": ([json.dumps(GEN[0]), "[1, 2]"], "must be a JSON object"),
+    "mixed prompt kinds": (_gen(prompt=[{"role": "user", "content": "hi"}]), "all plain text or all conversational"),
+}
+
+
+@pytest.mark.parametrize("problem", list(GEN_PROBLEMS))
+def test_generation_problem_names_flag_file_and_row(problem, tmp_path):
+    lines, text = GEN_PROBLEMS[problem]
+    f = write_lines(tmp_path / "gens.jsonl", lines)
+    expect_error(lambda: load_generations(str(f)), "--generations", "gens.jsonl", "row 1 (line 2)", text)
+
+
+def test_row_and_line_differ_with_blank_lines(tmp_path):
+    f = write_lines(tmp_path / "gens.jsonl", ["", json.dumps(GEN[0]), "", "{oops"])
+    expect_error(lambda: load_generations(str(f)), "gens.jsonl", "row 1 (line 4)", "not valid JSON")
+
+
+def test_json_array_problems(tmp_path):
+    f = tmp_path / "gens.json"
+    f.write_text(json.dumps([GEN[0], dict(GEN[1], responses=[1])], indent=1))
+    expect_error(lambda: load_generations(str(f)), "--generations", "gens.json", "row 1", "'responses[0]'")
+    f.write_text('[\n {"id": "a",\n  "prompt": }\n]')
+    expect_error(lambda: load_generations(str(f)), "gens.json", "line 3", "not valid JSON")
+
+
+def test_empty_file(tmp_path):
+    f = write_lines(tmp_path / "gens.jsonl", [])
+    expect_error(lambda: load_generations(str(f)), "--generations", "gens.jsonl", "has no rows")
+
+
+FILE_PROBLEMS = {
+    "missing file": (lambda d: str(d / "nope.jsonl"), "no such file", "nope.jsonl"),
+    "missing folder": (lambda d: str(d / "nope"), "no such file or folder", "nope"),
+    "wrong suffix": (lambda d: str(write_lines(d / "gens.txt", [json.dumps(GEN[0])])), "must be", "gens.txt"),
+    "folder without file": (lambda d: str(d), "has no generations.jsonl", "folder"),
+    "garbage parquet": (lambda d: (d / "g.parquet").write_text("nope") and str(d / "g.parquet"), "Parquet", "g.parquet"),
+}
+
+
+@pytest.mark.parametrize("problem", list(FILE_PROBLEMS))
+def test_generation_file_problems(problem, tmp_path):
+    make, text, name = FILE_PROBLEMS[problem]
+    spec = make(tmp_path)
+    expect_error(lambda: load_generations(spec), "--generations", text, name)
+
+
+def _pref(**change):
+    row = dict(PREF[0])
+    for k, v in change.items():
+        if v is None:
+            row.pop(k, None)
+        else:
+            row[k] = v
+    return [json.dumps(PREF[1]), json.dumps(row)]
+
+
+PREF_PROBLEMS = {
+    "missing chosen": (_pref(chosen=None), "missing field 'chosen'"),
+    "missing rejected": (_pref(rejected=None), "missing field 'rejected'"),
+    "missing prompt": (_pref(prompt=None), "missing field 'prompt'"),
+    "empty prompt": (_pref(prompt=""), "field 'prompt' is empty"),
+    "non-string chosen": (_pref(chosen=1.5), "'chosen' must be a string"),
+    "messages in a plain set": (_pref(rejected=[{"role": "assistant", "content": "x"}]), "'rejected' must be a string"),
+    "non-finite chosen_reward": ([json.dumps(PREF[1]), json.dumps(PREF[0])[:-1] + ', "chosen_reward": Infinity}'],
+                                 "'chosen_reward' must be a finite number"),
+    "string reward": (_pref(rejected_reward="3"), "'rejected_reward' must be a finite number"),
+    "rewards length": (_pref(rewards=[1.0]), "'rewards' has 1 entries but 'responses' has 2"),
+    "non-finite rewards": ([json.dumps(PREF[1]), json.dumps(PREF[0]).replace('"rewards": [0.0', '"rewards": [NaN')],
+                           "'rewards[0]' must be a finite number"),
+    "duplicate id": (_pref(id="b"), "duplicate id 'b'"),
+    "malformed JSON": ([json.dumps(PREF[1]), json.dumps(PREF[0])[:-3]], "not valid JSON"),
+    "identical": (_pref(rejected=PREF[0]["chosen"]), "same text"),
+}
+
+
+@pytest.mark.parametrize("problem", list(PREF_PROBLEMS))
+def test_preference_problem_names_flag_file_and_row(problem, tmp_path):
+    lines, text = PREF_PROBLEMS[problem]
+    f = write_lines(tmp_path / "prefs.jsonl", lines)
+    expect_error(lambda: load_preferences(str(f)), "--preferences", "prefs.jsonl", "row 1 (line 2)", text)
+
+
+def test_conversational_preference_needs_message_completions(tmp_path):
+    user = [{"role": "user", "content": "hi"}]
+    rows = [{"prompt": user, "chosen": [{"role": "assistant", "content": "a"}], "rejected": "b"}]
+    f = dump_rows(tmp_path / "c.jsonl", rows)
+    expect_error(lambda: load_preferences(str(f)), "c.jsonl", "row 0", "'rejected' must be a non-empty list")
+
+
+def test_prompt_problems(tmp_path):
+    f = write_lines(tmp_path / "p.jsonl", [json.dumps({"prompt": P1}), json.dumps({"id": 3})])
+    expect_error(lambda: load_prompts(str(f)), "--prompts", "p.jsonl", "row 1 (line 2)", "missing field 'prompt'")
+    f = write_lines(tmp_path / "p.jsonl", [json.dumps({"id": "1", "prompt": P1}), json.dumps({"prompt": P2})])
+    expect_error(lambda: load_prompts(str(f)), "p.jsonl", "row 1", "duplicate id '1'")
+    f = dump_rows(tmp_path / "p.json", [{"prompt": P1}, {"prompt": 4}])
+    expect_error(lambda: load_prompts(str(f)), "p.json", "row 1", "'prompt'")
+    expect_error(lambda: load_prompts(str(tmp_path / "missing.csv")), "--prompts", "no such file", "missing.csv")
+
+
+def test_hub_name_offline_is_one_clear_error(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import datasets
+
+    def offline(*a, **k):  # what the Hub client raises with no connection, without touching the network
+        raise ConnectionError("Couldn't reach 'nobody/nothing' on the Hub (LocalEntryNotFoundError)")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    expect_error(lambda: load_preferences("nobody/nothing"), "--preferences", "Hub dataset 'nobody/nothing'",
+                 "split 'train'", "Couldn't reach")
+    assert data._looks_local("./x") and data._looks_local("a/b/c") and data._looks_local("file.csv")
+    assert not data._looks_local("org/tulu-2.5-preference-data") and not data._looks_local("imdb")
