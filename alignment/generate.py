@@ -1,0 +1,505 @@
+"""Generate K responses per prompt with a generation sampler: offline, online, gshf, mixp, mixp_seq.
+
+    python -m alignment.generate --sampler mixp                        # SFT'd toy model, toy:64 train prompts
+    python -m alignment.generate --policy toy:small --sampler gshf     # a random-init toy model, no SFT needed
+    accelerate launch -m alignment.generate --policy ORG/MODEL --prompts ORG/DATA --sampler mixp --device auto
+    python -m alignment.generate --backend vllm --policy runs/.../model --ref ORG/MODEL --sampler gshf
+
+Samplers (components are the labels of the responses in each row):
+    offline    K responses from pi_ref                                    "ref"
+    online     K responses from pi                                        "policy"
+    gshf       K/2 from pi_ref, K/2 from pi                               "ref", "policy"
+    mixp       per-token fused logits, K/2 from (1+a) l_pi - a l_ref      "mix+"
+               and K/2 from (1-a) l_pi + a l_ref (a = --alpha)            "mix-"
+    mixp_seq   sequence-level Mix-P: M candidates from pi, K/2 resampled  "mixseq+"
+               with weights (pi/pi_ref)^{+a}, K/2 with (pi/pi_ref)^{-a}   "mixseq-"
+--mixp-online-pair adds one on-policy pair (2 more responses from pi, "policy") to each mixp / mixp_seq
+row; the annotation's pair rule later picks the fused pair or the on-policy pair.
+
+mixp fuses two models token by token, which only the Hugging Face backend (--backend hf, CPU or GPU)
+can do: each model keeps its own KV cache and is fed one new token per step (alignment/decoding.py).
+vLLM (--backend vllm, GPU nodes, `pip install -r requirements_vllm.txt`) runs offline, online, gshf and
+mixp_seq; asking it for mixp is an error, never a silent substitute.
+
+mixp_seq details: the M candidates (--num-candidates, default 4K) are drawn from pi with the sampling
+settings; log pi(y|x) and log pi_ref(y|x) are the models' own (temperature 1) sequence log-probs, EOS
+included. Each fused component keeps K/2 distinct candidates, drawn without replacement with probability
+proportional to (pi/pi_ref)^{+-a} (Gumbel-top-k), so the kept responses follow q(y) (pi/pi_ref)^{+-a},
+q the sampling distribution: exactly pi^{1+-a} pi_ref^{-+a} at --temperature 1 --top-p 1, as M grows.
+
+Output: OUT/NAME/generations.jsonl (NAME defaults to the sampler), one row per prompt:
+    {"id", "prompt", "responses": [str], "components": [str], "num_tokens": [int]}
+responses grouped by component in the order above; num_tokens counts the generated tokens, EOS included
+(a response without EOS was cut at --max-new-tokens). Also run.json (config, seeds, versions, summary)
+and metrics.jsonl (one row per batch and process: tokens, seconds, tokens/s).
+
+Prompts (--prompts): "toy:N" (the first N prompts of ToyTask(0)'s --split, default train: these are DPO
+training prompts; evaluate on another split such as "heldout"), a local .json/.jsonl/.parquet file of {"id",
+"prompt"} rows, or a Hub dataset name (its --split). Plain-text prompts are tokenized as they are (with
+the tokenizer's special tokens); conversational ones (lists of {"role", "content"}) go through the
+tokenizer's chat template with add_generation_prompt=True.
+
+Batches and seeds: --batch-size prompts per batch (each forward pass has batch-size x responses-per-
+component rows). Each (batch, component) draws from its own torch.Generator seeded from --seed, the
+component and the batch's first prompt id, so a component's draws never depend on the other model's
+draws: the same command twice gives the same file; another --batch-size or process count gives other
+(equally valid) draws. Under `accelerate launch` the prompts are split between the processes, each uses
+its own device (--device auto), and the main process gathers and writes the rows (on a CPU machine
+`torchrun --nproc_per_node 2 -m alignment.generate ...` gives two gloo processes). --backend vllm runs
+as one process: vLLM places the model on the GPUs itself.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from runlog import ConfigError, RunDir, exit_on_config_error, parse_dataclass
+
+SAMPLERS = ("offline", "online", "gshf", "mixp", "mixp_seq")
+VLLM_SAMPLERS = ("offline", "online", "gshf", "mixp_seq")
+PAIRED = ("gshf", "mixp", "mixp_seq")  # K is split in two halves
+COMPONENTS = ("ref", "policy", "mix+", "mix-", "mixseq+", "mixseq-")
+DEFAULT_POLICY = "runs/alignment/sft/toy/model"
+ONLINE_PAIR = 2  # responses from pi added by --mixp-online-pair
+TASK_SEED = 0  # toy:N prompts are ToyTask(0)'s, toy:SIZE models seed-0 inits, whatever --seed
+
+
+def model_source(spec: str) -> str:
+    """A run folder holding model/ (what alignment.sft writes) stands for that model folder."""
+    if Path(spec, "model").is_dir() and not Path(spec, "config.json").exists():
+        return str(Path(spec, "model"))
+    return spec
+
+
+def arg(default, help: str, **meta):
+    return field(default=default, metadata={"help": help, **meta})
+
+
+@dataclass
+class Args:
+    policy: str | None = arg(None, "the policy pi: a model folder (or a run folder holding model/), a Hub name, "
+                             "or toy:SIZE (a random init; "
+                             f"tiny, small, base) (default: {DEFAULT_POLICY}, written by `python -m alignment.sft`)")
+    ref: str | None = arg(None, "the reference model pi_ref (default: the same as --policy)")
+    prompts: str = arg("toy:64", "prompts: toy:N, a .json/.jsonl/.parquet file of {id, prompt} rows, or a Hub dataset")
+    split: str = arg("train", "split of the toy task or of a Hub dataset")
+    sampler: str = arg("online", "generation sampler", choices=list(SAMPLERS))
+    num_responses: int = arg(4, "responses per prompt K (even for gshf, mixp, mixp_seq: K/2 per component)")
+    alpha: float = arg(0.5, "Mix-P strength a: fused logits (1+a) l_pi - a l_ref and (1-a) l_pi + a l_ref")
+    mixp_online_pair: bool = arg(False, "mixp / mixp_seq: add an on-policy pair (2 responses from pi) to each row")
+    num_candidates: int | None = arg(None, "mixp_seq: candidates M drawn from pi per prompt (default: 4 K)")
+    temperature: float = arg(1.0, "sampling temperature (0: greedy)")
+    top_p: float = arg(1.0, "nucleus sampling: keep the smallest set of tokens with this much probability")
+    max_new_tokens: int = arg(64, "most tokens generated per response")
+    batch_size: int | None = arg(None, "prompts per batch (default: 16 with --backend hf, all with vllm)")
+    seed: int = arg(0, "random seed of the draws (toy:N prompts and toy:SIZE models do not depend on it)")
+    backend: str = arg("hf", "hf: transformers on CPU or GPU; vllm: GPU nodes, not mixp", choices=["hf", "vllm"])
+    device: str = arg("auto", "torch device for --backend hf: auto (this process's accelerator, else cpu), cpu, cuda, cuda:N")
+    dtype: str = arg("auto", "model dtype", choices=["auto", "float32", "bfloat16", "float16"])
+    vllm_gpu_memory: float = arg(0.85, "--backend vllm: fraction of GPU memory for vLLM, shared by its engines")
+    trust_remote_code: bool = arg(False, "let transformers / vLLM run code shipped with a model")
+    out: str = arg("runs/alignment/generate", "output folder; the run is written to OUT/NAME")
+    name: str | None = arg(None, "run name (default: the sampler); an older run of that name is replaced")
+
+
+@dataclass
+class Plan:
+    sampler: str
+    components: list            # [(component, responses per prompt)]
+    policy: str | None          # model specs; None when the sampler does not use that model
+    ref: str | None
+    candidates: int | None      # mixp_seq: M
+    batch_size: int | None
+    name: str
+
+
+def component_plan(sampler: str, k: int, online_pair: bool = False) -> list[tuple[str, int]]:
+    half = k // 2
+    plan = {"offline": [("ref", k)], "online": [("policy", k)], "gshf": [("ref", half), ("policy", half)],
+            "mixp": [("mix+", half), ("mix-", half)], "mixp_seq": [("mixseq+", half), ("mixseq-", half)]}[sampler]
+    if online_pair:
+        plan = plan + [("policy", ONLINE_PAIR)]
+    return plan
+
+
+def component_weights(component: str, alpha: float) -> dict[str, float]:
+    """Model key -> weight of its logits in the component's per-token fusion."""
+    return {"ref": {"ref": 1.0}, "policy": {"policy": 1.0},
+            "mix+": {"policy": 1.0 + alpha, "ref": -alpha}, "mix-": {"policy": 1.0 - alpha, "ref": alpha}}[component]
+
+
+def component_models(component: str) -> tuple[str, ...]:
+    """The models a component's responses depend on."""
+    return ("policy", "ref") if component.startswith("mixseq") else tuple(component_weights(component, 1.0))
+
+
+def _finite(name: str, value, low=None, high=None, low_open=False, integer=False):
+    bad = value is None or not math.isfinite(value) or (integer and value != int(value))
+    if not bad and low is not None:
+        bad = value <= low if low_open else value < low
+    if not bad and high is not None:
+        bad = value > high
+    if bad:
+        lo = "" if low is None else (f"> {low:g}" if low_open else f">= {low:g}")
+        hi = "" if high is None else f"<= {high:g}"
+        what = " and ".join(x for x in (lo, hi) if x)
+        raise ConfigError(f"--{name}: must be {'an integer' if integer else 'a finite number'} {what}, got {value}")
+
+
+def resolve(args: Args) -> Plan:
+    """Check every argument before anything is loaded or written; ConfigError names the bad flag."""
+    if args.sampler not in SAMPLERS:
+        raise ConfigError(f"--sampler: unknown sampler {args.sampler!r}; known: {', '.join(SAMPLERS)}")
+    k = args.num_responses
+    _finite("num-responses", k, low=1, integer=True)
+    if args.sampler in PAIRED and k % 2:
+        raise ConfigError(f"--num-responses: {args.sampler} splits K into two halves, so K must be even, got {k}")
+    _finite("alpha", args.alpha, low=0, low_open=True)
+    _finite("temperature", args.temperature, low=0)
+    _finite("top-p", args.top_p, low=0, high=1, low_open=True)
+    _finite("max-new-tokens", args.max_new_tokens, low=1, integer=True)
+    if args.batch_size is not None:
+        _finite("batch-size", args.batch_size, low=1, integer=True)
+    _finite("seed", args.seed, low=0, integer=True)
+    _finite("vllm-gpu-memory", args.vllm_gpu_memory, low=0, high=1, low_open=True)
+    if args.mixp_online_pair and args.sampler not in ("mixp", "mixp_seq"):
+        raise ConfigError(f"--mixp-online-pair: applies to mixp and mixp_seq only, not {args.sampler}")
+    candidates = None
+    if args.num_candidates is not None and args.sampler != "mixp_seq":
+        raise ConfigError(f"--num-candidates: applies to mixp_seq only, not {args.sampler}")
+    if args.sampler == "mixp_seq":
+        candidates = args.num_candidates if args.num_candidates is not None else 4 * k
+        _finite("num-candidates", candidates, low=1, integer=True)
+        if candidates < k // 2:
+            raise ConfigError(f"--num-candidates: each mixp_seq component keeps K/2 = {k // 2} distinct candidates, "
+                              f"so M must be at least {k // 2}, got {candidates}")
+    if args.backend == "vllm":
+        if args.sampler not in VLLM_SAMPLERS:
+            raise ConfigError("--sampler: mixp fuses the logits of two models token by token, which vLLM cannot do; "
+                              "use --backend hf (CPU or GPU), or --sampler mixp_seq (the sequence-level variant, "
+                              "which vLLM runs)")
+        if args.device not in ("auto", "cuda"):
+            raise ConfigError(f"--device: --backend vllm places the models itself on the GPU; leave --device auto "
+                              f"(got {args.device!r}), or use --backend hf")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out: {args.out!r} exists and is not a folder")
+    name = args.name or args.sampler
+    if "/" in name or name.startswith(".") or not name.strip():
+        raise ConfigError(f"--name: {name!r} must be a plain folder name (no '/', not starting with '.')")
+
+    components = component_plan(args.sampler, k, args.mixp_online_pair)
+    uses = {m for c, _ in components for m in component_models(c)}
+    policy = args.policy
+    if policy is None and ("policy" in uses or args.ref is None):
+        if not Path(DEFAULT_POLICY).is_dir():
+            raise ConfigError(f"--policy: no model given and the default {DEFAULT_POLICY} does not exist; run "
+                              f"`python -m alignment.sft` first, or pass --policy toy:small (a random init), "
+                              f"a model folder or a Hub name")
+        policy = DEFAULT_POLICY
+    ref = args.ref if args.ref is not None else policy
+    for flag, spec in (("policy", policy), ("ref", ref)):
+        if spec is not None and not spec.strip():
+            raise ConfigError(f"--{flag}: empty model name")
+    policy, ref = (model_source(s) if s is not None else None for s in (policy, ref))
+    return Plan(args.sampler, components, policy if "policy" in uses else None, ref if "ref" in uses else None,
+                candidates, args.batch_size, name)
+
+
+# ------------------------------------------------------------------------------------------------ prompts
+
+def encode_prompts(tokenizer, rows: list[dict], field: str = "--prompts") -> list[list[int]]:
+    """Token ids of each prompt: chat template (with the generation prompt) for message lists, plain
+    tokenization (with the tokenizer's special tokens) for text."""
+    ids = []
+    for i, row in enumerate(rows):
+        p = row["prompt"]
+        if isinstance(p, list):
+            if not getattr(tokenizer, "chat_template", None):
+                raise ConfigError(f"{field}: row {i} (id {row['id']!r}) is a list of messages, but the tokenizer has "
+                                  f"no chat template; give plain-text prompts or a chat model")
+            text = tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False)
+            ids.append(tokenizer(text, add_special_tokens=False)["input_ids"])
+        else:
+            ids.append(tokenizer(p)["input_ids"])
+        if not ids[-1]:
+            raise ConfigError(f"{field}: row {i} (id {row['id']!r}) tokenizes to nothing")
+    return ids
+
+
+def batch_seed(seed: int, component: str, first_id: str, size: int) -> int:
+    return zlib.crc32(f"{seed}/{component}/{first_id}/{size}".encode())
+
+
+# ------------------------------------------------------------------------------------------------ backends
+
+@dataclass
+class Draws:
+    """One component's draws for a batch of prompts: per prompt, n responses."""
+    tokens: list          # [P][n] token-id lists (EOS included, no padding)
+    finished: list        # [P][n] bool
+    logprobs: list | None = None   # [P][n] (log pi, log pi_ref), when asked for
+
+
+class HFBackend:
+    """transformers models in this process: plain sampling from one model, or per-token fusion of two."""
+
+    def __init__(self, models: dict, tokenizer, args: Args, device):
+        self.models, self.tok, self.args, self.device = models, tokenizer, args, device
+        eos = getattr(models.get("policy", models.get("ref")).generation_config, "eos_token_id", None)
+        self.eos = eos if eos is not None else tokenizer.eos_token_id
+
+    def _run(self, prompt_ids, n, weights: dict, seed, logprobs=False):
+        import torch
+
+        from alignment.decoding import left_pad, sample
+
+        keys = list(weights)
+        models = [self.models[k] for k in keys]
+        w = [weights[k] for k in keys]
+        shared = len(models) == 2 and models[0] is models[1]
+        if shared:  # pi is pi_ref: the fusion is that one model (weights sum to 1); run it once
+            models, w = models[:1], [1.0]
+        rows = [ids for ids in prompt_ids for _ in range(n)]
+        input_ids, mask = left_pad(rows, self.tok.pad_token_id, self.device)
+        gen = torch.Generator(device=self.device).manual_seed(seed)
+        out = sample(models, w, input_ids, mask, max_new_tokens=self.args.max_new_tokens, eos_token_id=self.eos,
+                     pad_token_id=self.tok.pad_token_id, temperature=self.args.temperature, top_p=self.args.top_p,
+                     generator=gen, return_logprobs=logprobs)
+        tokens = [out.row(i) for i in range(len(rows))]
+        finished = out.finished.tolist()
+        lp = None
+        if logprobs:
+            lp = out.logprobs.double().cpu()
+            lp = (lp.repeat(1, 2) if shared else lp).tolist()
+        group = lambda xs: [xs[i * n:(i + 1) * n] for i in range(len(prompt_ids))]
+        return Draws(group(tokens), group(finished), group(lp) if lp is not None else None)
+
+    def draw(self, prompt_ids, component: str, n: int, seed: int) -> Draws:
+        return self._run(prompt_ids, n, component_weights(component, self.args.alpha), seed)
+
+    def draw_scored(self, prompt_ids, n: int, seed: int) -> Draws:
+        """n responses from pi with (log pi, log pi_ref) of each: ref is fed the same tokens with weight 0."""
+        return self._run(prompt_ids, n, {"policy": 1.0, "ref": 0.0}, seed, logprobs=True)
+
+
+def _load_hf(plan: Plan, args: Args, device):
+    """Tokenizer and the models the sampler uses (one object when --policy and --ref name the same)."""
+    import torch
+
+    from alignment.models import DTYPES, is_toy, load_causal_lm, load_tokenizer
+
+    specs = {k: v for k, v in (("policy", plan.policy), ("ref", plan.ref)) if v is not None}
+    main_key = "policy" if "policy" in specs else "ref"
+    tok = load_tokenizer(specs[main_key], f"--{main_key}", trust_remote_code=args.trust_remote_code)
+    if tok.pad_token_id is None:
+        raise ConfigError(f"--{main_key}: the tokenizer of {specs[main_key]!r} has neither a pad nor an EOS token")
+    if len(set(specs.values())) == 2:
+        other = "ref" if main_key == "policy" else "policy"
+        tok2 = load_tokenizer(specs[other], f"--{other}", trust_remote_code=args.trust_remote_code)
+        if tok2.get_vocab() != tok.get_vocab():
+            raise ConfigError(f"--ref: the tokenizer of {specs['ref']!r} differs from that of --policy "
+                              f"{specs['policy']!r}; {plan.sampler} needs both models on one vocabulary")
+    models, by_spec = {}, {}
+    for key, spec in specs.items():
+        if spec not in by_spec:
+            m = load_causal_lm(spec, f"--{key}", device=device, dtype=args.dtype, seed=TASK_SEED,
+                               trust_remote_code=args.trust_remote_code)
+            if is_toy(spec) and args.dtype not in ("auto", "float32"):
+                m = m.to(DTYPES[args.dtype])
+            by_spec[spec] = m
+        models[key] = by_spec[spec]
+    widths = {k: m.get_output_embeddings().weight.shape[0] for k, m in models.items()}
+    if len(set(widths.values())) > 1:
+        raise ConfigError(f"--ref: its output vocabulary ({widths['ref']} logits) differs from --policy's "
+                          f"({widths['policy']}); {plan.sampler} needs both models on one vocabulary")
+    if min(widths.values()) < len(tok):
+        raise ConfigError(f"--{main_key}: the model has {min(widths.values())} logits but its tokenizer {len(tok)} tokens")
+    return tok, models
+
+
+def _check_lengths(models: dict, prompt_ids, max_new_tokens: int, rows):
+    for key, m in models.items():
+        limit = getattr(m.config, "max_position_embeddings", None)
+        if limit is None:
+            continue
+        i = max(range(len(prompt_ids)), key=lambda j: len(prompt_ids[j]))
+        need = len(prompt_ids[i]) + max_new_tokens
+        if need > limit:
+            raise ConfigError(f"--max-new-tokens: prompt {rows[i]['id']!r} has {len(prompt_ids[i])} tokens; with "
+                              f"{max_new_tokens} new ones that is {need} positions, more than --{key}'s "
+                              f"max_position_embeddings {limit}")
+
+
+# ------------------------------------------------------------------------------------------------ the run
+
+def _resolve_device(name: str, state):
+    from alignment.models import resolve_device
+
+    if name == "auto":
+        return state.device
+    return resolve_device(name)
+
+
+def generate_batch(backend, plan: Plan, args: Args, rows: list[dict], prompt_ids) -> tuple[list[dict], dict]:
+    """Rows of generations.jsonl for one batch of prompts, and its counts."""
+    import torch
+
+    from alignment.decoding import effective_sample_size, importance_weights, resample
+
+    per_prompt = [{"responses": [], "components": [], "num_tokens": [], "finished": []} for _ in rows]
+    first, size = rows[0]["id"], len(rows)
+    stats = {"ess_plus": [], "ess_minus": []}
+
+    def add(i, component, tokens, finished):
+        r = per_prompt[i]
+        r["responses"].append(backend.tok.decode(tokens, skip_special_tokens=True))
+        r["components"].append(component)
+        r["num_tokens"].append(len(tokens))
+        r["finished"].append(bool(finished))
+
+    seq = [(c, n) for c, n in plan.components if c.startswith("mixseq")]
+    if seq:
+        cand = backend.draw_scored(prompt_ids, plan.candidates, batch_seed(args.seed, "candidates", first, size))
+        lp = torch.tensor(cand.logprobs, dtype=torch.float64)  # [P, M, 2]
+        w_plus, w_minus = importance_weights(lp[..., 0], lp[..., 1], args.alpha)
+        stats["ess_plus"] = effective_sample_size(w_plus).tolist()
+        stats["ess_minus"] = effective_sample_size(w_minus).tolist()
+    for component, n in plan.components:
+        if component.startswith("mixseq"):
+            w = w_plus if component == "mixseq+" else w_minus
+            g = torch.Generator().manual_seed(batch_seed(args.seed, component, first, size))
+            idx = resample(w, n, generator=g).tolist()
+            for i in range(len(rows)):
+                for j in idx[i]:
+                    add(i, component, cand.tokens[i][j], cand.finished[i][j])
+            continue
+        d = backend.draw(prompt_ids, component, n, batch_seed(args.seed, component, first, size))
+        for i in range(len(rows)):
+            for t, f in zip(d.tokens[i], d.finished[i]):
+                add(i, component, t, f)
+    out = []
+    for row, r in zip(rows, per_prompt):
+        out.append({"id": row["id"], "prompt": row["prompt"], "responses": r["responses"],
+                    "components": r["components"], "num_tokens": r["num_tokens"]})
+        stats.setdefault("finished", []).extend(zip(r["components"], r["num_tokens"], r["finished"]))
+    if seq:
+        stats["candidate_tokens"] = sum(len(t) for ts in cand.tokens for t in ts)
+    return out, stats
+
+
+def summarise(rows: list[dict], batch_logs: list[dict], finished: list, ess: dict, processes: int = 1) -> dict:
+    """run.json's summary: counts per component (responses, tokens, cut at --max-new-tokens), throughput."""
+    comps = {}
+    for c, n, f in finished:
+        s = comps.setdefault(c, {"responses": 0, "tokens": 0, "truncated": 0})
+        s["responses"] += 1
+        s["tokens"] += n
+        s["truncated"] += int(not f)
+    for s in comps.values():
+        s["mean_tokens"] = s["tokens"] / s["responses"]
+    tokens = sum(b["new_tokens"] for b in batch_logs)
+    per_process = {}
+    for b in batch_logs:
+        per_process[b["process"]] = per_process.get(b["process"], 0.0) + b["seconds"]
+    seconds = max(per_process.values(), default=0.0)  # the processes run side by side: the slowest one's time
+    out = {"prompts": len(rows), "responses": sum(len(r["responses"]) for r in rows), "new_tokens": tokens,
+           "seconds": seconds, "tokens_per_s": tokens / seconds if seconds > 0 else None, "components": comps,
+           "processes": processes}
+    if ess["plus"]:
+        out["mixseq_ess_mean"] = {"mixseq+": sum(ess["plus"]) / len(ess["plus"]),
+                                  "mixseq-": sum(ess["minus"]) / len(ess["minus"])}
+    return out
+
+
+@exit_on_config_error
+def main(argv=None):
+    args = parse_dataclass(Args, argv, description=__doc__.split("\n\n")[0])
+    plan = resolve(args)
+
+    import torch
+    from accelerate import PartialState
+    from accelerate.utils import gather_object
+    from tqdm.auto import tqdm
+
+    from alignment.data import load_prompts, write_jsonl
+
+    # gloo processes on a machine without CUDA (torchrun / accelerate launch --cpu), one per GPU otherwise
+    state = PartialState(cpu=args.device == "cpu" or not torch.cuda.is_available())
+    if args.backend == "vllm":
+        from alignment import vllm_backend
+
+        vllm_backend.require_vllm()
+        if state.num_processes > 1:
+            raise ConfigError("--backend: run --backend vllm as one process (vLLM spreads a model over GPUs "
+                              "itself); use accelerate launch with --backend hf")
+    prompts = load_prompts(args.prompts, "--prompts", split=args.split, seed=TASK_SEED)
+    if args.backend == "hf":
+        device = _resolve_device(args.device, state)
+        tok, models = _load_hf(plan, args, device)
+        backend = HFBackend(models, tok, args, device)
+    else:
+        backend = vllm_backend.VLLMBackend(plan, args)
+        tok, models = backend.tok, {}
+    prompt_ids = encode_prompts(tok, prompts)
+    if models:
+        _check_lengths(models, prompt_ids, args.max_new_tokens, prompts)
+    else:
+        backend.check_lengths(prompt_ids, args.max_new_tokens, prompts)
+
+    indices = list(range(len(prompts)))
+    with state.split_between_processes(indices) as mine:
+        mine = list(mine)
+    bs = plan.batch_size or (16 if args.backend == "hf" else max(len(mine), 1))
+    batches = [mine[i:i + bs] for i in range(0, len(mine), bs)]
+    rows, logs, finished, ess = [], [], [], {"plus": [], "minus": []}
+    with tqdm(total=len(batches), desc=f"generate/{plan.sampler}", unit="batch",
+              disable=None if state.is_main_process else True) as pbar:
+        for b, idx in enumerate(batches):
+            t0 = time.perf_counter()
+            batch_rows, stats = generate_batch(backend, plan, args, [prompts[i] for i in idx],
+                                               [prompt_ids[i] for i in idx])
+            seconds = time.perf_counter() - t0
+            new = sum(sum(r["num_tokens"]) for r in batch_rows)
+            log = {"sampler": plan.sampler, "seed": args.seed, "step": b, "process": state.process_index,
+                   "prompts": len(idx), "responses": sum(len(r["responses"]) for r in batch_rows),
+                   "new_tokens": new + stats.get("candidate_tokens", 0), "kept_tokens": new,
+                   "seconds": seconds}
+            log["tokens_per_s"] = log["new_tokens"] / seconds if seconds > 0 else None
+            rows += batch_rows
+            logs.append(log)
+            finished += stats["finished"]
+            ess["plus"] += stats["ess_plus"]
+            ess["minus"] += stats["ess_minus"]
+            pbar.update(1)
+    if state.num_processes > 1:
+        rows, logs, finished = gather_object(rows), gather_object(logs), gather_object(finished)
+        ess = {k: gather_object(v) for k, v in ess.items()}
+    if not state.is_main_process:
+        state.wait_for_everyone()
+        return None
+
+    summary = summarise(rows, logs, finished, ess, state.num_processes)
+    config = dataclasses.asdict(args) | {"resolved": {"policy": plan.policy, "ref": plan.ref, "name": plan.name,
+                                                         "components": plan.components, "candidates": plan.candidates,
+                                                         "batch_size": bs, "processes": state.num_processes}}
+    with RunDir(args.out, plan.name, config, [args.seed]) as run:
+        write_jsonl(run.path("generations.jsonl"), rows)
+        for log in sorted(logs, key=lambda x: (x["process"], x["step"])):
+            run.log(log)
+        path = run.finish(summary=summary)
+    if state.num_processes > 1:
+        state.wait_for_everyone()
+    tps = summary["tokens_per_s"]
+    print(f"{summary['prompts']} prompts, {summary['responses']} responses, {summary['new_tokens']} new tokens"
+          + (f", {tps:.0f} tokens/s" if tps else ""))
+    print(f"wrote {path}")
+    return path
+
+
+if __name__ == "__main__":
+    main()
