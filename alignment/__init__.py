@@ -3,12 +3,15 @@
 Entry points (each `python -m alignment.NAME --help`):
     sft            supervised fine-tuning (toy: from scratch on synthetic demonstrations)
     reward_model   Bradley-Terry reward model on oracle-labelled pairs
-    generate       K responses per prompt with a generation sampler: offline, online, gshf, mixp (fused decoding)
+    generate       K responses per prompt with a generation sampler: offline, online, gshf, mixp (fused
+                   decoding), mixp_seq (sequence-level importance resampling; vLLM-compatible)
     annotate       score responses with a reward, pick pairs (max_min, random, mixed_max_min), write TRL rows
 
 Shared modules:
     toy.py      the toy task: prompts, true reward, demonstrations, in-process tokenizer and tiny Llama
     models.py   load a tokenizer / causal LM by name: "toy", "toy:SIZE", a local folder, or a Hub name
+    decoding.py batched sampling from one model or a per-token fusion of several (one KV cache each)
+    vllm_backend.py  the vLLM path for GPU nodes (imported only when chosen)
     rewards.py  the reward interface: reward.score(prompts, responses) -> list[float]
     data.py     prompt / generation / preference sets: loading, validation, atomic JSONL writing
 
