@@ -28,20 +28,17 @@ from __future__ import annotations
 import dataclasses
 import math
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
 from alignment.data import GENERATIONS_FILE, PREFERENCES_FILE, load_generations, write_jsonl
-from runlog import ConfigError, RunDir, exit_on_config_error, parse_dataclass, read_run
+from runlog import ConfigError, RunDir, arg, exit_on_config_error, parse_dataclass, read_run
 
 RULES = ("max_min", "random", "mixed_max_min")
 FUSED = ("mix+", "mix-", "mixseq+", "mixseq-")
 POLICY = ("policy",)
 
-
-def arg(default, help: str, **meta):
-    return field(default=default, metadata={"help": help, **meta})
 
 
 @dataclass

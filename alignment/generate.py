@@ -54,10 +54,11 @@ import dataclasses
 import math
 import time
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from runlog import ConfigError, RunDir, exit_on_config_error, parse_dataclass
+from alignment.models import model_source
+from runlog import ConfigError, RunDir, arg, exit_on_config_error, parse_dataclass
 
 SAMPLERS = ("offline", "online", "gshf", "mixp", "mixp_seq")
 VLLM_SAMPLERS = ("offline", "online", "gshf", "mixp_seq")
@@ -67,16 +68,6 @@ DEFAULT_POLICY = "runs/alignment/sft/toy/model"
 ONLINE_PAIR = 2  # responses from pi added by --mixp-online-pair
 TASK_SEED = 0  # toy:N prompts are ToyTask(0)'s, toy:SIZE models seed-0 inits, whatever --seed
 
-
-def model_source(spec: str) -> str:
-    """A run folder holding model/ (what alignment.sft writes) stands for that model folder."""
-    if Path(spec, "model").is_dir() and not Path(spec, "config.json").exists():
-        return str(Path(spec, "model"))
-    return spec
-
-
-def arg(default, help: str, **meta):
-    return field(default=default, metadata={"help": help, **meta})
 
 
 @dataclass
@@ -289,8 +280,6 @@ class HFBackend:
 
 def _load_hf(plan: Plan, args: Args, device):
     """Tokenizer and the models the sampler uses (one object when --policy and --ref name the same)."""
-    import torch
-
     from alignment.models import DTYPES, is_toy, load_causal_lm, load_tokenizer
 
     specs = {k: v for k, v in (("policy", plan.policy), ("ref", plan.ref)) if v is not None}

@@ -26,6 +26,13 @@ def _toy_size(name: str, field: str) -> str:
     return size
 
 
+def model_source(name: str) -> str:
+    """A run folder holding model/ (what alignment.sft and alignment.reward_model write) stands for that folder."""
+    if Path(name, "model").is_dir() and not Path(name, "config.json").exists():
+        return str(Path(name, "model"))
+    return name
+
+
 def _check_source(name: str, field: str) -> None:
     """A local-looking path must exist; anything else is tried as a Hub name (fails clearly offline)."""
     looks_local = name.startswith((".", "/", "~")) or Path(name).exists() or name.count("/") > 1

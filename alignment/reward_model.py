@@ -22,16 +22,15 @@ from __future__ import annotations
 import dataclasses
 import math
 import random
-import shutil
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
-from alignment.sft import (arg, check_common, check_positive, make_callbacks, model_source, resolve_device,
+from alignment.models import model_source
+from alignment.sft import (check_common, check_positive, make_callbacks, resolve_device, save_and_finish,
                            shuffled_split, trainer_kwargs, use_quiet_progress)
-from runlog import ConfigError, RunDir, exit_on_config_error, parse_dataclass
+from runlog import ConfigError, RunDir, arg, exit_on_config_error, parse_dataclass
 
 LABELS = ("bt", "hard")
 
@@ -317,11 +316,7 @@ def main(argv=None):
               f"{result.metrics['train_runtime']:.1f} s)")
         summary = {"heldout_accuracy_before": before, "heldout_accuracy_after": after, "steps": steps,
                    "train_loss_mean": result.metrics.get("train_loss"), "num_params": num_params}
-        model.save_pretrained(run.path("model"))
-        tokenizer.save_pretrained(run.path("model"))
-        shutil.rmtree(run.path("trainer"), ignore_errors=True)
-        summary["wall_s"] = time.perf_counter() - t0
-        path = run.finish(summary=summary)
+        path = save_and_finish(run, model, tokenizer, summary, t0)
     print(f"wrote {path} ({summary['wall_s']:.0f} s)")
     return path
 

@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 import torch
@@ -87,6 +86,6 @@ def load_reward(spec: str, device="cpu", batch_size: int = 64, field: str = "--r
         return CallableReward(true_reward, name="toy-oracle")
     if not spec:
         raise ConfigError(f"{field}: give 'toy-oracle' or a reward model folder / Hub name")
-    if Path(spec, "model").is_dir() and not Path(spec, "config.json").exists():
-        spec = str(Path(spec, "model"))  # a run folder of alignment.reward_model
-    return HFRewardModel(spec, device=device, batch_size=batch_size, field=field)
+    from alignment.models import model_source
+
+    return HFRewardModel(model_source(spec), device=device, batch_size=batch_size, field=field)

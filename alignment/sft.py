@@ -16,18 +16,16 @@ import math
 import random
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from runlog import ConfigError, RunDir, exit_on_config_error, parse_dataclass
+from alignment.models import model_source
+from runlog import ConfigError, RunDir, arg, exit_on_config_error, parse_dataclass
 
 TOY_CONTEXT = 128  # the toy model's max_position_embeddings and the toy tokenizer's model_max_length
 
-
-def arg(default, help: str, **meta):
-    return field(default=default, metadata={"help": help, **meta})
 
 
 @dataclass
@@ -98,13 +96,6 @@ def resolve_device(name: str) -> torch.device:
         raise ConfigError(f"--device: {name!r}: the trainer uses the first visible GPU; "
                           f"run with CUDA_VISIBLE_DEVICES={device.index} and --device cuda")
     return device
-
-
-def model_source(name: str) -> str:
-    """A run folder of sft / reward_model stands for its model/ subfolder (as in alignment.rewards.load_reward)."""
-    if Path(name, "model").is_dir() and not Path(name, "config.json").exists():
-        return str(Path(name, "model"))
-    return name
 
 
 def trainer_kwargs(args, device: torch.device, output_dir: Path) -> dict:
@@ -323,13 +314,18 @@ def main(argv=None):
             run.log({"stage": "sft", "seed": args.seed, "step": trainer.state.global_step,
                      "fluency_rate": summary["fluency_rate"], "mean_reward": summary["mean_reward"]})
         tokenizer.padding_side = "left"
-        model.save_pretrained(run.path("model"))
-        tokenizer.save_pretrained(run.path("model"))
-        shutil.rmtree(run.path("trainer"), ignore_errors=True)
-        summary["wall_s"] = time.perf_counter() - t0
-        path = run.finish(summary=summary)
+        path = save_and_finish(run, model, tokenizer, summary, t0)
     print(f"wrote {path} ({summary['wall_s']:.0f} s)")
     return path
+
+
+def save_and_finish(run, model, tokenizer, summary: dict, t0: float):
+    """Save model and tokenizer under the run's model/, drop the trainer's scratch folder, finish the run."""
+    model.save_pretrained(run.path("model"))
+    tokenizer.save_pretrained(run.path("model"))
+    shutil.rmtree(run.path("trainer"), ignore_errors=True)
+    summary["wall_s"] = time.perf_counter() - t0
+    return run.finish(summary=summary)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -14,16 +14,13 @@ from tqdm.auto import tqdm
 from bandit.metrics import METRICS, convergence_order, iterations_to, noise_floor, optimal_value
 from bandit.runner import simulate
 from bandit.samplers import SAMPLERS, get_sampler
-from runlog import ConfigError, RunDir, atomic_write_json
+from runlog import ConfigError, RunDir, arg, atomic_write_json
 
 # The paper's settings (Shi, Zhou, Du, ICLR 2025): exact lr 10 for 100 iterations, empirical lr 0.05 for 3000.
 PAPER = {"exact": {"lr": 10.0, "iters": 100}, "empirical": {"lr": 0.05, "iters": 3000}}
 TOL = 1e-8  # "converged": param_diff <= TOL
 QUADRATIC = 1.8  # a fitted order at least this counts as quadratic
 
-
-def arg(default, help: str, **meta):
-    return field(default=default, metadata={"help": help, **meta})
 
 
 @dataclass

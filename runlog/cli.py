@@ -33,6 +33,13 @@ def exit_on_config_error(main):
     return wrapper
 
 
+def arg(default, help: str, **meta):
+    """A field of an Args dataclass: its default, its --help text, and optional "choices" / "metavar"."""
+    import dataclasses
+
+    return dataclasses.field(default=default, metadata={"help": help, **meta})
+
+
 def parse_dataclass(cls, argv=None, description: str | None = None):
     """Build a command line from an `Args`-style dataclass and parse it.
 

@@ -5,7 +5,6 @@ plumbing (against a stand-in vllm module), and one real `python -m` subprocess.
 Everything uses toy models (tiny Llamas built from configs) and a few tokens per response.
 """
 import json
-import math
 import os
 import signal
 import subprocess

@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from alignment import toy
 from alignment.reward_model import main, toy_pairs, toy_response

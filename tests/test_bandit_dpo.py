@@ -1,7 +1,6 @@
 """Exact and empirical DPO gradients (bandit/dpo.py) against autograd, finite differences and sampling."""
 import math
 
-import numpy as np
 import pytest
 import torch
 

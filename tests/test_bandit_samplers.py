@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from bandit.samplers import SAMPLERS, PairState, get_sampler, log_mix_weight, mix_p, mix_p_star, sampler_weights
+from bandit.samplers import SAMPLERS, PairState, get_sampler, log_mix_weight, mix_p_star, sampler_weights
 from runlog import ConfigError
 
 DT = torch.float64
