@@ -10,8 +10,20 @@ class ConfigError(ValueError):
     """Invalid user input. The message names the field and what is allowed."""
 
 
+def program_name() -> str:
+    """How the user ran us: "python -m alignment.sft" for a module, else the script's file name."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    if spec is not None and spec.name and not spec.name.endswith("__main__"):
+        return f"python -m {spec.name}"
+    return sys.argv[0].rsplit("/", 1)[-1] if sys.argv and sys.argv[0] else "error"
+
+
 class ArgParser(argparse.ArgumentParser):
     """argparse with a one-line error (no usage dump) and exit code 2."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("prog", program_name())
+        super().__init__(*args, **kwargs)
 
     def error(self, message):  # argparse's own errors: unknown flag, bad type, ...
         print(f"{self.prog}: error: {message}", file=sys.stderr)
@@ -26,8 +38,7 @@ def exit_on_config_error(main):
         try:
             return main(*args, **kwargs)
         except ConfigError as e:
-            prog = sys.argv[0].rsplit("/", 1)[-1] if sys.argv and sys.argv[0] else "error"
-            print(f"{prog}: error: {e}", file=sys.stderr)
+            print(f"{program_name()}: error: {e}", file=sys.stderr)
             sys.exit(2)
 
     return wrapper
