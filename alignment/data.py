@@ -245,17 +245,27 @@ def _check_responses(value, where: str) -> list[str]:
 
 # ------------------------------------------------------------------------------------------------ prompts
 
-def validate_prompts(rows: list[dict], source: str, field: str = "--prompts", lines: list[int] | None = None) -> list[dict]:
-    """Give each row an id (its index if missing), check texts and id uniqueness."""
+def _rows(rows: list[dict], source: str, field: str, lines):
+    """(index, row, where-string) for each row; a set with no rows is an error."""
     if not rows:
         raise ConfigError(f"{field}: {source} has no rows")
-    seen, kind = set(), []
-    out = []
     for i, row in enumerate(rows):
-        where = _where(field, source, i, lines)
-        prompt = _require(row, "prompt", where)
-        check_text(prompt, where, "prompt")
-        _check_kind(prompt, where, kind)
+        yield i, row, _where(field, source, i, lines)
+
+
+def _checked_prompt(row: dict, where: str, kind: list):
+    """The row's prompt: present, non-empty text or messages, of the same kind as the rows before."""
+    prompt = _require(row, "prompt", where)
+    check_text(prompt, where, "prompt")
+    _check_kind(prompt, where, kind)
+    return prompt
+
+
+def validate_prompts(rows: list[dict], source: str, field: str = "--prompts", lines: list[int] | None = None) -> list[dict]:
+    """Give each row an id (its index if missing), check texts and id uniqueness."""
+    seen, kind, out = set(), [], []
+    for i, row, where in _rows(rows, source, field, lines):
+        _checked_prompt(row, where, kind)
         out.append(dict(row, id=_row_id(row, i, where, seen)))
     return out
 
@@ -279,15 +289,9 @@ def load_prompts(spec: str, field: str = "--prompts", split: str = "train", seed
 def validate_generations(rows: list[dict], source: str, field: str = "--generations",
                          lines: list[int] | None = None) -> list[dict]:
     """Rows {"id", "prompt", "responses", optional "components", "num_tokens", "rewards"}, checked."""
-    if not rows:
-        raise ConfigError(f"{field}: {source} has no rows")
-    seen, kind = set(), []
-    out = []
-    for i, row in enumerate(rows):
-        where = _where(field, source, i, lines)
-        prompt = _require(row, "prompt", where)
-        check_text(prompt, where, "prompt")
-        _check_kind(prompt, where, kind)
+    seen, kind, out = set(), [], []
+    for i, row, where in _rows(rows, source, field, lines):
+        _checked_prompt(row, where, kind)
         responses = _check_responses(_require(row, "responses", where), where)
         n = len(responses)
         if row.get("components") is not None:
@@ -331,12 +335,8 @@ def _split_shared_prefix(chosen: list, rejected: list) -> tuple[list, list, list
 def validate_preferences(rows: list[dict], source: str, field: str = "--preferences",
                          lines: list[int] | None = None, allow_identical: bool = False) -> list[dict]:
     """TRL preference rows {"prompt", "chosen", "rejected"} plus optional rewards, checked (see module doc)."""
-    if not rows:
-        raise ConfigError(f"{field}: {source} has no rows")
-    seen, kind = set(), []
-    out = []
-    for i, row in enumerate(rows):
-        where = _where(field, source, i, lines)
+    seen, kind, out = set(), [], []
+    for i, row, where in _rows(rows, source, field, lines):
         chosen, rejected = _require(row, "chosen", where), _require(row, "rejected", where)
         prompt = row.get("prompt")
         if _is_messages(chosen) and _is_messages(rejected) and (prompt is None or isinstance(prompt, str)):

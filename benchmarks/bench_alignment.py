@@ -15,11 +15,12 @@ toy models; peak allocated GPU memory on CUDA), next to the weights plus full KV
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
 import resource
 import sys
 import time
 from pathlib import Path
+
+from isolated import run_isolated  # benchmarks/isolated.py, beside this script
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python benchmarks/bench_alignment.py` from anywhere
 
@@ -148,13 +149,7 @@ def _peak(variant, a, queue):
 
 
 def peak_memory(variant, a) -> dict:
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    p = ctx.Process(target=_peak, args=(variant, a, q))
-    p.start()
-    out = q.get()
-    p.join()
-    return out
+    return run_isolated(_peak, variant, a)
 
 
 def main():

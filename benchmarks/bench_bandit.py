@@ -10,9 +10,10 @@ and each variant's peak memory. Each measurement runs in a fresh subprocess so p
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
 import resource
 import time
+
+from isolated import run_isolated  # benchmarks/isolated.py, beside this script
 
 
 def _measure(variant: str, setting: str, seeds: int, iters: int, device: str, sampler: str, queue):
@@ -47,13 +48,7 @@ def _measure(variant: str, setting: str, seeds: int, iters: int, device: str, sa
 
 
 def measure(*args):
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    p = ctx.Process(target=_measure, args=(*args, q))
-    p.start()
-    out = q.get()
-    p.join()
-    return out
+    return run_isolated(_measure, *args)
 
 
 def main():
