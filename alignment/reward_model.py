@@ -242,8 +242,6 @@ def build_classifier(source: str, tokenizer, seed: int, trust_remote_code: bool)
 def resolve(args: Args) -> torch.device:
     check_positive("num-pairs", args.num_pairs, integer=True)
     check_common(args)
-    if args.eval_every < 0:
-        raise ConfigError(f"--eval-every: must be an integer >= 0, got {args.eval_every}")
     if args.label not in LABELS:
         raise ConfigError(f"--label: unknown {args.label!r}; known: {', '.join(LABELS)}")
     return resolve_device(args.device)

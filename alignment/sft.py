@@ -68,6 +68,8 @@ def check_common(args) -> None:
     if is_toy(args.model):
         _toy_size(args.model, "--model")  # before any data is built
     check_positive("num-heldout", args.num_heldout, integer=True)
+    if args.eval_every < 0:
+        raise ConfigError(f"--eval-every: must be an integer >= 0, got {args.eval_every}")
     check_positive("epochs", args.epochs)
     if args.max_steps is not None:
         check_positive("max-steps", args.max_steps, integer=True)
@@ -246,8 +248,6 @@ def sample_toy(model, tokenizer, num: int, seed: int, max_new_tokens: int, batch
 def resolve(args: Args) -> torch.device:
     check_positive("num-train", args.num_train, integer=True)
     check_common(args)
-    if args.eval_every < 0:
-        raise ConfigError(f"--eval-every: must be an integer >= 0, got {args.eval_every}")
     if args.num_samples < 0:
         raise ConfigError(f"--num-samples: must be an integer >= 0, got {args.num_samples}")
     check_positive("max-new-tokens", args.max_new_tokens, integer=True)

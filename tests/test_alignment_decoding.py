@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from alignment import toy
+from conftest import sharp_toy_model
 from alignment.decoding import (effective_sample_size, importance_weights, left_pad, position_ids_from_mask,
                                 resample, sample)
 
@@ -21,16 +22,9 @@ TOK = toy.build_tokenizer()
 PAD = TOK.pad_token_id
 
 
-def sharp_model(size="tiny", seed=0, scale=8.0):
-    model = toy.build_model(TOK, size, seed=seed).eval()
-    with torch.no_grad():
-        model.get_input_embeddings().weight.mul_(scale)
-    return model
-
-
 @pytest.fixture(scope="module")
 def models():
-    return sharp_model(seed=1), sharp_model(seed=2)
+    return sharp_toy_model(seed=1), sharp_toy_model(seed=2)
 
 
 def prompts(lengths=(7, 3, 5, 1)):
@@ -235,7 +229,7 @@ def test_resample_draws_distinct_candidates_in_proportion():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_matches_generate_and_the_naive_decoder():
-    pi, ref = sharp_model(seed=1).cuda(), sharp_model(seed=2).cuda()
+    pi, ref = sharp_toy_model(seed=1).cuda(), sharp_toy_model(seed=2).cuda()
     _, (ids, mask) = prompts()
     ids, mask = ids.cuda(), mask.cuda()
     eos = frequent_token(pi, ids, mask)

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from alignment import toy
+from conftest import sharp_toy_model
 from alignment.decoding import sample
 from alignment.generate import (Args, HFBackend, SAMPLERS, batch_seed, component_plan, encode_prompts,
                                 generate_batch, main, resolve)
@@ -29,17 +30,9 @@ ROW_KEYS = {"id", "prompt", "responses", "components", "num_tokens"}
 TINY = ["--policy", "toy:tiny", "--max-new-tokens", "6", "--prompts", "toy:5", "--batch-size", "2"]
 
 
-def sharp_model(seed, size="tiny", scale=8.0):
-    """A random toy model whose next-token distributions are far from uniform (scaled tied embedding)."""
-    model = toy.build_model(TOK, size, seed=seed).eval()
-    with torch.no_grad():
-        model.get_input_embeddings().weight.mul_(scale)
-    return model
-
-
 @pytest.fixture(scope="module")
 def models():
-    return {"pi": sharp_model(1), "pi2": sharp_model(2), "ref": sharp_model(3), "ref2": sharp_model(4)}
+    return {"pi": sharp_toy_model(1), "pi2": sharp_toy_model(2), "ref": sharp_toy_model(3), "ref2": sharp_toy_model(4)}
 
 
 def run_batch(sampler, pi, ref, **kw):
