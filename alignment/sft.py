@@ -119,12 +119,18 @@ def trainer_kwargs(args, device: torch.device, output_dir: Path) -> dict:
 # Trainer log keys -> metrics.jsonl keys (run-time keys such as train_runtime are left out: they differ per run)
 LOG_KEYS = {"loss": "train_loss", "grad_norm": "grad_norm", "learning_rate": "lr", "epoch": "epoch",
             "mean_token_accuracy": "train_token_accuracy", "accuracy": "train_accuracy", "margin": "train_margin",
-            "eval_loss": "heldout_loss", "eval_mean_token_accuracy": "heldout_token_accuracy"}
+            "eval_loss": "heldout_loss", "eval_mean_token_accuracy": "heldout_token_accuracy",
+            # DPOTrainer's: implicit rewards beta log(pi / pi_ref) of chosen and rejected, their margin and accuracy
+            "rewards/chosen": "train_reward_chosen", "rewards/rejected": "train_reward_rejected",
+            "rewards/margins": "train_reward_margin", "rewards/accuracies": "train_reward_accuracy",
+            "logps/chosen": "train_logp_chosen", "logps/rejected": "train_logp_rejected",
+            "soft_target": "train_soft_target"}
 
 
-def make_callbacks(run: RunDir, seed: int, stage: str):
-    """A callback writing the trainer's logs to metrics.jsonl, and a progress bar that shows them as a postfix
-    instead of printing a dict per log step."""
+def make_callbacks(run: RunDir, seed: int, stage: str, extra: dict | None = None):
+    """A callback writing the trainer's logs to metrics.jsonl (each row with stage, seed, step and `extra`, e.g.
+    the pipeline's iteration and sampler), and a progress bar that shows them as a postfix instead of printing
+    a dict per log step."""
     from transformers import ProgressCallback, TrainerCallback
 
     class LogToRun(TrainerCallback):
@@ -137,7 +143,7 @@ def make_callbacks(run: RunDir, seed: int, stage: str):
                 return
             if "heldout_loss" in row:
                 self.last_eval_step = state.global_step
-            run.log({"stage": stage, "seed": seed, "step": state.global_step, **row})
+            run.log({"stage": stage, **(extra or {}), "seed": seed, "step": state.global_step, **row})
 
     class QuietProgress(ProgressCallback):
         def on_log(self, targs, state, control, logs=None, **kw):

@@ -51,28 +51,37 @@ def arg(default, help: str, **meta):
     return dataclasses.field(default=default, metadata={"help": help, **meta})
 
 
-def parse_dataclass(cls, argv=None, description: str | None = None):
+def parse_dataclass(cls, argv=None, description: str | None = None, defaults: dict | None = None):
     """Build a command line from an `Args`-style dataclass and parse it.
 
-    Each field becomes --field-name with the field's default; metadata may give "help" and "choices".
-    bool fields become on/off switches. Returns an instance of `cls`.
+    Each field becomes --field-name with the field's default (or `defaults[name]`, e.g. from a YAML recipe,
+    which the command line then overrides); metadata may give "help", "choices" and "metavar". bool fields
+    become on/off switches; fields whose type is not str/int/float/bool (e.g. dict) are recipe-only.
+    Returns an instance of `cls`.
     """
     import dataclasses
     import typing
 
     hints = typing.get_type_hints(cls)
     parser = ArgParser(description=description)
+    recipe_only = {}
     for f in dataclasses.fields(cls):
+        default = (defaults or {}).get(f.name, f.default)
+        if f.default is dataclasses.MISSING and f.default_factory is not dataclasses.MISSING and f.name not in (defaults or {}):
+            default = f.default_factory()
         flag = "--" + f.name.replace("_", "-")
         help_ = f.metadata.get("help", "")
-        if f.default is not None and not isinstance(f.default, bool):
-            help_ += f" (default: {f.default})"
+        if default is not None and not isinstance(default, bool):
+            help_ += f" (default: {default})"
         kind = hints[f.name]
-        if kind is bool:
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=f.default, help=help_)
-            continue
         args = typing.get_args(kind)
         base = next((a for a in args if a is not type(None)), kind) if args else kind
-        parser.add_argument(flag, dest=f.name, type=base, default=f.default, help=help_,
+        if base not in (str, int, float, bool):
+            recipe_only[f.name] = default
+            continue
+        if base is bool:
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=default, help=help_)
+            continue
+        parser.add_argument(flag, dest=f.name, type=base, default=default, help=help_,
                             choices=f.metadata.get("choices"), metavar=f.metadata.get("metavar"))
-    return cls(**vars(parser.parse_args(argv)))
+    return cls(**vars(parser.parse_args(argv)), **recipe_only)
