@@ -1,0 +1,520 @@
+"""Evaluate a policy against the fixed reference policy on held-out prompts: reward, win rate, KL.
+
+    python -m alignment.evaluate --policy runs/alignment/sft/toy                  # iteration 0: pi = pi_ref, KL 0
+    python -m alignment.evaluate --policy PATH/TO/DPO/model --ref runs/alignment/sft/toy --name iter1
+    python -m alignment.evaluate --policy toy:small --prompts toy:50 --export none
+    python -m alignment.evaluate --policy runs/.../model --ref ORG/MODEL --prompts ORG/DATA --split test \\
+        --reward runs/alignment/reward_model/NAME --device cuda --dtype bfloat16
+
+What is measured, per prompt, and why:
+    reward       r(x, y) of one sample y of the policy at a low temperature (--temperature, default 0.7;
+                 0 means greedy), scored by --reward ("toy-oracle": the toy task's true reward; else a
+                 reward-model folder or Hub name). The same for one sample of the reference (ref_reward).
+                 Low temperature is how a trained policy is used, so that is the reward that matters.
+    win          1 if r(policy sample) > r(reference sample), 0.5 on a tie, 0 otherwise. The two samples
+                 come from different random streams, so they are independent draws: at iteration 0
+                 (policy == reference) the win rate is about 0.5 without being exactly 0.5 by construction
+                 (unless --temperature 0, where both are the same greedy response and every prompt ties).
+    kl           Monte Carlo KL(pi || pi_ref) of the sequence distribution: --kl-samples responses per
+                 prompt drawn from the policy itself (temperature 1, no top-p, whatever --temperature is),
+                 then both models are run once on prompt + response (teacher forcing, padding masked).
+                 Per response: the sum over its tokens (EOS included) of the exact next-token KL
+                 KL(pi(.|prefix) || pi_ref(.|prefix)) over the whole vocabulary. Its expectation under pi is
+                 the sequence KL, and it has lower variance than the plain log-ratio (Rao-Blackwellised).
+    kl_logratio  the same responses' plain sum of log pi(y_t|prefix) - log pi_ref(y_t|prefix): the textbook
+                 estimator, kept because it is what DPO's implicit reward measures.
+                 Per prompt, kl and kl_logratio are means over its --kl-samples responses. A response cut at
+                 --max-new-tokens counts its generated tokens: the KL is that of the distributions truncated
+                 at --max-new-tokens, as both models are used. When policy and reference are the same
+                 object, the reference is not run again and both estimates are exactly 0.
+Summary: the mean of each over the prompts with a 95% confidence interval, reported as its half-width
+<metric>_ci = t_{0.975, n-1} * sd / sqrt(n) (Student t, sd with n - 1 degrees of freedom). The per-prompt
+values are the units of the interval. With fewer than 2 prompts the half-width is NaN (null in JSON):
+one value says nothing about its spread. mean_response_tokens is the mean length (EOS included) of the
+policy's low-temperature responses.
+
+Prompts (--prompts): "toy:N" (the first N of ToyTask(0)'s --split, default heldout: prompts no training
+stage saw), a .json/.jsonl/.parquet file of {id, prompt} rows, or a Hub dataset; conversational prompts
+go through the tokenizer's chat template (as in alignment.generate). Responses are decoded without special
+tokens; toy responses also get their whitespace normalised (as alignment.sft's samples), other models'
+responses are kept as decoded, since their spacing and newlines are part of the answer a judge reads.
+
+Seeds: each batch draws from three torch.Generators seeded from --seed, the stream (policy, reference,
+KL) and the batch's first prompt id and size: the same command twice gives the same files, and the
+reference's responses depend only on the reference, the prompts and the sampling settings, so a caller
+evaluating several policies (the pipeline, one per iteration) generates them once and passes them back in
+(`evaluate_policy(..., ref_samples=...)`). Another --batch-size gives other (equally valid) draws.
+
+Output: OUT/NAME/ (NAME default "eval"), written atomically (runlog.RunDir):
+    run.json             config and the summary
+    metrics.jsonl        one row {"stage": "evaluate", "seed", "step": 0, reward_mean, reward_ci, ref_reward_mean,
+                         ref_reward_ci, win_rate, win_rate_ci, kl, kl_ci, kl_logratio, kl_logratio_ci,
+                         num_prompts, mean_response_tokens}
+    evaluations.jsonl    per prompt {"id", "prompt", "response", "reward", "ref_response", "ref_reward", "win",
+                         "kl", "kl_logratio"}
+    alpaca_eval.json     (--export alpaca_eval) AlpacaEval 2's model-outputs file: a JSON list of
+                         {"instruction", "output", "generator"}; instruction = the prompt text, or the last user
+                         message of a conversational prompt; generator = --generator-name (default NAME).
+    mt_bench_answers.jsonl (--export mt_bench) FastChat's MT-Bench answer file, one line per prompt:
+                         {"question_id", "answer_id", "model_id", "choices": [{"index": 0, "turns": [output]}],
+                         "tstamp"}. question_id is the prompt id, as an int when it is an integer string (MT-Bench's
+                         own ids are); answer_id is a hash of (model_id, question_id, output) and tstamp is 0.0, so
+                         a rerun writes the same bytes. Only the first turn is answered: a prompt is one user turn
+                         here, so MT-Bench's second turns need a multi-turn generator (judge single-turn only).
+--export takes a comma-separated list of alpaca_eval, mt_bench (default both) or "none".
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import re
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+# TASK_SEED: toy:N prompts are ToyTask(0)'s and toy:SIZE models seed-0 inits, whatever --seed (as in generate)
+from alignment.generate import TASK_SEED, _finite, batch_seed
+from runlog import ConfigError, RunDir, arg, atomic_write_json, exit_on_config_error, parse_dataclass
+
+EXPORTS = ("alpaca_eval", "mt_bench")
+EVALUATIONS_FILE = "evaluations.jsonl"
+ALPACA_EVAL_FILE = "alpaca_eval.json"
+MT_BENCH_FILE = "mt_bench_answers.jsonl"
+MT_BENCH_TSTAMP = 0.0  # a fixed time stamp: FastChat only displays it, and reruns stay byte-identical
+CONFIDENCE = 0.95
+# the three random streams of a batch; distinct names give independent policy and reference draws
+POLICY_STREAM, REF_STREAM, KL_STREAM = "eval-policy", "eval-ref", "eval-kl"
+# summary key, its CI key, the per-prompt field it averages
+METRICS = (("reward_mean", "reward_ci", "reward"), ("ref_reward_mean", "ref_reward_ci", "ref_reward"),
+           ("win_rate", "win_rate_ci", "win"), ("kl", "kl_ci", "kl"), ("kl_logratio", "kl_logratio_ci", "kl_logratio"))
+
+
+@dataclass
+class EvalConfig:
+    """The sampling settings of an evaluation (the CLI's flags of the same names)."""
+    temperature: float = 0.7     # reward / win-rate samples (0: greedy); KL samples always use 1
+    top_p: float = 1.0           # reward / win-rate samples only
+    max_new_tokens: int = 64
+    kl_samples: int = 1          # policy responses per prompt for the KL estimates
+    batch_size: int = 32         # prompts per batch; the KL draws of a batch are batch_size * kl_samples
+                                 # responses, scored by forward passes over batch_size sequences at a time
+    seed: int = 0
+
+
+def check_config(cfg: EvalConfig) -> None:
+    """ConfigError naming the flag of the first bad setting."""
+    _finite("temperature", cfg.temperature, low=0)
+    _finite("top-p", cfg.top_p, low=0, high=1, low_open=True)
+    _finite("max-new-tokens", cfg.max_new_tokens, low=1, integer=True)
+    _finite("kl-samples", cfg.kl_samples, low=1, integer=True)
+    _finite("batch-size", cfg.batch_size, low=1, integer=True)
+    _finite("seed", cfg.seed, low=0, integer=True)
+
+
+@dataclass
+class Args:
+    policy: str | None = arg(None, "the policy pi: a model folder (or a run folder holding model/), a Hub name, or "
+                             "toy:SIZE (a random init; tiny, small, base) (required)")
+    ref: str | None = arg(None, "the reference policy pi_ref (default: the same as --policy)")
+    prompts: str = arg("toy:200", "held-out prompts: toy:N, a .json/.jsonl/.parquet file of {id, prompt} rows, "
+                       "or a Hub dataset")
+    split: str = arg("heldout", "split of the toy task or of a Hub dataset")
+    reward: str = arg("toy-oracle", "reward: 'toy-oracle' (the toy task's true reward), a reward-model folder "
+                      "(or an alignment.reward_model run folder) or a Hub name", metavar="SPEC")
+    temperature: float = arg(EvalConfig.temperature, "temperature of the reward and win-rate samples (0: greedy); "
+                             "the KL samples always use 1")
+    top_p: float = arg(EvalConfig.top_p, "nucleus sampling of the reward and win-rate samples")
+    max_new_tokens: int = arg(EvalConfig.max_new_tokens, "most tokens generated per response")
+    kl_samples: int = arg(EvalConfig.kl_samples, "policy responses per prompt for the Monte Carlo KL")
+    batch_size: int = arg(EvalConfig.batch_size, "prompts per batch")
+    seed: int = arg(EvalConfig.seed, "random seed of the draws (toy:N prompts and toy:SIZE models do not depend on it)")
+    device: str = arg("auto", "torch device of the models and the reward model: auto (cuda if available, else cpu), "
+                      "cpu, cuda, cuda:N")
+    dtype: str = arg("auto", "model dtype", choices=["auto", "float32", "bfloat16", "float16"])
+    export: str = arg(",".join(EXPORTS), "files for external judges: a comma-separated list of "
+                      f"{', '.join(EXPORTS)}, or none")
+    generator_name: str | None = arg(None, "the model's name in the exports (default: the run name)")
+    trust_remote_code: bool = arg(False, "let transformers run code shipped with a model")
+    out: str = arg("runs/alignment/evaluate", "output folder; the run is written to OUT/NAME")
+    name: str = arg("eval", "run name; an older run of that name is replaced")
+
+
+def eval_config(args: Args) -> EvalConfig:
+    return EvalConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(EvalConfig)})
+
+
+def parse_exports(spec: str) -> list[str]:
+    """'alpaca_eval,mt_bench' -> ['alpaca_eval', 'mt_bench']; 'none' -> []."""
+    names = [s.strip() for s in spec.split(",")]
+    if names == ["none"]:
+        return []
+    bad = [n for n in names if n not in EXPORTS]
+    if bad or not names:
+        raise ConfigError(f"--export: unknown export {bad[0]!r}; give a comma-separated list of "
+                          f"{', '.join(EXPORTS)}, or none")
+    return list(dict.fromkeys(names))  # in the order given, without repeats
+
+
+@dataclass
+class Plan:
+    cfg: EvalConfig
+    policy: str
+    ref: str
+    exports: list
+    generator: str
+    name: str
+
+
+def resolve(args: Args) -> Plan:
+    """Check every flag before anything is loaded or written; ConfigError names the bad flag."""
+    from alignment.models import model_source
+
+    if not args.policy or not args.policy.strip():
+        raise ConfigError("--policy: required; give a model folder, a run folder holding model/, a Hub name "
+                          "or toy:SIZE")
+    if args.ref is not None and not args.ref.strip():
+        raise ConfigError("--ref: empty model name")
+    cfg = eval_config(args)
+    check_config(cfg)
+    exports = parse_exports(args.export)
+    if args.device != "auto":
+        from alignment.models import resolve_device
+
+        resolve_device(args.device)  # an unknown device, or cuda without a GPU, fails here
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out: {args.out!r} exists and is not a folder")
+    if "/" in args.name or args.name.startswith(".") or not args.name.strip():
+        raise ConfigError(f"--name: {args.name!r} must be a plain folder name (no '/', not starting with '.')")
+    generator = args.generator_name if args.generator_name is not None else args.name
+    if not generator.strip():
+        raise ConfigError("--generator-name: empty name")
+    policy = model_source(args.policy)
+    ref = model_source(args.ref) if args.ref is not None else policy
+    return Plan(cfg, policy, ref, exports, generator, args.name)
+
+
+# ------------------------------------------------------------------------------------------------ statistics
+
+def mean_ci(values, confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """(mean, half-width of the Student-t confidence interval); the half-width is NaN for n < 2, the mean for n = 0."""
+    n = len(values)
+    if n == 0:
+        return math.nan, math.nan
+    mean = math.fsum(values) / n
+    if n < 2:
+        return mean, math.nan
+    from scipy.stats import t
+
+    return mean, float(t.ppf(0.5 + confidence / 2, n - 1)) * statistics.stdev(values) / math.sqrt(n)
+
+
+def summarise(rows: list[dict], response_tokens: list[int]) -> dict:
+    """The summary metrics of per-prompt rows (and the policy responses' token counts)."""
+    out = {}
+    for mean_key, ci_key, field in METRICS:
+        out[mean_key], out[ci_key] = mean_ci([r[field] for r in rows])
+    out["num_prompts"] = len(rows)
+    out["mean_response_tokens"] = math.fsum(response_tokens) / len(response_tokens) if response_tokens else math.nan
+    return out
+
+
+def win(reward: float, ref_reward: float) -> float:
+    return 1.0 if reward > ref_reward else 0.5 if reward == ref_reward else 0.0
+
+
+# ------------------------------------------------------------------------------------------------ sampling and KL
+
+def _device(model):
+    return next(model.parameters()).device
+
+
+def _eos(model, tokenizer):
+    eos = getattr(model.generation_config, "eos_token_id", None)
+    return eos if eos is not None else tokenizer.eos_token_id
+
+
+def draw(model, tokenizer, prompt_ids: list[list[int]], cfg: EvalConfig, seed: int, temperature: float,
+         top_p: float) -> list[list[int]]:
+    """One response per prompt row (token ids, EOS included, no padding), from `model` alone."""
+    import torch
+
+    from alignment.decoding import left_pad, sample
+
+    device = _device(model)
+    input_ids, mask = left_pad(prompt_ids, tokenizer.pad_token_id, device)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    out = sample([model], [1.0], input_ids, mask, max_new_tokens=cfg.max_new_tokens,
+                 eos_token_id=_eos(model, tokenizer), pad_token_id=tokenizer.pad_token_id,
+                 temperature=temperature, top_p=top_p, generator=gen)
+    return [out.row(i) for i in range(len(prompt_ids))]
+
+
+def _is_toy_tokenizer(tokenizer) -> bool:
+    from alignment import toy
+
+    return tokenizer.get_vocab() == {w: i for i, w in enumerate(toy.VOCAB)}
+
+
+def decode(tokenizer, tokens: list[int], normalise_whitespace: bool) -> str:
+    text = tokenizer.decode(tokens, skip_special_tokens=True)
+    return " ".join(text.split()) if normalise_whitespace else text
+
+
+def _next_token_logprobs(model, input_ids, attention_mask, keep: int):
+    """float32 log-softmax of the logits at the last `keep` positions but one: the predictions of the last
+    keep - 1 tokens of each (left-padded) row. [B, keep - 1, V]"""
+    import inspect
+
+    import torch
+
+    from alignment.decoding import position_ids_from_mask
+
+    params = inspect.signature(model.forward).parameters
+    kw = {"attention_mask": attention_mask, "use_cache": False}
+    if "position_ids" in params:  # positions count real tokens only, as when the response was sampled
+        kw["position_ids"] = position_ids_from_mask(attention_mask)
+    if "logits_to_keep" in params:  # the prompt's logits are not needed: [B, T, V] can be large
+        kw["logits_to_keep"] = keep
+    logits = model(input_ids=input_ids, **kw).logits[:, -keep:-1]
+    return torch.log_softmax(logits.float(), dim=-1)
+
+
+def sequence_kl(policy, ref, prompt_ids: list[list[int]], response_ids: list[list[int]], pad_token_id: int,
+                batch_size: int = 32) -> tuple[list[float], list[float]]:
+    """Per (prompt, response): (sum over response tokens of KL(pi(.|prefix) || pi_ref(.|prefix)),
+    sum over response tokens of log pi - log pi_ref), from one forward pass of each model per sequence.
+
+    Prompt + response rows are left-padded together, so every response ends at the last column and the
+    logits of the last max-response-length + 1 positions are all that is computed. `ref is policy`
+    skips the second pass: both sums are then exactly 0.
+    """
+    import torch
+
+    from alignment.decoding import left_pad
+
+    device = _device(policy)
+    kl, logratio = [], []
+    for start in range(0, len(prompt_ids), batch_size):
+        prompts = prompt_ids[start:start + batch_size]
+        responses = response_ids[start:start + batch_size]
+        ids, mask = left_pad([p + r for p, r in zip(prompts, responses, strict=True)], pad_token_id, device)
+        lengths = torch.tensor([len(r) for r in responses], device=device)
+        n_pred = int(lengths.max())  # predicted columns: the last n_pred tokens of each row
+        with torch.no_grad():
+            lp_pi = _next_token_logprobs(policy, ids, mask, n_pred + 1)
+            lp_ref = lp_pi if ref is policy else _next_token_logprobs(ref, ids, mask, n_pred + 1)
+        targets = ids[:, ids.shape[1] - n_pred:]
+        # column j predicts a response token iff it lies in the row's last `length` columns
+        in_response = torch.arange(n_pred, device=device)[None, :] >= (n_pred - lengths)[:, None]
+        diff = lp_pi - lp_ref
+        p = lp_pi.exp()
+        token_kl = torch.where(p > 0, p * diff, torch.zeros_like(diff)).sum(-1)  # 0 log 0 = 0
+        token_lr = diff.gather(-1, targets[..., None]).squeeze(-1)
+        # where, not a product with the mask: logits at padded positions may be NaN
+        zero = torch.zeros_like(token_kl)
+        kl += torch.where(in_response, token_kl, zero).double().sum(-1).tolist()
+        logratio += torch.where(in_response, token_lr, zero).double().sum(-1).tolist()
+    return kl, logratio
+
+
+def score(reward, prompts: list, responses: list[str], ids: list[str], field: str = "--reward") -> list[float]:
+    values = [float(s) for s in reward.score(prompts, responses)]
+    for rid, s in zip(ids, values, strict=True):
+        if not math.isfinite(s):
+            raise ConfigError(f"{field}: {getattr(reward, 'name', 'reward')} gave a non-finite score ({s}) to the "
+                              f"response to prompt id {rid!r}")
+    return values
+
+
+def _check_ref_samples(ref_samples: list[dict], prompts: list[dict]) -> None:
+    if [s["id"] for s in ref_samples] != [p["id"] for p in prompts]:
+        raise ValueError("ref_samples: not the reference samples of these prompts (ids differ); pass the "
+                         "ref_samples an evaluate_policy call on the same prompts returned")
+
+
+def evaluate_policy(policy, ref, tokenizer, prompts: list[dict], reward, cfg: EvalConfig,
+                    ref_samples: list[dict] | None = None, progress: bool = True) -> tuple[dict, list[dict], list[dict]]:
+    """Evaluate `policy` against `ref` on `prompts` (rows {"id", "prompt"}); see the module docstring.
+
+    Returns (summary: the metrics row without stage/seed/step, per-prompt rows of evaluations.jsonl,
+    ref_samples: per prompt {"id", "response", "reward", "num_tokens"} of the reference). A caller
+    evaluating several policies against the same reference, with the same prompts, cfg and seed, passes
+    ref_samples back in to skip regenerating and rescoring them. `policy` and `ref` may be one object.
+    Models are used on the device they are on; the tokenizer must pad (pad_token_id set).
+    """
+    from tqdm.auto import tqdm
+
+    from alignment.generate import encode_prompts
+
+    check_config(cfg)
+    if not prompts:
+        raise ValueError("prompts: nothing to evaluate")
+    if ref_samples is not None:
+        _check_ref_samples(ref_samples, prompts)
+    prompt_ids = encode_prompts(tokenizer, prompts)
+    normalise = _is_toy_tokenizer(tokenizer)
+    new_ref_samples = []
+    rows, response_tokens = [], []
+    batches = [list(range(i, min(i + cfg.batch_size, len(prompts)))) for i in range(0, len(prompts), cfg.batch_size)]
+    with tqdm(total=len(batches), desc="evaluate", unit="batch", disable=None if progress else True) as bar:
+        for idx in batches:
+            batch, ids = [prompts[i] for i in idx], [prompt_ids[i] for i in idx]
+            texts, rids = [r["prompt"] for r in batch], [r["id"] for r in batch]
+
+            def seed(stream):
+                return batch_seed(cfg.seed, stream, rids[0], len(batch))
+
+            tokens = draw(policy, tokenizer, ids, cfg, seed(POLICY_STREAM), cfg.temperature, cfg.top_p)
+            responses = [decode(tokenizer, t, normalise) for t in tokens]
+            rewards = score(reward, texts, responses, rids)
+            response_tokens += [len(t) for t in tokens]
+
+            if ref_samples is None:
+                ref_tokens = draw(ref, tokenizer, ids, cfg, seed(REF_STREAM), cfg.temperature, cfg.top_p)
+                ref_responses = [decode(tokenizer, t, normalise) for t in ref_tokens]
+                ref_rewards = score(reward, texts, ref_responses, rids)
+                batch_ref = [{"id": rid, "response": y, "reward": r, "num_tokens": len(t)}
+                             for rid, y, r, t in zip(rids, ref_responses, ref_rewards, ref_tokens)]
+                new_ref_samples += batch_ref
+            else:
+                batch_ref = [ref_samples[i] for i in idx]
+
+            # the KL is that of the policy's own distribution: temperature 1, no top-p, whatever cfg says
+            k = cfg.kl_samples
+            kl_prompts = [p for p in ids for _ in range(k)]
+            kl_tokens = draw(policy, tokenizer, kl_prompts, cfg, seed(KL_STREAM), 1.0, 1.0)
+            kl, logratio = sequence_kl(policy, ref, kl_prompts, kl_tokens, tokenizer.pad_token_id, cfg.batch_size)
+
+            for j, row in enumerate(batch):
+                mine = slice(j * k, (j + 1) * k)
+                rows.append({"id": row["id"], "prompt": row["prompt"], "response": responses[j], "reward": rewards[j],
+                             "ref_response": batch_ref[j]["response"], "ref_reward": batch_ref[j]["reward"],
+                             "win": win(rewards[j], batch_ref[j]["reward"]),
+                             "kl": math.fsum(kl[mine]) / k, "kl_logratio": math.fsum(logratio[mine]) / k})
+            bar.update(1)
+    return summarise(rows, response_tokens), rows, (ref_samples if ref_samples is not None else new_ref_samples)
+
+
+# ------------------------------------------------------------------------------------------------ exports
+
+def instruction_text(prompt) -> str:
+    """The instruction a judge sees: the prompt text, or the last user message of a conversation."""
+    if isinstance(prompt, str):
+        return prompt
+    users = [m["content"] for m in prompt if m.get("role") == "user"]
+    return users[-1] if users else prompt[-1]["content"]
+
+
+def question_id(rid: str):
+    """MT-Bench question ids are integers: an id that is an integer string becomes that int."""
+    return int(rid) if re.fullmatch(r"-?(0|[1-9][0-9]*)", rid) else rid
+
+
+def answer_id(model_id: str, qid, output: str) -> str:
+    """A deterministic stand-in for FastChat's random shortuuid (22 characters)."""
+    return hashlib.sha256(json.dumps([model_id, qid, output]).encode()).hexdigest()[:22]
+
+
+def alpaca_eval_rows(rows: list[dict], generator: str) -> list[dict]:
+    return [{"instruction": instruction_text(r["prompt"]), "output": r["response"], "generator": generator}
+            for r in rows]
+
+
+def mt_bench_rows(rows: list[dict], model_id: str) -> list[dict]:
+    out = []
+    for r in rows:
+        qid = question_id(str(r["id"]))
+        out.append({"question_id": qid, "answer_id": answer_id(model_id, qid, r["response"]), "model_id": model_id,
+                    "choices": [{"index": 0, "turns": [r["response"]]}], "tstamp": MT_BENCH_TSTAMP})
+    return out
+
+
+def write_outputs(run, summary: dict, rows: list[dict], export: list[str], generator: str) -> None:
+    """evaluations.jsonl and the chosen exports (names from EXPORTS) into an open RunDir. `summary` is the
+    one evaluate_policy returned with `rows`; a mismatch (rows of another evaluation) is an error."""
+    from alignment.data import write_jsonl
+
+    if summary.get("num_prompts") != len(rows):
+        raise ValueError(f"write_outputs: the summary counts {summary.get('num_prompts')} prompts but {len(rows)} "
+                         f"rows were given")
+    unknown = [e for e in export if e not in EXPORTS]
+    if unknown:
+        raise ValueError(f"export: unknown {unknown[0]!r}; known: {', '.join(EXPORTS)}")
+    write_jsonl(run.path(EVALUATIONS_FILE), rows)
+    if "alpaca_eval" in export:
+        atomic_write_json(run.path(ALPACA_EVAL_FILE), alpaca_eval_rows(rows, generator))
+    if "mt_bench" in export:
+        write_jsonl(run.path(MT_BENCH_FILE), mt_bench_rows(rows, generator))
+
+
+# ------------------------------------------------------------------------------------------------ the run
+
+def _check_reward_prompts(reward, prompts: list[dict]) -> None:
+    """The toy oracle scores toy prompts only: say so before any generation."""
+    if getattr(reward, "name", None) != "toy-oracle":
+        return
+    from alignment.toy import parse_prompt
+
+    for i, row in enumerate(prompts):
+        try:
+            parse_prompt(row["prompt"] if isinstance(row["prompt"], str) else "")
+        except ValueError:
+            raise ConfigError(f"--reward: 'toy-oracle' scores toy prompts only; --prompts row {i} (id {row['id']!r}) "
+                              f"has prompt {row['prompt']!r}; give a reward model") from None
+
+
+def format_summary(s: dict) -> str:
+    def f(mean, ci):
+        return f"{mean:.3f}" + ("" if math.isnan(ci) else f" +- {ci:.3f}")
+
+    return (f"{s['num_prompts']} prompts: reward {f(s['reward_mean'], s['reward_ci'])} "
+            f"(reference {f(s['ref_reward_mean'], s['ref_reward_ci'])})  "
+            f"win rate {f(s['win_rate'], s['win_rate_ci'])}  KL {f(s['kl'], s['kl_ci'])} "
+            f"(log-ratio {f(s['kl_logratio'], s['kl_logratio_ci'])})  "
+            f"mean response tokens {s['mean_response_tokens']:.1f}")
+
+
+@exit_on_config_error
+def main(argv=None) -> Path:
+    args = parse_dataclass(Args, argv, description=__doc__.split("\n\n")[0])
+    plan = resolve(args)
+
+    import torch
+
+    from alignment import generate
+    from alignment.data import load_prompts
+    from alignment.generate import encode_prompts
+    from alignment.models import resolve_device
+    from alignment.rewards import load_reward
+
+    device = resolve_device(args.device if args.device != "auto" else
+                            "cuda" if torch.cuda.is_available() else "cpu")
+    prompts = load_prompts(args.prompts, "--prompts", split=args.split, seed=TASK_SEED)
+    # generate's loader: one object when --policy and --ref name the same model (exact-zero KL then),
+    # tokenizers and output vocabularies of the two checked to agree
+    loading = generate.Plan(sampler="evaluate", components=[], policy=plan.policy, ref=plan.ref, candidates=None,
+                            batch_size=plan.cfg.batch_size, name=plan.name)
+    tokenizer, models = generate._load_hf(loading, args, device)
+    generate._check_lengths(models, encode_prompts(tokenizer, prompts), plan.cfg.max_new_tokens, prompts)
+    reward = load_reward(args.reward, device=device, batch_size=plan.cfg.batch_size)
+    _check_reward_prompts(reward, prompts)
+
+    summary, rows, _ = evaluate_policy(models["policy"], models["ref"], tokenizer, prompts, reward, plan.cfg)
+
+    config = dataclasses.asdict(args) | {"resolved": {"policy": plan.policy, "ref": plan.ref, "name": plan.name,
+                                                         "device": str(device), "export": plan.exports,
+                                                         "generator": plan.generator}}
+    with RunDir(args.out, plan.name, config, [plan.cfg.seed]) as run:
+        write_outputs(run, summary, rows, plan.exports, plan.generator)
+        run.log({"stage": "evaluate", "seed": plan.cfg.seed, "step": 0, **summary})
+        path = run.finish(summary=summary)
+    print(format_summary(summary))
+    print(f"wrote {path}")
+    return path
+
+
+if __name__ == "__main__":
+    main()

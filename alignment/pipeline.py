@@ -1,0 +1,353 @@
+"""Iterative online DPO: per iteration generate -> annotate -> train -> evaluate, resumable at any moment.
+
+    python -m alignment.pipeline --config alignment/configs/toy.yaml --sampler mixp --iterations 3 --seed 0
+    python -m alignment.pipeline --config alignment/configs/safe_rlhf.yaml --sampler gshf --dry-run
+
+Iteration t (1..N) draws its prompts (the t-th chunk of --prompts, `prompts_per_iteration` each), generates
+responses with the sampler from the current policy pi_{t-1} and the fixed reference pi_0 (the initial policy),
+annotates them with --reward, trains pi_t from pi_{t-1} with DPO against pi_0, and evaluates pi_t against pi_0
+on the held-out prompts (reward, win rate, KL; alignment.evaluate). Iteration 0 evaluates pi_0 itself, so every
+curve starts at the initial policy. Each stage is the module's own entry point (alignment.generate, .annotate,
+.train_dpo, .evaluate) with the flags the recipe's section gives it: run in this process, or, with `launch`
+set (e.g. "accelerate launch --config_file alignment/configs/zero3.yaml"), as that command for training and
+HF generation and as `python -m` for the other stages. --dry-run checks every stage's flags and prints the
+commands without running anything (no GPU needed).
+
+Layout of OUT (default runs/alignment/pipeline/SAMPLER-seedS):
+    pipeline.json                   the resolved recipe (a rerun with another recipe into OUT is an error)
+    metrics.jsonl                   one line per iteration: iteration, sampler, seed, step, reward_mean,
+                                    reward_ci, win_rate, win_rate_ci, kl, kl_ci, num_pairs, ties_dropped, ...
+    run.json                        written when the last iteration is done
+    iter_T/prompts.jsonl            the iteration's prompts
+    iter_T/{generate,annotate,train,evaluate}/   each stage's run folder (train/model: the iteration's checkpoint)
+    iter_T/STAGE.done               the stage's done marker;  iter_T/STAGE.log  its printed output
+
+Resume: a stage's run folder appears by an atomic rename once it is complete, and then its done marker is
+written; metrics.jsonl is rewritten whole (atomically) from the done evaluations after each iteration. Kill
+the process at any moment and run the same command again: it removes half-written temporary folders and
+continues from the first stage without a done marker. --fresh starts OUT over.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from runlog import ConfigError, arg, atomic_write_json, atomic_write_text, exit_on_config_error, parse_dataclass
+from runlog.rundir import dumps
+
+SAMPLERS = ("offline", "online", "gshf", "mixp", "mixp_seq")
+STAGES = ("generate", "annotate", "train", "evaluate")
+MODULES = {"generate": "alignment.generate", "annotate": "alignment.annotate", "train": "alignment.train_dpo",
+           "evaluate": "alignment.evaluate"}
+# flags the pipeline sets itself in each stage; a recipe section may not set them
+OWNED = {"generate": ("policy", "ref", "prompts", "split", "sampler", "seed", "out", "name"),
+         "annotate": ("generations", "reward", "seed", "out", "name"),
+         "train": ("config", "preferences", "policy", "ref", "seed", "out", "name"),
+         "evaluate": ("policy", "ref", "prompts", "split", "reward", "seed", "out", "name")}
+METRIC_KEYS = ("reward_mean", "reward_ci", "win_rate", "win_rate_ci", "kl", "kl_ci", "kl_logratio", "kl_logratio_ci",
+               "ref_reward_mean", "num_prompts", "mean_response_tokens")
+
+
+@dataclass
+class Args:
+    config: str | None = arg(None, "YAML recipe (alignment/configs/*.yaml): these keys plus one section per stage "
+                             "(generate, annotate, train, evaluate) of that module's flags (required)", metavar="YAML")
+    sampler: str = arg("online", "generation sampler (alignment.generate)", choices=list(SAMPLERS))
+    iterations: int = arg(3, "DPO iterations after the initial evaluation")
+    seed: int = arg(0, "seed of every stage (iteration t's generation and training use seed and t)")
+    out: str | None = arg(None, "output folder of this run (default: runs/alignment/pipeline/SAMPLER-seedSEED)")
+    policy: str = arg("runs/alignment/sft/toy/model", "initial policy pi_0, also the fixed reference: a model folder, "
+                      "a run folder holding model/, or a Hub name")
+    reward: str = arg("toy-oracle", "reward that annotates the pairs: toy-oracle, a reward-model folder or Hub name")
+    eval_reward: str | None = arg(None, "reward of the evaluation (default: --reward)")
+    prompts: str = arg("toy:768", "training prompts: toy:N, a .json/.jsonl/.parquet file or a Hub dataset")
+    split: str = arg("train", "split of the training prompts")
+    prompts_per_iteration: int = arg(256, "prompts per iteration: iteration t takes the t-th chunk (wrapping around)")
+    eval_prompts: str = arg("toy:200", "held-out evaluation prompts")
+    eval_split: str = arg("heldout", "split of the evaluation prompts")
+    launch: str = arg("", "command prefix that runs training (and HF generation) in other processes, e.g. "
+                      "'accelerate launch --config_file alignment/configs/zero3.yaml'; empty: all in this process")
+    dry_run: bool = arg(False, "check every stage's flags and print the commands; run nothing")
+    fresh: bool = arg(False, "delete OUT's earlier progress and start over")
+    generate: dict = field(default_factory=dict, metadata={"help": "recipe only: alignment.generate flags"})
+    annotate: dict = field(default_factory=dict, metadata={"help": "recipe only: alignment.annotate flags"})
+    train: dict = field(default_factory=dict, metadata={"help": "recipe only: alignment.train_dpo flags"})
+    evaluate: dict = field(default_factory=dict, metadata={"help": "recipe only: alignment.evaluate flags"})
+
+
+def _stage_args_class(stage: str):
+    import importlib
+
+    return importlib.import_module(MODULES[stage]).Args
+
+
+def _flags(values: dict) -> list[str]:
+    """A section's values as command-line flags (None: left out; dicts: read from the recipe by the stage)."""
+    out = []
+    for key, value in values.items():
+        flag = "--" + key.replace("_", "-")
+        if value is None or isinstance(value, dict):
+            continue
+        if isinstance(value, bool):
+            out.append(flag if value else "--no-" + key.replace("_", "-"))
+        else:
+            out += [flag, str(value)]
+    return out
+
+
+@dataclass
+class Plan:
+    args: Args
+    out: Path
+    sections: dict          # stage -> checked section values
+    recipe: dict            # everything that defines the run (pipeline.json)
+
+    def stage_dir(self, t: int) -> Path:
+        return self.out / f"iter_{t}"
+
+    def argv(self, stage: str, t: int) -> list[str]:
+        """The flags of a stage at iteration t: the pipeline's own, then the recipe section's."""
+        a, d = self.args, self.stage_dir(t)
+        policy = a.policy if t <= 1 else str(self.stage_dir(t - 1) / "train")
+        own = {
+            "generate": ["--policy", policy, "--ref", a.policy, "--prompts", str(d / "prompts.jsonl"),
+                         "--sampler", a.sampler, "--seed", str(stage_seed(a.seed, t))],
+            "annotate": ["--generations", str(d / "generate"), "--reward", a.reward, "--seed", str(stage_seed(a.seed, t))],
+            "train": ["--config", a.config, "--preferences", str(d / "annotate"), "--policy", policy, "--ref", a.policy,
+                      "--seed", str(stage_seed(a.seed, t))],
+            "evaluate": ["--policy", a.policy if t == 0 else str(d / "train"), "--ref", a.policy,
+                         "--prompts", a.eval_prompts, "--split", a.eval_split, "--reward", a.eval_reward or a.reward,
+                         "--seed", str(a.seed)],  # one seed for every iteration: common random numbers
+        }[stage]
+        extra = [] if stage == "train" else _flags(self.sections[stage])  # train reads its section from --config
+        return own + extra + ["--out", str(d), "--name", stage]
+
+    def command(self, stage: str, t: int) -> list[str]:
+        module = MODULES[stage]
+        launched = self.args.launch and (stage == "train" or (stage == "generate"
+                                                               and self.sections["generate"].get("backend", "hf") == "hf"))
+        prefix = shlex.split(self.args.launch) if launched else [sys.executable]
+        return prefix + ["-m", module] + self.argv(stage, t)
+
+
+def stage_seed(seed: int, t: int) -> int:
+    """Iteration t's generation / annotation / training seed: distinct per iteration, fixed by (seed, t)."""
+    return seed * 1000 + t
+
+
+def resolve(args: Args) -> Plan:
+    from alignment.recipes import check_section, load_yaml
+
+    if not args.config:
+        raise ConfigError("--config: required: a YAML recipe such as alignment/configs/toy.yaml")
+    if args.sampler not in SAMPLERS:
+        raise ConfigError(f"--sampler: unknown sampler {args.sampler!r}; known: {', '.join(SAMPLERS)}")
+    for flag, value, low in (("iterations", args.iterations, 1), ("prompts-per-iteration", args.prompts_per_iteration, 1),
+                             ("seed", args.seed, 0)):
+        if value < low:
+            raise ConfigError(f"--{flag}: must be an integer >= {low}, got {value}")
+    out = Path(args.out or f"runs/alignment/pipeline/{args.sampler}-seed{args.seed}")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out: {str(out)!r} exists and is not a folder")
+    sections = {}
+    for stage in STAGES:
+        where = f"--config: {args.config!r} section {stage!r}"
+        sections[stage] = check_section(_stage_args_class(stage), getattr(args, stage) or {}, where, skip=OWNED[stage])
+    plan = Plan(args, out, sections, {})
+    # each stage parses and checks its own flags now, so a bad value fails before hours of work
+    for stage in STAGES:
+        for t in ((0,) if stage == "evaluate" else ()) + tuple(range(1, args.iterations + 1))[:1]:
+            _check_stage(stage, plan.argv(stage, t))
+    if args.launch:
+        _check_launch(args.launch)
+    # what defines the run (a rerun into OUT must match it); --iterations may grow to extend a finished run
+    plan.recipe = {k: v for k, v in dataclasses.asdict(args).items() if k not in ("dry_run", "fresh", "out", "iterations")}
+    plan.recipe["recipe_file"] = load_yaml(args.config)
+    return plan
+
+
+def _check_stage(stage: str, argv: list[str]) -> None:
+    """Parse a stage's flags with its own parser and run its own checks (no model is loaded)."""
+    import importlib
+
+    from alignment.recipes import stage_defaults
+
+    module = importlib.import_module(MODULES[stage])
+    defaults = stage_defaults(module.Args, argv, "train") if stage == "train" else None
+    try:
+        stage_args = parse_dataclass(module.Args, argv, defaults=defaults)
+    except SystemExit:
+        raise ConfigError(f"--config: section {stage!r} gives {MODULES[stage]} flags it rejects (see the line above)") from None
+    module.resolve(stage_args)
+
+
+def _check_launch(launch: str) -> None:
+    """The accelerate config named in --launch must exist and be valid YAML."""
+    from alignment.recipes import load_yaml
+
+    words = shlex.split(launch)
+    if "--config_file" in words:
+        i = words.index("--config_file")
+        if i + 1 >= len(words):
+            raise ConfigError("--launch: --config_file needs a file name")
+        cfg = load_yaml(words[i + 1], "--launch")
+        if cfg.get("distributed_type") == "DEEPSPEED" and not isinstance(cfg.get("deepspeed_config"), dict):
+            raise ConfigError(f"--launch: {words[i + 1]!r} sets distributed_type DEEPSPEED without deepspeed_config")
+
+
+# ------------------------------------------------------------------------------------------------ resume
+
+def _done(d: Path, stage: str) -> bool:
+    return (d / f"{stage}.done").exists() and (d / stage / "run.json").exists()
+
+
+def _clean_partial(d: Path) -> None:
+    """Remove what a killed stage left: hidden temporary run folders and trainer scratch folders."""
+    if d.is_dir():
+        for p in d.iterdir():
+            if p.name.startswith(".") and p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+
+
+def _write_prompts(plan: Plan, t: int, prompts: list[dict]) -> None:
+    from alignment.data import write_jsonl
+
+    n, k = plan.args.prompts_per_iteration, len(prompts)
+    chunk = [prompts[(i + (t - 1) * n) % k] for i in range(min(n, k))]
+    d = plan.stage_dir(t)
+    d.mkdir(parents=True, exist_ok=True)
+    write_jsonl(d / "prompts.jsonl", chunk)
+
+
+def iteration_row(plan: Plan, t: int) -> dict:
+    """metrics.jsonl's line for iteration t, from the done stages' run folders."""
+    from runlog import read_metrics, read_run
+
+    d = plan.stage_dir(t)
+    ev = read_metrics(d / "evaluate")[-1]
+    row = {"iteration": t, "sampler": plan.args.sampler, "seed": plan.args.seed, "step": t}
+    row.update({k: ev.get(k) for k in METRIC_KEYS})
+    if t == 0:
+        row.update(num_pairs=0, ties_dropped=0)
+    else:
+        ann = read_run(d / "annotate").get("summary", {})
+        tr = read_run(d / "train").get("summary", {})
+        row.update(num_pairs=ann.get("pairs"), ties_dropped=ann.get("ties_dropped"),
+                   chosen_reward_mean=ann.get("mean_chosen_reward"), rejected_reward_mean=ann.get("mean_rejected_reward"),
+                   train_loss=tr.get("train_loss_mean"), train_steps=tr.get("steps"))
+    return row
+
+
+def summary_line(row: dict, total: int, seconds: float) -> str:
+    f = lambda m, c: f"{row[m]:.3f} ± {row[c]:.3f}" if row.get(m) is not None and row.get(c) is not None \
+        and not math.isnan(row[c]) else f"{row.get(m)}"
+    pairs = "" if row["iteration"] == 0 else f", {row['num_pairs']} pairs ({row['ties_dropped']} ties dropped)"
+    return (f"[{row['sampler']} seed {row['seed']}] iteration {row['iteration']}/{total}: reward {f('reward_mean', 'reward_ci')}, "
+            f"win rate {f('win_rate', 'win_rate_ci')}, KL {f('kl', 'kl_ci')}{pairs}  ({seconds:.0f} s)")
+
+
+# ------------------------------------------------------------------------------------------------ running
+
+def run_stage(plan: Plan, stage: str, t: int) -> None:
+    d = plan.stage_dir(t)
+    log = d / f"{stage}.log"
+    if plan.args.launch:
+        with open(log, "w") as f:  # the stage's printed lines go to its log; its progress bar stays on the terminal
+            code = subprocess.call(plan.command(stage, t), stdout=f)
+        if code:
+            raise ConfigError(f"{stage} of iteration {t} failed (exit code {code}); its output: {log}")
+    else:
+        import importlib
+
+        module = importlib.import_module(MODULES[stage])
+        with open(log, "w") as f, contextlib.redirect_stdout(f):
+            try:
+                module.main(plan.argv(stage, t))
+            except SystemExit as e:
+                if e.code:
+                    raise ConfigError(f"{stage} of iteration {t} stopped with exit code {e.code}; see {log} and the "
+                                      f"error line above") from None
+    atomic_write_json(d / f"{stage}.done", {"stage": stage, "iteration": t, "finished": time.time()})
+
+
+def _check_same_recipe(plan: Plan) -> None:
+    path = plan.out / "pipeline.json"
+    recipe = json.loads(dumps(plan.recipe))
+    if path.exists():
+        try:
+            old = json.loads(path.read_text())
+        except ValueError:
+            old = None
+        if old is not None and old != recipe:
+            changed = sorted(k for k in set(old) | set(recipe) if old.get(k) != recipe.get(k))
+            raise ConfigError(f"--out: {str(plan.out)!r} holds a run of another recipe (differs in: "
+                              f"{', '.join(changed)}); use another --out, or --fresh to start it over")
+    plan.out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, recipe)
+
+
+@exit_on_config_error
+def main(argv=None):
+    from alignment.recipes import load_yaml, check_section
+
+    raw = sys.argv[1:] if argv is None else list(argv)
+    from alignment.recipes import config_path
+
+    path = config_path(raw)
+    defaults = {}
+    if path is not None:
+        defaults = check_section(Args, load_yaml(path), f"--config: {path!r}", skip=("config", "dry_run", "fresh", "out"))
+    args = parse_dataclass(Args, raw, description=__doc__.split("\n\n")[0], defaults=defaults)
+    plan = resolve(args)
+    t_total = args.iterations
+    stages = [(0, "evaluate")] + [(t, s) for t in range(1, t_total + 1) for s in STAGES]
+    if args.dry_run:
+        print(f"# {args.sampler}, seed {args.seed}, {t_total} iterations -> {plan.out}   (all flags checked)")
+        for t, stage in stages:
+            print(shlex.join(plan.command(stage, t)))
+        return None
+
+    if args.fresh and plan.out.exists():
+        shutil.rmtree(plan.out)
+    _check_same_recipe(plan)
+    from transformers.utils import logging as hf_logging
+
+    from alignment.data import load_prompts
+
+    hf_logging.disable_progress_bar()  # weight-loading bars; each stage keeps its own progress bar
+    prompts = load_prompts(args.prompts, "--prompts", split=args.split, seed=0)
+    rows, t0 = [], time.perf_counter()
+    for t in range(0, t_total + 1):
+        d = plan.stage_dir(t)
+        _clean_partial(d)
+        t_start = time.perf_counter()
+        if t > 0:
+            _write_prompts(plan, t, prompts)
+        for stage in (("evaluate",) if t == 0 else STAGES):
+            if not _done(d, stage):
+                d.mkdir(parents=True, exist_ok=True)
+                run_stage(plan, stage, t)
+        rows.append(iteration_row(plan, t))
+        atomic_write_text(plan.out / "metrics.jsonl", "".join(dumps(r) + "\n" for r in rows))
+        print(summary_line(rows[-1], t_total, time.perf_counter() - t_start), flush=True)
+    from runlog.rundir import git_commit, package_versions
+
+    atomic_write_json(plan.out / "run.json", {"config": plan.recipe, "seeds": [args.seed], "versions": package_versions(),
+                                              "git_commit": git_commit(), "command": sys.argv, "finished": True,
+                                              "summary": {"iterations": t_total, "final": rows[-1],
+                                                          "wall_s_this_invocation": time.perf_counter() - t0}})
+    print(f"wrote {plan.out}")
+    return plan.out
+
+
+if __name__ == "__main__":
+    main()
