@@ -18,7 +18,8 @@ Layout of OUT (default runs/alignment/pipeline/SAMPLER-seedS):
     metrics.jsonl                   one line per iteration: iteration, sampler, seed, step, reward_mean,
                                     reward_ci, win_rate, win_rate_ci, kl, kl_ci, num_pairs, ties_dropped, ...
     run.json                        written when the last iteration is done
-    iter_T/prompts.jsonl            the iteration's prompts
+    eval_prompts.jsonl              the held-out prompts (templated), the same for every iteration
+    iter_T/prompts.jsonl            the iteration's prompts (templated)
     iter_T/{generate,annotate,train,evaluate}/   each stage's run folder (train/model: the iteration's checkpoint)
     iter_T/STAGE.done               the stage's done marker;  iter_T/STAGE.log  its printed output
 
@@ -74,6 +75,10 @@ class Args:
     prompts_per_iteration: int = arg(256, "prompts per iteration: iteration t takes the t-th chunk (wrapping around)")
     eval_prompts: str = arg("toy:200", "held-out evaluation prompts")
     eval_split: str = arg("heldout", "split of the evaluation prompts")
+    num_eval_prompts: int | None = arg(None, "use the first N evaluation prompts (default: all)")
+    prompt_field: str = arg("prompt", "field of a prompt dataset's rows that holds the prompt (text or chat messages)")
+    prompt_template: str = arg("{prompt}", "template each prompt text is put in, e.g. 'BEGINNING OF CONVERSATION: "
+                               "USER: {prompt} ASSISTANT:'; for chat-message prompts {prompt} is the last user message")
     launch: str = arg("", "command prefix that runs training (and HF generation) in other processes, e.g. "
                       "'accelerate launch --config_file alignment/configs/zero3.yaml'; empty: all in this process")
     dry_run: bool = arg(False, "check every stage's flags and print the commands; run nothing")
@@ -125,7 +130,7 @@ class Plan:
             "train": ["--config", a.config, "--preferences", str(d / "annotate"), "--policy", policy, "--ref", a.policy,
                       "--seed", str(stage_seed(a.seed, t))],
             "evaluate": ["--policy", a.policy if t == 0 else str(d / "train"), "--ref", a.policy,
-                         "--prompts", a.eval_prompts, "--split", a.eval_split, "--reward", a.eval_reward or a.reward,
+                         "--prompts", str(self.out / "eval_prompts.jsonl"), "--reward", a.eval_reward or a.reward,
                          "--seed", str(a.seed)],  # one seed for every iteration: common random numbers
         }[stage]
         extra = [] if stage == "train" else _flags(self.sections[stage])  # train reads its section from --config
@@ -151,8 +156,12 @@ def resolve(args: Args) -> Plan:
         raise ConfigError("--config: required: a YAML recipe such as alignment/configs/toy.yaml")
     if args.sampler not in SAMPLERS:
         raise ConfigError(f"--sampler: unknown sampler {args.sampler!r}; known: {', '.join(SAMPLERS)}")
+    if "{prompt}" not in args.prompt_template:
+        raise ConfigError(f"--prompt-template: must contain {{prompt}} where the prompt goes, got {args.prompt_template!r}")
+    if not args.prompt_field:
+        raise ConfigError("--prompt-field: empty field name")
     for flag, value, low in (("iterations", args.iterations, 1), ("prompts-per-iteration", args.prompts_per_iteration, 1),
-                             ("seed", args.seed, 0)):
+                             ("seed", args.seed, 0), ("num-eval-prompts", args.num_eval_prompts or 1, 1)):
         if value < low:
             raise ConfigError(f"--{flag}: must be an integer >= {low}, got {value}")
     out = Path(args.out or f"runs/alignment/pipeline/{args.sampler}-seed{args.seed}")
@@ -216,6 +225,35 @@ def _clean_partial(d: Path) -> None:
         for p in d.iterdir():
             if p.name.startswith(".") and p.is_dir():
                 shutil.rmtree(p, ignore_errors=True)
+
+
+def load_pipeline_prompts(spec: str, split: str, field_: str, template: str, flag: str) -> list[dict]:
+    """Prompt rows {id, prompt}: toy prompts, or a file / Hub dataset's `field_` put into `template`."""
+    from alignment.data import _load_rows, load_prompts, validate_prompts
+
+    if spec == "toy" or spec.startswith("toy:"):
+        rows = load_prompts(spec, flag, split=split, seed=0)
+    else:
+        rows = []
+        for i, row in enumerate(_load_rows(spec, flag, split)):
+            if field_ not in row:
+                raise ConfigError(f"{flag}: {spec!r} row {i} has no field {field_!r} (--prompt-field); its fields: "
+                                  f"{', '.join(sorted(row))}")
+            rid = row.get("id", row.get("prompt_id", i))
+            rows.append({"id": str(rid) if rid is not None else str(i), "prompt": row[field_]})
+        rows = validate_prompts(rows, repr(spec), flag)
+    if template == "{prompt}":
+        return rows
+    out = []
+    for r in rows:
+        text = r["prompt"]
+        if isinstance(text, list):  # chat messages: the last user turn goes into the template
+            users = [m["content"] for m in text if m.get("role") == "user"]
+            if not users:
+                raise ConfigError(f"{flag}: prompt id {r['id']!r} has no user message to put in --prompt-template")
+            text = users[-1]
+        out.append({"id": r["id"], "prompt": template.replace("{prompt}", text)})
+    return out
 
 
 def _write_prompts(plan: Plan, t: int, prompts: list[dict]) -> None:
@@ -295,6 +333,30 @@ def _check_same_recipe(plan: Plan) -> None:
     atomic_write_json(path, recipe)
 
 
+def _started(plan: Plan) -> str:
+    """When this run (OUT) was first started: kept across resumes."""
+    import datetime as dt
+
+    try:
+        return json.loads((plan.out / "run.json").read_text())["started"]
+    except (OSError, ValueError, KeyError):
+        return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _write_run_json(plan: Plan, started: str, summary: dict | None) -> None:
+    """OUT/run.json (DESIGN.md section 5): finished stays null until the last iteration is done."""
+    import datetime as dt
+
+    from runlog.rundir import git_commit, package_versions
+
+    finished = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds") if summary is not None else None
+    info = {"config": plan.recipe, "seeds": [plan.args.seed], "versions": package_versions(), "git_commit": git_commit(),
+            "command": sys.argv, "started": started, "finished": finished}
+    if summary is not None:
+        info["summary"] = summary
+    atomic_write_json(plan.out / "run.json", info)
+
+
 @exit_on_config_error
 def main(argv=None):
     from alignment.recipes import load_yaml, check_section
@@ -319,12 +381,17 @@ def main(argv=None):
     if args.fresh and plan.out.exists():
         shutil.rmtree(plan.out)
     _check_same_recipe(plan)
+    started = _started(plan)
+    _write_run_json(plan, started, None)
     from transformers.utils import logging as hf_logging
 
-    from alignment.data import load_prompts
-
     hf_logging.disable_progress_bar()  # weight-loading bars; each stage keeps its own progress bar
-    prompts = load_prompts(args.prompts, "--prompts", split=args.split, seed=0)
+    from alignment.data import write_jsonl
+
+    prompts = load_pipeline_prompts(args.prompts, args.split, args.prompt_field, args.prompt_template, "--prompts")
+    eval_prompts = load_pipeline_prompts(args.eval_prompts, args.eval_split, args.prompt_field, args.prompt_template,
+                                         "--eval-prompts")[:args.num_eval_prompts]
+    write_jsonl(plan.out / "eval_prompts.jsonl", eval_prompts)
     rows, t0 = [], time.perf_counter()
     for t in range(0, t_total + 1):
         d = plan.stage_dir(t)
@@ -339,12 +406,8 @@ def main(argv=None):
         rows.append(iteration_row(plan, t))
         atomic_write_text(plan.out / "metrics.jsonl", "".join(dumps(r) + "\n" for r in rows))
         print(summary_line(rows[-1], t_total, time.perf_counter() - t_start), flush=True)
-    from runlog.rundir import git_commit, package_versions
-
-    atomic_write_json(plan.out / "run.json", {"config": plan.recipe, "seeds": [args.seed], "versions": package_versions(),
-                                              "git_commit": git_commit(), "command": sys.argv, "finished": True,
-                                              "summary": {"iterations": t_total, "final": rows[-1],
-                                                          "wall_s_this_invocation": time.perf_counter() - t0}})
+    _write_run_json(plan, started, {"iterations": t_total, "final": rows[-1],
+                                    "wall_s_this_invocation": time.perf_counter() - t0})
     print(f"wrote {plan.out}")
     return plan.out
 
