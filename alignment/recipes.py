@@ -71,6 +71,8 @@ def check_section(cls, mapping: dict, where: str, skip: tuple = ()) -> dict:
     out = {}
     for key, value in mapping.items():
         name = str(key).replace("-", "_")
+        if name in skip:
+            raise ConfigError(f"{where}: key {key!r} is set by the caller itself (e.g. the pipeline); remove it")
         if name not in names:
             raise ConfigError(f"{where}: unknown key {key!r}; known: {', '.join(sorted(names))}")
         if not _type_ok(value, hints[name]):

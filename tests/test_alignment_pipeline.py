@@ -1,0 +1,175 @@
+"""alignment.pipeline: iterations chain the stages with a fixed reference, metrics.jsonl has one line per
+iteration, a killed run resumes to exactly the uninterrupted result, and bad recipes fail before any work."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from alignment.pipeline import main
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+REQUIRED = {"iteration", "sampler", "seed", "step", "reward_mean", "reward_ci", "win_rate", "win_rate_ci", "kl",
+            "kl_ci", "num_pairs", "ties_dropped"}
+
+RECIPE = """
+policy: toy:tiny
+reward: toy-oracle
+prompts: toy:24
+prompts_per_iteration: 12
+eval_prompts: toy:16
+generate: {num_responses: 4, max_new_tokens: 6, batch_size: 12, device: cpu}
+annotate: {rule: max_min}
+train: {lr: 0.01, epochs: EPOCHS, batch_size: 4, max_length: 64, device: cpu}
+evaluate: {max_new_tokens: 6, batch_size: 16, device: cpu, export: none}
+"""
+
+
+def _recipe(tmp_path, epochs=1, extra="") -> str:
+    path = tmp_path / "recipe.yaml"
+    path.write_text(RECIPE.replace("EPOCHS", str(epochs)) + extra)
+    return str(path)
+
+
+def _lines(path: Path) -> list[dict]:
+    return [json.loads(l) for l in path.read_text().splitlines()]
+
+
+def test_iterations_chain_with_fixed_reference(tmp_path):
+    out = tmp_path / "run"
+    main(["--config", _recipe(tmp_path), "--sampler", "mixp", "--iterations", "2", "--seed", "3", "--out", str(out)])
+    rows = _lines(out / "metrics.jsonl")
+    assert [r["iteration"] for r in rows] == [0, 1, 2]
+    assert all(REQUIRED <= set(r) and r["sampler"] == "mixp" and r["seed"] == 3 for r in rows)
+    assert rows[0]["kl"] == 0 and rows[0]["num_pairs"] == 0  # iteration 0: the initial policy itself
+    assert rows[1]["kl"] > 0 and rows[2]["kl"] > 0
+    for t in (1, 2):
+        d = out / f"iter_{t}"
+        train = json.loads((d / "train" / "run.json").read_text())["config"]
+        gen = json.loads((d / "generate" / "run.json").read_text())["config"]
+        assert train["ref"] == "toy:tiny" and gen["ref"] == "toy:tiny"  # the reference never moves
+        expected_policy = "toy:tiny" if t == 1 else str(out / "iter_1" / "train")
+        assert train["policy"] == expected_policy and gen["policy"] == expected_policy
+        assert train["seed"] == gen["seed"] == 3000 + t
+        ann = json.loads((d / "annotate" / "run.json").read_text())["summary"]
+        assert rows[t]["num_pairs"] == ann["pairs"] and rows[t]["ties_dropped"] == ann["ties_dropped"]
+        assert len(_lines(d / "prompts.jsonl")) == 12
+        assert (d / "train" / "model" / "config.json").exists()  # the iteration's checkpoint
+    # the two iterations trained on different prompt chunks
+    assert {r["id"] for r in _lines(out / "iter_1" / "prompts.jsonl")}.isdisjoint(
+        {r["id"] for r in _lines(out / "iter_2" / "prompts.jsonl")})
+    assert json.loads((out / "run.json").read_text())["finished"] is not None
+
+
+@pytest.mark.parametrize("sampler", ["offline", "online", "gshf"])
+def test_each_sampler_runs_an_iteration(tmp_path, sampler):
+    out = tmp_path / sampler
+    main(["--config", _recipe(tmp_path), "--sampler", sampler, "--iterations", "1", "--out", str(out)])
+    rows = _lines(out / "metrics.jsonl")
+    assert [r["iteration"] for r in rows] == [0, 1] and rows[1]["num_pairs"] > 0
+    comps = {c for r in _lines(out / "iter_1" / "generate" / "generations.jsonl") for c in r["components"]}
+    assert comps == {"offline": {"ref"}, "online": {"policy"}, "gshf": {"ref", "policy"}}[sampler]
+
+
+def _start(argv):
+    return subprocess.Popen([sys.executable, "-m", "alignment.pipeline", *argv], cwd=REPO, env=ENV, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+
+
+def _kill_when(proc, condition, timeout=240):
+    t0 = time.time()
+    while not condition():
+        assert proc.poll() is None, "the run ended before the kill point: " + proc.communicate()[1][-2000:]
+        assert time.time() - t0 < timeout, "kill point never reached"
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
+    """SIGKILL in the middle of iteration 1's training, then in the middle of iteration 2's generation; the same
+    command then finishes the run: no stage's temporary files remain, no line is duplicated, and every number
+    equals that of a run that was never interrupted."""
+    recipe = _recipe(tmp_path, epochs=20)  # training long enough (~2 s) to be caught in the middle
+    argv = ["--config", recipe, "--sampler", "gshf", "--iterations", "2", "--seed", "1"]
+    whole = tmp_path / "whole"
+    proc = _start(argv + ["--out", str(whole)])
+    assert proc.wait(timeout=300) == 0, proc.communicate()[1][-2000:]
+
+    out = tmp_path / "killed"
+    in_progress = lambda d, stage: any(p.name.startswith(f".{stage}.") for p in d.glob(".*")) if d.is_dir() else False
+    proc = _start(argv + ["--out", str(out)])
+    _kill_when(proc, lambda: in_progress(out / "iter_1", "train") and not (out / "iter_1" / "train.done").exists())
+    assert not (out / "iter_1" / "train.done").exists() and (out / "iter_1" / "generate.done").exists()
+    assert [r["iteration"] for r in _lines(out / "metrics.jsonl")] == [0]
+
+    proc = _start(argv + ["--out", str(out)])
+    _kill_when(proc, lambda: in_progress(out / "iter_2", "generate"))
+    assert (out / "iter_1" / "evaluate.done").exists() and not (out / "iter_2" / "generate.done").exists()
+
+    proc = _start(argv + ["--out", str(out)])
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-2000:]
+    assert _lines(out / "metrics.jsonl") == _lines(whole / "metrics.jsonl")
+    for t in (1, 2):
+        d = out / f"iter_{t}"
+        assert not list(d.glob(".*"))  # no temporary folder left
+        for stage in ("generate", "annotate", "train", "evaluate"):
+            assert json.loads((d / stage / "run.json").read_text())["finished"]
+        for f in ("generate/generations.jsonl", "annotate/preferences.jsonl", "evaluate/evaluations.jsonl"):
+            assert (d / f).read_text() == (whole / f"iter_{t}" / f).read_text()
+
+
+def test_dry_run_prints_every_command_and_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "dry"
+    main(["--config", _recipe(tmp_path), "--sampler", "mixp", "--iterations", "2", "--out", str(out), "--dry-run"])
+    lines = [l for l in capsys.readouterr().out.splitlines() if not l.startswith("#")]
+    modules = [l.split(" -m ")[1].split()[0] for l in lines]
+    assert modules == ["alignment.evaluate"] + ["alignment.generate", "alignment.annotate", "alignment.train_dpo",
+                                                "alignment.evaluate"] * 2
+    assert not out.exists()
+
+
+def _fails(argv, words, tmp_path):
+    r = subprocess.run([sys.executable, "-m", "alignment.pipeline", *argv], cwd=REPO, env=ENV, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert all(w in r.stderr for w in words), r.stderr
+
+
+@pytest.mark.parametrize("extra, words", [
+    ("generate: {num_responses: 3}\n", ["--num-responses", "even"]),  # gshf splits K in halves
+    ("annotate: {rulez: max_min}\n", ["'rulez'", "section 'annotate'"]),
+    ("generate: {sampler: online}\n", ["'sampler'", "set by"]),  # set by the pipeline, not the recipe
+    ("train: {beta: -1}\n", ["--beta"]),
+    ("evaluate: {temperature: hot}\n", ["'temperature'", "a number"]),
+    ("promptz: toy:3\n", ["'promptz'"]),
+    ("prompt_template: 'no placeholder'\n", ["--prompt-template"]),
+])
+def test_bad_recipe_fails_before_any_work(tmp_path, extra, words):
+    text = RECIPE.replace("EPOCHS", "1")
+    for key in ("generate", "annotate", "train", "evaluate"):  # a later section of the same name replaces the first
+        if extra.startswith(key + ":"):
+            text = "\n".join(l for l in text.splitlines() if not l.startswith(key + ":"))
+    (tmp_path / "bad.yaml").write_text(text + "\n" + extra)
+    _fails(["--config", str(tmp_path / "bad.yaml"), "--sampler", "gshf", "--out", str(tmp_path / "o")], words, tmp_path)
+    assert not (tmp_path / "o").exists()
+
+
+def test_another_recipe_into_the_same_out_is_refused(tmp_path):
+    out = tmp_path / "run"
+    main(["--config", _recipe(tmp_path), "--sampler", "online", "--iterations", "1", "--out", str(out)])
+    before = (out / "metrics.jsonl").read_text()
+    _fails(["--config", _recipe(tmp_path), "--sampler", "offline", "--iterations", "1", "--out", str(out)],
+           ["--out", "sampler", "--fresh"], tmp_path)
+    assert (out / "metrics.jsonl").read_text() == before
+    # more iterations extend the finished run: iteration 1 is not redone
+    stamp = (out / "iter_1" / "train.done").read_text()
+    main(["--config", _recipe(tmp_path), "--sampler", "online", "--iterations", "2", "--out", str(out)])
+    assert (out / "iter_1" / "train.done").read_text() == stamp
+    assert [r["iteration"] for r in _lines(out / "metrics.jsonl")] == [0, 1, 2]
