@@ -1,0 +1,519 @@
+"""Report of pipeline runs: a sampler x iteration table of reward, win rate and KL, and a reward-vs-KL figure.
+
+    python -m alignment.report runs/alignment/pipeline
+    python -m alignment.report runs/toy/online-seed0 runs/toy/mixp-seed0 ... --figure runs/toy/reward_vs_kl.png \\
+        --csv runs/toy/report.csv --markdown runs/toy/report.md
+
+Runs: each argument is a pipeline run folder (alignment.pipeline's OUT: metrics.jsonl and pipeline.json), or a
+folder whose subfolders, or their subfolders (one or two levels down), are such runs. Runs are grouped by
+(sampler, iteration) over their seeds; sampler and seed come from pipeline.json. Two runs with the same sampler
+and seed are an error (one seed would count twice).
+
+Numbers, per sampler and iteration, for the true reward, the win rate against the reference and KL(pi || pi_ref):
+    mean +- CI   the per-prompt values of every seed (iter_T/evaluate/evaluations.jsonl) pooled, n = seeds x
+                 prompts, and mean +- t_{0.975, n-1} * sd / sqrt(n): a 95% interval of the evaluation sampling
+                 (prompts and responses). It does not contain the seed-to-seed variance of training, so the
+                 table also gives
+    seed range   min..max over the seeds of each seed's own mean, and the number of seeds: with 2 or 3 seeds a
+                 between-seed t-interval would be uninformative (t_{0.975,1} = 12.7), the range shows the spread.
+    fallback     where a seed lacks evaluations.jsonl, the group's mean is the mean of the seeds' means and its
+                 CI combines the seeds' reported 95% half-widths (metrics.jsonl *_ci) as sqrt(sum ci^2) / k,
+                 the half-width of the mean of k independent means; such rows are marked '*'.
+Iteration 0 is the initial policy (pi = pi_ref, KL 0), evaluated by each run.
+
+Outputs: the table on stdout (plain text); --markdown the same table in Markdown, --csv one row per sampler and
+iteration with full precision, --figure PATH.png the reward-vs-KL figure (and PATH.pdf next to it): one line per
+sampler through its iterations, 95% CIs as error bars in both directions. Everything is checked and computed
+before anything is written; each file is written atomically.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import sys
+import tempfile
+import textwrap
+from collections import defaultdict
+from pathlib import Path
+
+from runlog import ArgParser, ConfigError, atomic_write_text, exit_on_config_error
+
+METRICS_FILE = "metrics.jsonl"
+PIPELINE_FILE = "pipeline.json"
+EVALUATIONS = Path("evaluate") / "evaluations.jsonl"   # under iter_T/
+CONFIDENCE = 0.95
+# report name, metrics.jsonl mean key, its CI key, the per-prompt field of evaluations.jsonl, label
+METRICS = (("reward", "reward_mean", "reward_ci", "reward", "reward"),
+           ("win_rate", "win_rate", "win_rate_ci", "win", "win rate"),
+           ("kl", "kl", "kl_ci", "kl", "KL"))
+FOOTER_WIDTH = 110  # the plain-text table's notes are wrapped at this width
+SAMPLER_ORDER = ("offline", "online", "gshf", "mixp", "mixp_seq")
+
+# One colour per sampler, from seaborn's "colorblind" palette (hex codes spelled out, so importing this module
+# needs no seaborn). The pipeline's samplers and the bandit samplers of the same construction share a colour,
+# so bandit and LLM figures read alike: offline = unif (both responses from pi_ref, uniform in the bandit),
+# online = on_policy, gshf = gshf, mixp = mix_p; mixp_seq, mix_r and mix_p_star have their own.
+SAMPLER_COLORS = {
+    "offline": "#949494", "unif": "#949494",          # grey: the baseline
+    "online": "#0173b2", "on_policy": "#0173b2",      # blue
+    "gshf": "#029e73",                                # green
+    "mixp": "#d55e00", "mix_p": "#d55e00",            # vermillion
+    "mixp_seq": "#de8f05",                            # orange
+    "mix_r": "#cc78bc",                               # pink
+    "mix_p_star": "#ca9161",                          # tan
+}
+OTHER_COLORS = ("#56b4e9", "#fbafe4", "#ece133", "#000000")  # the palette's rest (and black), for other samplers
+SAMPLER_MARKERS = {"offline": "o", "unif": "o", "online": "s", "on_policy": "s", "gshf": "^", "mixp": "D",
+                   "mix_p": "D", "mixp_seq": "v", "mix_r": "P", "mix_p_star": "X"}
+
+CI_NOTE = ("mean +- 95% CI: t_{0.975,n-1} * sd / sqrt(n) over the n = seeds x prompts per-prompt values "
+           "pooled from iter_T/evaluate/evaluations.jsonl (evaluation-sampling interval; it leaves out "
+           "seed-to-seed training variance, see the seed range)")
+SEED_NOTE = "seed range: min..max over the seeds of each seed's mean"
+FALLBACK_NOTE = ("* evaluations.jsonl missing for a seed: mean of the seeds' means, CI = sqrt(sum ci^2) / k from "
+                 "the seeds' reported metrics.jsonl *_ci (k seeds)")
+
+
+# ------------------------------------------------------------------------------------------------ finding runs
+
+def is_run(path: Path) -> bool:
+    return (path / METRICS_FILE).is_file() and (path / PIPELINE_FILE).is_file()
+
+
+def _subfolders(path: Path) -> list[Path]:
+    try:
+        return sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+    except OSError:
+        return []
+
+
+def find_runs(paths) -> list[Path]:
+    """The pipeline run folders among paths: each a run itself, or a folder with runs one or two levels down.
+
+    A path that does not exist or holds no run is a ConfigError naming it. Folders whose name starts with '.'
+    (half-written temporaries) are skipped, and a run's own subfolders are not searched.
+    """
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    if not paths:
+        raise ConfigError("RUNS: give at least one pipeline run folder or a parent folder of runs")
+    found, seen = [], set()
+    for arg in paths:
+        path = Path(arg).expanduser()
+        if not path.exists():
+            raise ConfigError(f"RUNS: {str(arg)!r} does not exist")
+        if path.is_file() and path.name in (METRICS_FILE, PIPELINE_FILE):
+            path = path.parent  # a run's own metrics.jsonl or pipeline.json stands for the run
+        runs = []
+        if path.is_dir():
+            if is_run(path):
+                runs = [path]
+            else:
+                for child in _subfolders(path):
+                    if is_run(child):
+                        runs.append(child)
+                    else:
+                        runs += [g for g in _subfolders(child) if is_run(g)]
+        if not runs:
+            raise ConfigError(f"RUNS: {str(arg)!r} holds no pipeline run (a folder with {METRICS_FILE} and "
+                              f"{PIPELINE_FILE}, or a folder of such runs one or two levels down)")
+        for run in runs:
+            key = run.resolve()
+            if key not in seen:
+                seen.add(key)
+                found.append(run)
+    return found
+
+
+# ------------------------------------------------------------------------------------------------ reading
+
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
+    """(line number, object) of every non-empty line; a line that is not a JSON object is a ConfigError."""
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot be read ({e})") from None
+    out = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path} line {number}: not valid JSON ({e.msg})") from None
+        if not isinstance(row, dict):
+            raise ConfigError(f"{path} line {number}: expected a JSON object, got {type(row).__name__}")
+        out.append((number, row))
+    return out
+
+
+def _read_pipeline(run: Path) -> dict:
+    path = run / PIPELINE_FILE
+    try:
+        recipe = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{path}: not a readable JSON file ({e})") from None
+    if not isinstance(recipe, dict):
+        raise ConfigError(f"{path}: expected a JSON object")
+    return recipe
+
+
+def _read_metrics(run: Path) -> dict[int, dict]:
+    """iteration -> metrics row (null values as NaN); a malformed line is a ConfigError naming file and line."""
+    path = run / METRICS_FILE
+    rows = {}
+    for number, row in _read_jsonl(path):
+        t = row.get("iteration")
+        if not isinstance(t, int) or isinstance(t, bool) or t < 0:
+            raise ConfigError(f"{path} line {number}: 'iteration' must be an integer >= 0, got {t!r}")
+        if t in rows:
+            raise ConfigError(f"{path} line {number}: iteration {t} appears twice")
+        clean = dict(row)
+        for _, mean_key, ci_key, _, _ in METRICS:
+            if mean_key not in row:
+                raise ConfigError(f"{path} line {number}: missing {mean_key!r}")
+            for key in (mean_key, ci_key):
+                value = row.get(key)
+                if value is None:
+                    clean[key] = math.nan
+                elif not _is_number(value):
+                    raise ConfigError(f"{path} line {number}: {key!r} must be a number or null, got {value!r}")
+                else:
+                    clean[key] = float(value)
+        rows[t] = clean
+    return rows
+
+
+def _read_evaluations(path: Path) -> dict[str, list[float]]:
+    """Per-prompt values of one evaluation: field -> list over prompts."""
+    fields = [m[3] for m in METRICS]
+    out = {f: [] for f in fields}
+    for number, row in _read_jsonl(path):
+        for f in fields:
+            value = row.get(f)
+            if not _is_number(value) or not math.isfinite(value):
+                raise ConfigError(f"{path} line {number}: {f!r} must be a finite number, got {value!r}")
+            out[f].append(float(value))
+    return out
+
+
+class _Run:
+    def __init__(self, path: Path):
+        self.path = path
+        recipe = _read_pipeline(path)
+        self.metrics = _read_metrics(path)
+        first = self.metrics[min(self.metrics)] if self.metrics else {}
+        self.sampler = recipe.get("sampler", first.get("sampler"))
+        self.seed = recipe.get("seed", first.get("seed"))
+        if not isinstance(self.sampler, str) or not self.sampler:
+            raise ConfigError(f"{path / PIPELINE_FILE}: no 'sampler' (a name) in the recipe or the metrics")
+        if self.seed is None or isinstance(self.seed, (dict, list, bool)):
+            raise ConfigError(f"{path / PIPELINE_FILE}: no 'seed' in the recipe or the metrics")
+
+    def evaluations(self, t: int) -> dict[str, list[float]] | None:
+        path = self.path / f"iter_{t}" / EVALUATIONS
+        return _read_evaluations(path) if path.is_file() else None
+
+
+# ------------------------------------------------------------------------------------------------ statistics
+
+def mean_ci(values, confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """(mean, half-width of the Student-t interval t_{(1+c)/2, n-1} sd / sqrt(n)); NaN half-width for n < 2."""
+    n = len(values)
+    if n == 0:
+        return math.nan, math.nan
+    mean = math.fsum(values) / n
+    if n < 2:
+        return mean, math.nan
+    from scipy.stats import t
+
+    sd = math.sqrt(math.fsum((x - mean) ** 2 for x in values) / (n - 1))
+    return mean, float(t.ppf(0.5 + confidence / 2, n - 1)) * sd / math.sqrt(n)
+
+
+def sampler_key(sampler: str):
+    """Sort key: offline, online, gshf, mixp, mixp_seq, then the others alphabetically."""
+    if sampler in SAMPLER_ORDER:
+        return (0, SAMPLER_ORDER.index(sampler), "")
+    return (1, 0, sampler)
+
+
+def _seed_key(seed):
+    return (0, seed, "") if _is_number(seed) else (1, 0, str(seed))
+
+
+def load_table(runs) -> list[dict]:
+    """One row per (sampler, iteration), over the seeds; rows in sampler order, then by iteration.
+
+    Keys: sampler, iteration, seeds (how many), seed_list, n (pooled per-prompt values; with the fallback
+    the sum of the seeds' num_prompts, or None), ci_method ("pooled" or "seed_ci", see the module doc), and
+    for each metric M of reward, win_rate, kl: M (mean), M_ci (95% half-width), M_seed_min, M_seed_max.
+    """
+    loaded = [_Run(Path(r)) for r in runs]
+    owner = {}
+    for run in loaded:
+        key = (run.sampler, run.seed)
+        if key in owner:
+            raise ConfigError(f"RUNS: {str(owner[key])!r} and {str(run.path)!r} are both sampler {run.sampler!r} "
+                              f"seed {run.seed!r}; give each (sampler, seed) once")
+        owner[key] = run.path
+    groups = defaultdict(list)
+    for run in loaded:
+        for t, row in run.metrics.items():
+            groups[(run.sampler, t)].append((run, row))
+    if not groups:
+        raise ConfigError("RUNS: no iteration is logged yet in " + ", ".join(repr(str(r.path)) for r in loaded))
+    table = []
+    for (sampler, t), members in sorted(groups.items(), key=lambda kv: (sampler_key(kv[0][0]), kv[0][1])):
+        members.sort(key=lambda m: _seed_key(m[0].seed))
+        evals = [run.evaluations(t) for run, _ in members]
+        pooled = all(e is not None for e in evals)
+        k = len(members)
+        out = {"sampler": sampler, "iteration": t, "seeds": k, "seed_list": [run.seed for run, _ in members],
+               "ci_method": "pooled" if pooled else "seed_ci"}
+        if pooled:
+            out["n"] = sum(len(e[METRICS[0][3]]) for e in evals)
+        else:
+            counts = [row.get("num_prompts") for _, row in members]
+            out["n"] = sum(counts) if all(_is_number(c) for c in counts) else None
+        for name, mean_key, ci_key, field, _ in METRICS:
+            if pooled:
+                values = [x for e in evals for x in e[field]]
+                mean, ci = mean_ci(values)
+                seed_means = [mean_ci(e[field])[0] for e in evals]
+            else:
+                seed_means = [row[mean_key] for _, row in members]
+                mean = math.fsum(seed_means) / k
+                ci = math.sqrt(math.fsum(row[ci_key] ** 2 for _, row in members)) / k
+            out[name], out[name + "_ci"] = mean, ci
+            out[name + "_seed_min"], out[name + "_seed_max"] = min(seed_means), max(seed_means)
+            if any(math.isnan(x) for x in seed_means):
+                out[name + "_seed_min"] = out[name + "_seed_max"] = math.nan
+        table.append(out)
+    return table
+
+
+# ------------------------------------------------------------------------------------------------ tables
+
+def _num(x, digits: int = 3) -> str:
+    return "nan" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+
+def _cells(row: dict) -> dict:
+    """The row's printed pieces: mean and ci, seed min and max, per metric (aligned by the caller)."""
+    mark = "" if row["ci_method"] == "pooled" else "*"
+    cells = {"sampler": row["sampler"], "iter": str(row["iteration"]), "seeds": str(row["seeds"]),
+             "n": ("?" if row["n"] is None else str(row["n"])) + mark}
+    for name, *_ in METRICS:
+        cells[name] = (_num(row[name]), _num(row[name + "_ci"]))
+        one_seed = row["seeds"] < 2
+        cells[name + "_range"] = ("-", "") if one_seed else (_num(row[name + "_seed_min"]),
+                                                             _num(row[name + "_seed_max"]))
+    return cells
+
+
+def _footer(rows: list[dict]) -> list[str]:
+    lines = [CI_NOTE + ".", SEED_NOTE + "."]
+    if any(r["ci_method"] != "pooled" for r in rows):
+        lines.append(FALLBACK_NOTE + ".")
+    return lines
+
+
+def _columns(rows: list[dict], pm: str, align: bool) -> tuple[list[str], list[list[str]], list[bool]]:
+    """Header, body (strings) and which columns are right-aligned. align: pad means and CIs to a common width,
+    so the pm signs line up in a column."""
+    cells = [_cells(r) for r in rows]
+    header = ["sampler", "iter", "seeds", "n"]
+    body = [[c["sampler"], c["iter"], c["seeds"], c["n"]] for c in cells]
+    right = [False, True, True, True]
+    for name, *_, label in METRICS:
+        a_width = max(len(c[name][0]) for c in cells) if align else 0
+        b_width = max(len(c[name][1]) for c in cells) if align else 0
+        for line, c in zip(body, cells):
+            mean, ci = c[name]
+            lo, hi = c[name + "_range"]
+            line += [mean.rjust(a_width) + pm + ci.rjust(b_width), lo + ".." + hi if hi else lo]
+        header += [f"{label} (95% CI)", "seed range"]
+        right += [True, True]
+    return header, body, right
+
+
+def format_table(rows: list[dict]) -> str:
+    """The table as aligned plain text (one line per sampler and iteration), with the CI method as a footer."""
+    header, body, right = _columns(rows, " +- ", align=True)
+    widths = [max(len(x) for x in col) for col in zip(header, *body)]
+
+    def line(cells):
+        return "  ".join(c.rjust(w) if r else c.ljust(w) for c, w, r in zip(cells, widths, right)).rstrip()
+
+    out = [line(header), line(["-" * w for w in widths])]
+    previous = None
+    for row, cells in zip(rows, body):
+        if previous is not None and row["sampler"] != previous:
+            out.append("")
+        previous = row["sampler"]
+        out.append(line(cells))
+    footer = [textwrap.fill(x, FOOTER_WIDTH, subsequent_indent="  ") for x in _footer(rows)]
+    return "\n".join(out + [""] + footer) + "\n"
+
+
+def format_markdown(rows: list[dict]) -> str:
+    """The table in Markdown (one row per sampler and iteration), the CI method below it."""
+    header, body, right = _columns(rows, " ± ", align=False)
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---:" if r else "---" for r in right) + "|"]
+    out += ["| " + " | ".join(cells) + " |" for cells in body]
+    notes = [x.replace(" +- ", " ± ") + "  " for x in _footer(rows)]
+    return "\n".join(out + [""] + notes).rstrip() + "\n"
+
+
+CSV_FIELDS = ["sampler", "iteration", "seeds", "seed_list", "n", "ci_method"] + [
+    name + s for name, *_ in METRICS for s in ("", "_ci", "_seed_min", "_seed_max")]
+
+
+def format_csv(rows: list[dict]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n", extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({**row, "seed_list": ";".join(str(s) for s in row["seed_list"]),
+                         "n": "" if row["n"] is None else row["n"]})
+    return buf.getvalue()
+
+
+# ------------------------------------------------------------------------------------------------ figure
+
+def sampler_colors(samplers) -> dict:
+    """A colour per sampler: SAMPLER_COLORS, then OTHER_COLORS in turn for samplers it does not name."""
+    others = iter(OTHER_COLORS * (1 + len(list(samplers))))
+    return {s: SAMPLER_COLORS[s] if s in SAMPLER_COLORS else next(others) for s in sorted(samplers, key=sampler_key)}
+
+
+def plot_reward_vs_kl(rows: list[dict], path) -> list[Path]:
+    """Mean true reward against KL(pi || pi_ref), one line per sampler through its iterations, 95% CIs as error
+    bars both ways, each point labelled with its iteration. Writes PATH (PNG) and PATH with .pdf; returns both."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; no display needed
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    pdf = path.with_suffix(".pdf")
+    samplers = sorted({r["sampler"] for r in rows}, key=sampler_key)
+    colors = sampler_colors(samplers)
+    nan0 = lambda x: 0.0 if math.isnan(x) else x  # a NaN half-width (one prompt) draws no bar
+    with plt.rc_context({"font.size": 11, "axes.titlesize": 13, "axes.labelsize": 12, "legend.fontsize": 10}):
+        fig, ax = plt.subplots(figsize=(8, 5.2))
+        for sampler in samplers:
+            mine = sorted((r for r in rows if r["sampler"] == sampler), key=lambda r: r["iteration"])
+            x = [r["kl"] for r in mine]
+            y = [r["reward"] for r in mine]
+            seeds = max(r["seeds"] for r in mine)
+            _, caps, bars = ax.errorbar(
+                x, y, xerr=[nan0(r["kl_ci"]) for r in mine], yerr=[nan0(r["reward_ci"]) for r in mine],
+                color=colors[sampler], marker=SAMPLER_MARKERS.get(sampler, "o"), markersize=6, lw=1.8,
+                elinewidth=1, capsize=3, label=f"{sampler} ({seeds} seed{'s' if seeds != 1 else ''})")
+            for artist in (*caps, *bars):
+                artist.set_alpha(0.55)  # the lines and markers stay in front of the (often overlapping) bars
+            for r in mine:
+                ax.annotate(str(r["iteration"]), (r["kl"], r["reward"]), xytext=(5, 5), textcoords="offset points",
+                            fontsize=8, color=colors[sampler])
+        ax.set_xlabel(r"KL$(\pi\,\|\,\pi_{\mathrm{ref}})$ (nats per response)")
+        ax.set_ylabel("mean true reward")
+        note = "points: iterations (0 = initial policy); error bars: 95% CI, per-prompt values pooled over seeds"
+        if any(r["ci_method"] != "pooled" for r in rows):
+            note += "\n(some CIs combine the seeds' reported CIs: evaluations.jsonl missing)"
+        ax.set_title("Reward vs KL over DPO iterations", pad=10 + 12 * (note.count("\n") + 1))  # room for the note
+        ax.text(0.5, 1.01, note, transform=ax.transAxes, ha="center", va="bottom", fontsize=9, color="0.3")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0, title="sampler", frameon=False)
+        fig.tight_layout()
+        try:
+            for target in (path, pdf):
+                _atomic_savefig(fig, target)
+        finally:
+            plt.close(fig)
+    return [path, pdf]
+
+
+def _atomic_savefig(fig, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=150, bbox_inches="tight", format=path.suffix.lstrip("."))
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# ------------------------------------------------------------------------------------------------ command line
+
+def _check_output(option: str, value: str | None, suffixes: tuple[str, ...] = ()) -> Path | None:
+    if value is None:
+        return None
+    path = Path(value).expanduser()
+    if suffixes and path.suffix.lower() not in suffixes:
+        raise ConfigError(f"{option}: {value!r} must end in {' or '.join(suffixes)}")
+    if path.is_dir():
+        raise ConfigError(f"{option}: {value!r} is a folder; give a file name")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(f"{option}: {str(parent)!r} exists and is not a folder")
+            break
+    return path
+
+
+def build_parser() -> ArgParser:
+    import argparse
+
+    doc = __doc__.split("\n\n")
+    parser = ArgParser(description=doc[0], epilog="\n\n".join(doc[1:]),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="+", metavar="RUNS",
+                        help="pipeline run folders, or folders holding runs one or two levels down")
+    parser.add_argument("--figure", metavar="PATH.png", help="write the reward-vs-KL figure here (and PATH.pdf)")
+    parser.add_argument("--csv", metavar="PATH", help="write the table as CSV (full precision)")
+    parser.add_argument("--markdown", metavar="PATH", help="write the table as Markdown")
+    return parser
+
+
+@exit_on_config_error
+def main(argv=None) -> list[dict]:
+    args = build_parser().parse_args(argv)
+    figure = _check_output("--figure", args.figure, (".png",))
+    csv_path = _check_output("--csv", args.csv)
+    markdown = _check_output("--markdown", args.markdown)
+    outputs = [p.resolve() for p in (figure, figure.with_suffix(".pdf") if figure else None, csv_path, markdown) if p]
+    if len(set(outputs)) < len(outputs):
+        raise ConfigError("--figure, --csv, --markdown: give each output its own file (PATH.pdf is the figure's too)")
+    rows = load_table(find_runs(args.runs))
+    text = format_table(rows)
+    md = format_markdown(rows) if markdown else None
+    table_csv = format_csv(rows) if csv_path else None
+    written = []
+    if figure:
+        written += plot_reward_vs_kl(rows, figure)
+    if csv_path:
+        atomic_write_text(csv_path, table_csv)
+        written.append(csv_path)
+    if markdown:
+        atomic_write_text(markdown, md)
+        written.append(markdown)
+    sys.stdout.write(text)
+    for path in written:
+        print(f"wrote {path}", file=sys.stderr)
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,322 @@
+"""alignment.report: finding pipeline runs, the pooled table, its text/Markdown/CSV forms, the figure, bad input.
+
+The fixture runs are synthetic: per-prompt values chosen here, so every expected number is computed in this
+file (by hand or with numpy/scipy), never by the code under test.
+"""
+import csv
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from alignment import report
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLERS = ("online", "mixp")        # alphabetical order would put mixp first; the report's order is online, mixp
+SEEDS = (0, 1)
+ITERATIONS = (0, 1, 2)
+GAIN = {"online": 0.8, "mixp": 1.3, "offline": 0.2, "gshf": 1.0, "mixp_seq": 1.1, "zeta": 0.5, "alpha": 0.6}
+
+
+def values(sampler: str, seed: int, t: int) -> dict:
+    """Per-prompt reward, win, kl of one evaluation (4 prompts). Iteration 0 is the same for every sampler."""
+    if (sampler, t) == ("online", 1):
+        reward = [1.0, 2.0, 3.0, 4.0] if seed == 0 else [2.0, 3.0, 4.0, 5.0]
+    else:
+        reward = [round(-2 + GAIN[sampler] * t + 0.25 * seed + d, 6) for d in (0.0, 1.5, -1.0, 0.75)]
+    win = [((i + seed + t) % 3) / 2 for i in range(4)]
+    kl = [0.0] * 4 if t == 0 else [round(GAIN[sampler] * t * f + 0.1 * seed, 6) for f in (0.5, 1.0, 1.5, 0.7)]
+    return {"reward": reward, "win": win, "kl": kl}
+
+
+def t_interval(x) -> tuple[float, float]:
+    x = np.asarray(x, dtype=float)
+    return float(x.mean()), float(stats.t.ppf(0.975, x.size - 1) * x.std(ddof=1) / np.sqrt(x.size))
+
+
+def write_run(folder: Path, sampler: str, seed: int, iterations=ITERATIONS) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "pipeline.json").write_text(json.dumps({"sampler": sampler, "seed": seed, "iterations": max(iterations),
+                                                      "eval_prompts": "toy:4"}))
+    lines = []
+    for t in iterations:
+        v = values(sampler, seed, t)
+        row = {"iteration": t, "sampler": sampler, "seed": seed, "step": t, "num_prompts": 4,
+               "num_pairs": 0 if t == 0 else 3, "ties_dropped": 0}
+        for key, ci_key, field in (("reward_mean", "reward_ci", "reward"), ("win_rate", "win_rate_ci", "win"),
+                                   ("kl", "kl_ci", "kl")):
+            row[key], row[ci_key] = t_interval(v[field])
+        lines.append(json.dumps(row))
+        ev = folder / f"iter_{t}" / "evaluate"
+        ev.mkdir(parents=True)
+        (ev / "metrics.jsonl").write_text(json.dumps({"stage": "evaluate", "seed": seed, "step": 0}) + "\n")
+        (ev / "evaluations.jsonl").write_text("".join(
+            json.dumps({"id": f"p{i}", "prompt": "x", "response": "y", "reward": v["reward"][i], "ref_response": "z",
+                        "ref_reward": 0.0, "win": v["win"][i], "kl": v["kl"][i], "kl_logratio": v["kl"][i]}) + "\n"
+            for i in range(4)))
+    (folder / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+@pytest.fixture
+def runs(tmp_path) -> Path:
+    """root/online/seedS (two levels down) and root/mixp-seedS (one level down)."""
+    root = tmp_path / "runs"
+    for seed in SEEDS:
+        write_run(root / "online" / f"seed{seed}", "online", seed)
+        write_run(root / f"mixp-seed{seed}", "mixp", seed)
+    return root
+
+
+def row_of(rows, sampler, t):
+    (row,) = [r for r in rows if r["sampler"] == sampler and r["iteration"] == t]
+    return row
+
+
+# ------------------------------------------------------------------------------------------------ finding runs
+
+def test_find_runs_one_and_two_levels_down_deduplicated(runs, tmp_path):
+    (runs / "notes").mkdir()
+    (runs / "notes" / "metrics.jsonl").write_text("{}\n")          # no pipeline.json: not a run
+    write_run(runs / "deep" / "a" / "b", "gshf", 0)                 # three levels down: not searched
+    write_run(runs / ".tmp-half-written", "gshf", 1)                # hidden: skipped
+    expected = {runs / "online" / "seed0", runs / "online" / "seed1", runs / "mixp-seed0", runs / "mixp-seed1"}
+    assert set(report.find_runs([runs])) == expected
+    assert len(report.find_runs([runs / "mixp-seed0", runs, runs / "online"])) == 4   # each run once
+    assert report.find_runs([runs / "online"]) == [runs / "online" / "seed0", runs / "online" / "seed1"]
+    assert report.find_runs([runs / "mixp-seed1"]) == [runs / "mixp-seed1"]
+    # the iter_T/evaluate folders inside a run hold a metrics.jsonl, but a run is not searched inside
+    assert report.find_runs([runs / "mixp-seed1" / "metrics.jsonl"]) == [runs / "mixp-seed1"]
+
+
+def test_find_runs_errors_name_the_argument(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(report.ConfigError, match="nope.*does not exist"):
+        report.find_runs([tmp_path / "nope"])
+    with pytest.raises(report.ConfigError, match="empty.*holds no pipeline run"):
+        report.find_runs([tmp_path / "empty"])
+
+
+# ------------------------------------------------------------------------------------------------ the table
+
+def test_pooled_mean_and_t_interval_by_hand(runs):
+    rows = report.load_table(report.find_runs([runs]))
+    row = row_of(rows, "online", 1)
+    # rewards: seed 0 [1, 2, 3, 4], seed 1 [2, 3, 4, 5]; pooled n = 8, mean 3, squared deviations sum to 12
+    assert row["seeds"] == 2 and row["n"] == 8 and row["seed_list"] == [0, 1]
+    assert row["ci_method"] == "pooled"
+    assert row["reward"] == pytest.approx(3.0)
+    assert row["reward_ci"] == pytest.approx(2.364624 * math.sqrt(12 / 7) / math.sqrt(8), rel=1e-6)  # t_{.975,7}
+    assert (row["reward_seed_min"], row["reward_seed_max"]) == pytest.approx((2.5, 3.5))
+
+
+def test_every_cell_matches_scipy(runs):
+    rows = report.load_table(report.find_runs([runs]))
+    assert [(r["sampler"], r["iteration"]) for r in rows] == [(s, t) for s in SAMPLERS for t in ITERATIONS]
+    for sampler in SAMPLERS:
+        for t in ITERATIONS:
+            row = row_of(rows, sampler, t)
+            for name, field in (("reward", "reward"), ("win_rate", "win"), ("kl", "kl")):
+                per_seed = [values(sampler, s, t)[field] for s in SEEDS]
+                mean, ci = t_interval(per_seed[0] + per_seed[1])
+                assert row[name] == pytest.approx(mean, abs=1e-12), (sampler, t, name)
+                assert row[name + "_ci"] == pytest.approx(ci, abs=1e-12), (sampler, t, name)
+                seed_means = [np.mean(v) for v in per_seed]
+                assert row[name + "_seed_min"] == pytest.approx(min(seed_means), abs=1e-12)
+                assert row[name + "_seed_max"] == pytest.approx(max(seed_means), abs=1e-12)
+    assert row_of(rows, "mixp", 0)["kl"] == 0.0 and row_of(rows, "mixp", 0)["kl_ci"] == 0.0
+
+
+def test_pooled_interval_is_not_the_combined_seed_cis(runs):
+    """With evaluations present the per-prompt values decide, not metrics.jsonl's *_ci."""
+    for seed in SEEDS:
+        path = runs / f"mixp-seed{seed}" / "metrics.jsonl"
+        lines = [json.loads(x) for x in path.read_text().splitlines()]
+        path.write_text("".join(json.dumps(dict(x, reward_ci=50.0)) + "\n" for x in lines))
+    row = row_of(report.load_table(report.find_runs([runs])), "mixp", 2)
+    assert row["reward_ci"] == pytest.approx(t_interval(values("mixp", 0, 2)["reward"]
+                                                        + values("mixp", 1, 2)["reward"])[1])
+
+
+def test_fallback_without_evaluations_combines_reported_cis(runs):
+    (runs / "mixp-seed1" / "iter_2" / "evaluate" / "evaluations.jsonl").unlink()
+    metrics = [json.loads(x) for x in (runs / "mixp-seed0" / "metrics.jsonl").read_text().splitlines()]
+    metrics[2].update(reward_mean=1.0, reward_ci=0.3)
+    (runs / "mixp-seed0" / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
+    metrics = [json.loads(x) for x in (runs / "mixp-seed1" / "metrics.jsonl").read_text().splitlines()]
+    metrics[2].update(reward_mean=2.0, reward_ci=0.4)
+    (runs / "mixp-seed1" / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
+    rows = report.load_table(report.find_runs([runs]))
+    row = row_of(rows, "mixp", 2)
+    assert row["ci_method"] == "seed_ci"
+    assert row["reward"] == pytest.approx(1.5)
+    assert row["reward_ci"] == pytest.approx(0.25)          # sqrt(0.3^2 + 0.4^2) / 2
+    assert (row["reward_seed_min"], row["reward_seed_max"]) == pytest.approx((1.0, 2.0))
+    assert row["n"] == 8                                    # the seeds' num_prompts
+    assert row_of(rows, "mixp", 1)["ci_method"] == "pooled"
+    text = report.format_table(rows)
+    mixp_2 = [x for x in text.splitlines() if x.startswith("mixp ") and x.split()[1] == "2"]
+    assert len(mixp_2) == 1 and "8*" in mixp_2[0] and "1.500 +- 0.250" in mixp_2[0]
+    assert "sqrt(sum ci^2) / k" in text
+
+
+def test_seeds_count_follows_each_iteration(runs):
+    path = runs / "online" / "seed1" / "metrics.jsonl"
+    path.write_text("".join(x + "\n" for x in path.read_text().splitlines()[:2]))   # seed 1 stopped after iter 1
+    rows = report.load_table(report.find_runs([runs]))
+    row = row_of(rows, "online", 2)
+    assert row["seeds"] == 1 and row["seed_list"] == [0] and row["n"] == 4
+    assert row["reward"] == pytest.approx(np.mean(values("online", 0, 2)["reward"]))
+    assert row_of(rows, "online", 1)["seeds"] == 2
+
+
+def test_sampler_order(tmp_path):
+    for sampler in ("zeta", "mixp_seq", "alpha", "offline", "gshf", "mixp", "online"):
+        write_run(tmp_path / sampler, sampler, 0, iterations=(0, 1))
+    rows = report.load_table(report.find_runs([tmp_path]))
+    order = list(dict.fromkeys(r["sampler"] for r in rows))
+    assert order == ["offline", "online", "gshf", "mixp", "mixp_seq", "alpha", "zeta"]
+
+
+def test_plain_table_is_aligned_and_states_the_method(runs):
+    rows = report.load_table(report.find_runs([runs]))
+    text = report.format_table(rows)
+    lines = text.splitlines()
+    data = [x for x in lines if x.split() and x.split()[0] in SAMPLERS]
+    assert len(data) == len(SAMPLERS) * len(ITERATIONS)
+    positions = {tuple(i for i in range(len(x)) if x.startswith("+-", i)) for x in data}
+    assert len(positions) == 1 and len(next(iter(positions))) == 3       # "+-" in the same columns on every line
+    mean, ci = t_interval(values("online", 0, 2)["kl"] + values("online", 1, 2)["kl"])
+    online_2 = [x for x in data if x.split()[:2] == ["online", "2"]][0]
+    assert f"{mean:.3f} +- {ci:.3f}" in online_2
+    assert "2.500..3.500" in [x for x in data if x.split()[:2] == ["online", "1"]][0]   # the seed range
+    assert lines[0].split()[:4] == ["sampler", "iter", "seeds", "n"]
+    assert "t_{0.975,n-1}" in text and "seeds x prompts" in text and "min..max" in text
+    assert "sqrt(sum ci^2)" not in text                                 # no fallback row here
+
+
+# ------------------------------------------------------------------------------------------------ command line
+
+def test_cli_writes_table_markdown_csv_and_figure(runs, tmp_path, capsys):
+    out = tmp_path / "out"
+    report.main([str(runs), "--figure", str(out / "fig.png"), "--csv", str(out / "t.csv"),
+                 "--markdown", str(out / "t.md")])
+    printed = capsys.readouterr().out
+    assert printed.splitlines()[0].split()[:4] == ["sampler", "iter", "seeds", "n"]
+
+    md = (out / "t.md").read_text().splitlines()
+    table = [x for x in md if x.startswith("|")]
+    assert set(table[1].replace("|", "").replace("-", "").replace(":", "")) <= {" ", ""}   # the separator row
+    body = [[c.strip() for c in x.strip("|").split("|")] for x in table[2:]]
+    assert [(b[0], int(b[1])) for b in body] == [(s, t) for s in SAMPLERS for t in ITERATIONS]
+    assert "| online | 1 | 2 | 8 | 3.000 ± 1.095 | 2.500..3.500 |" in "\n".join(table)
+    assert any("t_{0.975,n-1}" in x for x in md)
+
+    with open(out / "t.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == len(SAMPLERS) * len(ITERATIONS)
+    for r in rows:
+        per_seed = [values(r["sampler"], s, int(r["iteration"]))["win"] for s in SEEDS]
+        mean, ci = t_interval(per_seed[0] + per_seed[1])
+        assert float(r["win_rate"]) == pytest.approx(mean, abs=1e-12)
+        assert float(r["win_rate_ci"]) == pytest.approx(ci, abs=1e-12)
+        assert r["seeds"] == "2" and r["seed_list"] == "0;1" and r["n"] == "8" and r["ci_method"] == "pooled"
+
+    png, pdf = (out / "fig.png").read_bytes(), (out / "fig.pdf").read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 20_000
+    assert pdf.startswith(b"%PDF") and len(pdf) > 5_000
+    assert sorted(p.name for p in out.iterdir()) == ["fig.pdf", "fig.png", "t.csv", "t.md"]   # no temporaries
+
+
+def test_figure_draws_each_sampler_in_its_colour(runs, tmp_path):
+    import matplotlib.image as mpimg
+    from matplotlib.colors import to_rgb
+
+    rows = report.load_table(report.find_runs([runs]))
+    paths = report.plot_reward_vs_kl(rows, tmp_path / "f.png")
+    assert paths == [tmp_path / "f.png", tmp_path / "f.pdf"] and all(p.stat().st_size > 5_000 for p in paths)
+    image = mpimg.imread(tmp_path / "f.png")[..., :3]
+    for sampler in SAMPLERS:
+        close = np.abs(image - np.array(to_rgb(report.SAMPLER_COLORS[sampler]))).max(-1) < 0.02
+        assert close.sum() > 200, sampler
+    unused = np.abs(image - np.array(to_rgb(report.SAMPLER_COLORS["gshf"]))).max(-1) < 0.02
+    assert unused.sum() == 0
+
+
+def test_sampler_colors():
+    names = ("offline", "online", "gshf", "mixp", "mixp_seq", "unif", "on_policy", "mix_r", "mix_p", "mix_p_star")
+    assert set(names) <= set(report.SAMPLER_COLORS)
+    pipeline = [report.SAMPLER_COLORS[s] for s in ("offline", "online", "gshf", "mixp", "mixp_seq")]
+    bandit = [report.SAMPLER_COLORS[s] for s in ("unif", "on_policy", "gshf", "mix_r", "mix_p", "mix_p_star")]
+    assert len(set(pipeline)) == 5 and len(set(bandit)) == 6
+    colors = report.sampler_colors(["online", "zeta", "alpha"])
+    assert colors["online"] == report.SAMPLER_COLORS["online"]
+    assert len(set(colors.values())) == 3 and not {colors["zeta"], colors["alpha"]} & set(pipeline)
+
+
+def _metrics_path(runs: Path) -> Path:
+    return runs / "mixp-seed1" / "metrics.jsonl"
+
+
+def _corrupt_metrics(runs: Path, line: str) -> None:
+    lines = _metrics_path(runs).read_text().splitlines()
+    _metrics_path(runs).write_text(lines[0] + "\n" + line + "\n" + lines[2] + "\n")
+
+
+BAD = {
+    "missing path": (lambda runs, tmp: [str(tmp / "nope")], ["nope", "does not exist"]),
+    "no runs": (lambda runs, tmp: [str(runs), str((tmp / "empty").mkdir() or tmp / "empty")],
+                ["empty", "holds no pipeline run"]),
+    "malformed metrics line": (lambda runs, tmp: _corrupt_metrics(runs, '{"iteration": 1, "reward_mean": ') or [str(runs)],
+                               ["mixp-seed1/metrics.jsonl line 2", "not valid JSON"]),
+    "metrics line without iteration": (lambda runs, tmp: _corrupt_metrics(runs, '{"reward_mean": 1}') or [str(runs)],
+                                       ["mixp-seed1/metrics.jsonl line 2", "'iteration'"]),
+    "metrics value not a number": (
+        lambda runs, tmp: _corrupt_metrics(runs, '{"iteration": 1, "reward_mean": "high", "win_rate": 0.5, "kl": 0}')
+        or [str(runs)], ["mixp-seed1/metrics.jsonl line 2", "'reward_mean'"]),
+    "malformed evaluations line": (
+        lambda runs, tmp: (runs / "online/seed0/iter_2/evaluate/evaluations.jsonl").write_text(
+            '{"reward": 1, "win": 1, "kl": 0}\n{"reward": null, "win": 1, "kl": 0}\n') and [str(runs)],
+        ["online/seed0/iter_2/evaluate/evaluations.jsonl line 2", "'reward'"]),
+    "same sampler and seed twice": (
+        lambda runs, tmp: [str(runs), str(write_run(tmp / "copy", "online", 1))], ["'online' seed 1"]),
+    "figure not a png": (lambda runs, tmp: [str(runs), "--figure", str(tmp / "out" / "fig.jpg")], ["--figure", ".png"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_input_one_line_exit_2_nothing_written(case, runs, tmp_path, capsys):
+    make, parts = BAD[case]
+    argv = make(runs, tmp_path)
+    outputs = ["--csv", str(tmp_path / "out" / "t.csv"), "--markdown", str(tmp_path / "out" / "t.md")]
+    if "--figure" not in argv:
+        outputs += ["--figure", str(tmp_path / "out" / "fig.png")]
+    with pytest.raises(SystemExit) as e:
+        report.main(argv + outputs)
+    assert e.value.code == 2
+    captured = capsys.readouterr()
+    lines = captured.err.splitlines()
+    assert len(lines) == 1, lines
+    for part in parts:
+        assert part in lines[0], (part, lines[0])
+    assert captured.out == ""
+    assert not (tmp_path / "out").exists()
+
+
+def test_subprocess_help_and_exit_2(tmp_path):
+    env_cmd = [sys.executable, "-m", "alignment.report"]
+    res = subprocess.run(env_cmd + ["--help"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0
+    for text in ("--figure", "--csv", "--markdown", "t_{0.975, n-1}", "seeds x", "sqrt(sum ci^2) / k"):
+        assert text in res.stdout, text
+    res = subprocess.run(env_cmd + [str(tmp_path / "nope"), "--csv", str(tmp_path / "t.csv")], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2
+    assert res.stderr.splitlines() == [f"python -m alignment.report: error: RUNS: {str(tmp_path / 'nope')!r} "
+                                       f"does not exist"]
+    assert not (tmp_path / "t.csv").exists()
