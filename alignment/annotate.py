@@ -53,7 +53,7 @@ class Args:
     p: float = arg(0.7, "mixed_max_min: probability of the max_min pick (or of the fused responses), in [0, 1]")
     seed: int = arg(0, "seed of the random picks (each prompt draws from its own stream of seed and id)")
     batch_size: int = arg(64, "responses scored per reward-model forward pass")
-    device: str = arg("cpu", "torch device of the reward model: cpu, cuda, cuda:N")
+    device: str = arg("auto", "torch device of the reward model: auto (cuda if available, else cpu), cpu, cuda, cuda:N")
     out: str = arg("runs/alignment/annotate", "output folder; the run is written to OUT/NAME")
     name: str | None = arg(None, "run name (default: the generations run's folder name, or the file's stem); "
                            "an older run of that name is replaced")
@@ -246,7 +246,10 @@ def main(argv=None) -> Path:
     from alignment.models import resolve_device
     from alignment.rewards import load_reward
 
-    device = resolve_device(args.device)
+    import torch
+
+    device = resolve_device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                            "cpu" if args.device == "auto" else args.device)
     rows = load_generations(args.generations)
     if all(len(r["responses"]) < 2 for r in rows):
         raise ConfigError("--generations: every prompt has fewer than 2 responses; a pair needs 2")

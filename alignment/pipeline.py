@@ -81,12 +81,16 @@ class Args:
                                "USER: {prompt} ASSISTANT:'; for chat-message prompts {prompt} is the last user message")
     launch: str = arg("", "command prefix that runs training (and HF generation) in other processes, e.g. "
                       "'accelerate launch --config_file alignment/configs/zero3.yaml'; empty: all in this process")
+    override: str = arg("", "recipe values to change for this run: space-separated STAGE.KEY=VALUE items (VALUE read "
+                        "as YAML), e.g. 'generate.backend=vllm generate.batch_size=null train.lr=1e-6'")
     dry_run: bool = arg(False, "check every stage's flags and print the commands; run nothing")
     fresh: bool = arg(False, "delete OUT's earlier progress and start over")
     generate: dict = field(default_factory=dict, metadata={"help": "recipe only: alignment.generate flags"})
     annotate: dict = field(default_factory=dict, metadata={"help": "recipe only: alignment.annotate flags"})
     train: dict = field(default_factory=dict, metadata={"help": "recipe only: alignment.train_dpo flags"})
     evaluate: dict = field(default_factory=dict, metadata={"help": "recipe only: alignment.evaluate flags"})
+    per_sampler: dict = field(default_factory=dict, metadata={
+        "help": "recipe only: {sampler: {stage: {flag: value}}}, settings of one sampler on top of the sections"})
 
 
 def _stage_args_class(stage: str):
@@ -113,8 +117,9 @@ def _flags(values: dict) -> list[str]:
 class Plan:
     args: Args
     out: Path
-    sections: dict          # stage -> checked section values
+    sections: dict          # stage -> checked section values (recipe section + per_sampler + --override)
     recipe: dict            # everything that defines the run (pipeline.json)
+    train_flags: list = field(default_factory=list)  # per_sampler / --override values of train, as flags
 
     def stage_dir(self, t: int) -> Path:
         return self.out / f"iter_{t}"
@@ -133,7 +138,8 @@ class Plan:
                          "--prompts", str(self.out / "eval_prompts.jsonl"), "--reward", a.eval_reward or a.reward,
                          "--seed", str(a.seed)],  # one seed for every iteration: common random numbers
         }[stage]
-        extra = [] if stage == "train" else _flags(self.sections[stage])  # train reads its section from --config
+        # train reads its recipe section itself (--config, with the dpo: mapping); flags after it override it
+        extra = self.train_flags if stage == "train" else _flags(self.sections[stage])
         return own + extra + ["--out", str(d), "--name", stage]
 
     def command(self, stage: str, t: int) -> list[str]:
@@ -167,11 +173,20 @@ def resolve(args: Args) -> Plan:
     out = Path(args.out or f"runs/alignment/pipeline/{args.sampler}-seed{args.seed}")
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out: {str(out)!r} exists and is not a folder")
-    sections = {}
+    changes = _changes(args)
+    sections, train_flags = {}, []
     for stage in STAGES:
+        cls = _stage_args_class(stage)
         where = f"--config: {args.config!r} section {stage!r}"
-        sections[stage] = check_section(_stage_args_class(stage), getattr(args, stage) or {}, where, skip=OWNED[stage])
-    plan = Plan(args, out, sections, {})
+        sections[stage] = check_section(cls, getattr(args, stage) or {}, where, skip=OWNED[stage])
+        for where, values in changes[stage]:
+            checked = check_section(cls, values, where, skip=OWNED[stage])
+            if any(isinstance(v, dict) for v in checked.values()):
+                raise ConfigError(f"{where}: a mapping (such as train's dpo:) can only be set in the recipe's section")
+            sections[stage] |= checked
+            if stage == "train":
+                train_flags += _flags(checked)
+    plan = Plan(args, out, sections, {}, train_flags)
     # each stage parses and checks its own flags now, so a bad value fails before hours of work
     for stage in STAGES:
         for t in ((0,) if stage == "evaluate" else ()) + tuple(range(1, args.iterations + 1))[:1]:
@@ -182,6 +197,34 @@ def resolve(args: Args) -> Plan:
     plan.recipe = {k: v for k, v in dataclasses.asdict(args).items() if k not in ("dry_run", "fresh", "out", "iterations")}
     plan.recipe["recipe_file"] = load_yaml(args.config)
     return plan
+
+
+def _changes(args: Args) -> dict:
+    """Per stage, the [(where, values)] that change the recipe's section for this run: the recipe's per_sampler
+    entry for --sampler, then --override."""
+    import yaml
+
+    changes = {stage: [] for stage in STAGES}
+    for sampler, stages in (args.per_sampler or {}).items():
+        where = f"--config: {args.config!r} per_sampler"
+        if sampler not in SAMPLERS:
+            raise ConfigError(f"{where}: unknown sampler {sampler!r}; known: {', '.join(SAMPLERS)}")
+        if not isinstance(stages, dict) or any(k not in STAGES or not isinstance(v, dict) for k, v in stages.items()):
+            raise ConfigError(f"{where}: {sampler}: must map stage names ({', '.join(STAGES)}) to flag settings")
+        if sampler == args.sampler:
+            for stage, values in stages.items():
+                changes[stage].append((f"{where} {sampler} {stage}", values))
+    for item in args.override.split():
+        key, eq, value = item.partition("=")
+        stage, dot, name = key.partition(".")
+        if not eq or not dot or stage not in STAGES or not name:
+            raise ConfigError(f"--override: {item!r} must be STAGE.KEY=VALUE with STAGE one of {', '.join(STAGES)}")
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise ConfigError(f"--override: {item!r}: the value is not valid YAML") from None
+        changes[stage].append((f"--override {stage}", {name: parsed}))
+    return changes
 
 
 def _check_stage(stage: str, argv: list[str]) -> None:
@@ -209,8 +252,14 @@ def _check_launch(launch: str) -> None:
         if i + 1 >= len(words):
             raise ConfigError("--launch: --config_file needs a file name")
         cfg = load_yaml(words[i + 1], "--launch")
-        if cfg.get("distributed_type") == "DEEPSPEED" and not isinstance(cfg.get("deepspeed_config"), dict):
-            raise ConfigError(f"--launch: {words[i + 1]!r} sets distributed_type DEEPSPEED without deepspeed_config")
+        if cfg.get("distributed_type") == "DEEPSPEED":
+            if not isinstance(cfg.get("deepspeed_config"), dict):
+                raise ConfigError(f"--launch: {words[i + 1]!r} sets distributed_type DEEPSPEED without deepspeed_config")
+            import importlib.util
+
+            if importlib.util.find_spec("deepspeed") is None:  # a note, not an error: dry runs happen on laptops
+                print(f"# note: {words[i + 1]} uses DeepSpeed, which is not installed here "
+                      f"(pip install -r requirements_vllm.txt on the GPU node)", file=sys.stderr)
 
 
 # ------------------------------------------------------------------------------------------------ resume

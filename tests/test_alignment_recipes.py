@@ -1,0 +1,265 @@
+"""The samplers paper's GPU recipes (alignment/configs/safe_rlhf.yaml, iterative_prompt.yaml) and their launcher
+scripts, checked on a CPU machine through the dry run: every stage's flags are parsed by that stage's own parser
+and checked, the commands are printed, and nothing is loaded, run or written. Also the DeepSpeed accelerate
+configs the recipes launch training with."""
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPES = ("safe_rlhf", "iterative_prompt")
+SAMPLERS = ("offline", "online", "gshf", "mixp")
+ITERATIONS = 3
+STAGE_MODULES = {"generate": "alignment.generate", "annotate": "alignment.annotate", "train": "alignment.train_dpo",
+                 "evaluate": "alignment.evaluate"}
+ZERO3 = "accelerate launch --config_file alignment/configs/zero3.yaml"
+
+
+def _env(tmp: Path) -> dict:
+    return dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false",
+                PYTHON=sys.executable, TMPDIR=str(tmp), BACKEND="hf")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Every subprocess these tests need, started at once (each is ~3 s of imports per pipeline dry run)."""
+    root = tmp_path_factory.mktemp("recipes")
+    jobs = {}
+    for name in RECIPES:
+        tmp = root / f"tmp-{name}"
+        tmp.mkdir()
+        out = root / f"out-{name}"
+        jobs[name] = (["bash", f"alignment/scripts/{name}.sh", "--dry-run", "--seed", "7", "--out", str(out)],
+                      tmp, out)
+    for name, sampler in (("safe_rlhf", "gshf"), ("iterative_prompt", "mixp")):
+        tmp = root / f"tmp-vllm-{name}"
+        tmp.mkdir()
+        out = root / f"out-vllm-{name}"
+        jobs[f"vllm-{name}"] = (["bash", f"alignment/scripts/{name}.sh", "--dry-run", "--sampler", sampler,
+                                 "--backend", "vllm", "--out", str(out)], tmp, out)
+    for name, section in (("safe_rlhf", "generate"), ("iterative_prompt", "train")):
+        recipe = yaml.safe_load((REPO / f"alignment/configs/{name}.yaml").read_text())
+        recipe[section]["bogus_key_xyz"] = 1
+        bad = root / f"bad-{name}.yaml"
+        bad.write_text(yaml.safe_dump(recipe, sort_keys=False))
+        out = root / f"out-bad-{name}"
+        jobs[f"bad-{name}"] = ([sys.executable, "-m", "alignment.pipeline", "--config", str(bad), "--sampler", "gshf",
+                                "--dry-run", "--out", str(out)], root, out)
+    procs = {k: subprocess.Popen(cmd, cwd=REPO, env=_env(tmp), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 text=True) for k, (cmd, tmp, _) in jobs.items()}
+    results = {}
+    for k, p in procs.items():
+        out, err = p.communicate(timeout=300)
+        results[k] = {"rc": p.returncode, "stdout": out, "stderr": err, "tmp": jobs[k][1], "out": jobs[k][2]}
+    return results
+
+
+def _commands(stdout: str) -> list[list[str]]:
+    """The stage commands a dry run printed (comment lines dropped), split into words."""
+    return [shlex.split(line) for line in stdout.splitlines() if line.strip() and not line.startswith("#")]
+
+
+def _by_sampler(stdout: str) -> dict[str, list[list[str]]]:
+    out = {}
+    for words in _commands(stdout):
+        out.setdefault(_sampler_of(words), []).append(words)
+    return out
+
+
+def _sampler_of(words: list[str]) -> str:
+    """A stage command's sampler, from the run folder in its --out (OUT/SAMPLER-seedN/iter_T)."""
+    return re.search(r"/([a-z_]+)-seed\d+/iter_\d+$", _flag(words, "--out")).group(1)
+
+
+def _flag(words: list[str], flag: str):
+    return words[words.index(flag) + 1] if flag in words else None
+
+
+def _stage(words: list[str]) -> str:
+    module = words[words.index("-m") + 1]
+    return next(s for s, m in STAGE_MODULES.items() if m == module)
+
+
+def _iteration(words: list[str]) -> int:
+    return int(re.search(r"iter_(\d+)$", _flag(words, "--out")).group(1))
+
+
+# ------------------------------------------------------------------------------------------------ the recipes
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_recipe_loads_and_holds_the_papers_settings(name):
+    from alignment import pipeline
+    from alignment.recipes import check_section
+
+    r = yaml.safe_load((REPO / f"alignment/configs/{name}.yaml").read_text())
+    # the pipeline's own check of the top-level keys and of every section (what its dry run does first)
+    check_section(pipeline.Args, r, name, skip=("config", "dry_run", "fresh", "out"))
+    for stage in pipeline.STAGES:
+        check_section(pipeline._stage_args_class(stage), r[stage], f"{name}:{stage}", skip=pipeline.OWNED[stage])
+    assert r["reward"] == "sfairXC/FsfairX-LLaMA3-RM-v0.1" and r.get("eval_reward") is None
+    assert r["launch"] == ZERO3 and r["iterations"] == 3 and r["num_eval_prompts"] == 200
+    assert r["prompts_per_iteration"] == 10000 and r["split"] == "train[:10000]"
+    assert r["eval_prompts"] == r["prompts"] and r["eval_split"] == "train[10000:10200]"  # held out, disjoint
+    g, a, t, e = r["generate"], r["annotate"], r["train"], r["evaluate"]
+    assert (g["num_responses"], g["max_new_tokens"], g["temperature"], g["alpha"]) == (2, 128, 0.7, 0.5)
+    assert g["backend"] == "hf" and "mixp_online_pair" not in g  # shared by all samplers: the script adds it
+    assert (t["loss"], t["beta"], t["lr"], t["lr_scheduler"], t["epochs"], t["dtype"]) == \
+        ("rev_kl", 0.1, 5e-7, "cosine", 2, "bfloat16")
+    assert g["device"] == t["device"] == e["device"] == "auto"
+    assert (e["temperature"], e["max_new_tokens"]) == (0.7, 128)
+    if name == "safe_rlhf":
+        assert r["policy"] == "PKU-Alignment/alpaca-7b-reproduced"
+        assert r["prompt_field"] == "prompt"
+        assert r["prompt_template"] == "BEGINNING OF CONVERSATION: USER: {prompt} ASSISTANT:"
+        assert a["rule"] == "max_min" and t["margin_scale"] == 4
+        assert t["batch_size"] * t.get("grad_accum", 1) * 8 == 16  # the paper's global batch on 8 GPUs
+    else:
+        assert r["policy"] == "openlm-research/open_llama_3b_v2"
+        assert r["prompts"] == "RLHFlow/iterative-prompt-v1-iter1-20K" and r["prompt_field"] == "context_messages"
+        assert r["prompt_template"] == ("Below is an instruction that describes a task. Write a response that "
+                                        "appropriately completes the request.\n\n### Instruction:\n{prompt}\n\n"
+                                        "### Response:\n")
+        assert (a["rule"], a["p"]) == ("mixed_max_min", 0.7) and t["margin_scale"] == 1
+        assert t["batch_size"] * t.get("grad_accum", 1) * 8 == 32
+
+
+def test_iterative_prompt_template_takes_the_user_message(tmp_path):
+    """The RLHFlow rows' context_messages (chat messages) go into the Alpaca template as the user's text."""
+    import json
+
+    from alignment.pipeline import load_pipeline_prompts
+
+    r = yaml.safe_load((REPO / "alignment/configs/iterative_prompt.yaml").read_text())
+    f = tmp_path / "p.jsonl"
+    f.write_text(json.dumps({"context_messages": [{"role": "user", "content": "Name a prime."}]}) + "\n")
+    rows = load_pipeline_prompts(str(f), "train", r["prompt_field"], r["prompt_template"], "--prompts")
+    assert rows[0]["prompt"].endswith("### Instruction:\nName a prime.\n\n### Response:\n")
+
+
+def test_split_slices_select_the_training_and_held_out_rows(tmp_path):
+    """The recipes' splits are datasets' slicing syntax: 10,000 training rows, then 200 held-out rows."""
+    import datasets
+
+    f = tmp_path / "rows.jsonl"
+    f.write_text("".join(f'{{"prompt": "q{i}"}}\n' for i in range(10300)))
+    r = yaml.safe_load((REPO / "alignment/configs/safe_rlhf.yaml").read_text())
+    train = datasets.load_dataset("json", data_files=str(f), split=r["split"], cache_dir=str(tmp_path / "c"))
+    held = datasets.load_dataset("json", data_files=str(f), split=r["eval_split"], cache_dir=str(tmp_path / "c"))
+    assert len(train) == 10000 and len(held) == 200
+    assert held[0]["prompt"] == "q10000" and not set(train["prompt"]) & set(held["prompt"])
+
+
+# ------------------------------------------------------------------------------------------------ the scripts
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_dry_run_prints_every_stage_of_every_iteration(runs, name):
+    res = runs[name]
+    assert res["rc"] == 0, res["stderr"]
+    by_sampler = _by_sampler(res["stdout"])
+    assert sorted(by_sampler) == sorted(SAMPLERS)
+    expected = [(0, "evaluate")] + [(t, s) for t in range(1, ITERATIONS + 1)
+                                    for s in ("generate", "annotate", "train", "evaluate")]
+    for sampler, cmds in by_sampler.items():
+        assert len(cmds) == 1 + 4 * ITERATIONS
+        assert [(_iteration(c), _stage(c)) for c in cmds] == expected
+        for c in cmds:
+            assert _flag(c, "--out").startswith(str(res["out"] / f"{sampler}-seed7" / "iter_"))
+        for c in cmds:
+            stage = _stage(c)
+            if stage in ("train", "generate"):  # HF generation is launched too (one process per GPU)
+                assert shlex.join(c).startswith(ZERO3 + f" -m {STAGE_MODULES[stage]} ")
+            else:
+                assert c[0] == sys.executable and c[1:3] == ["-m", STAGE_MODULES[stage]]
+            if stage == "train":  # the recipe itself, or (iterative_prompt's mixp) a derived one in TMPDIR
+                derived = name == "iterative_prompt" and sampler == "mixp"
+                config = _flag(c, "--config")
+                assert (config.startswith(str(res["tmp"])) and config.endswith(f"/{name}.mixp.yaml")) if derived \
+                    else config == f"alignment/configs/{name}.yaml"
+            if stage == "generate":
+                assert (_flag(c, "--sampler"), _flag(c, "--num-responses"), _flag(c, "--max-new-tokens"),
+                        _flag(c, "--temperature"), _flag(c, "--backend")) == (sampler, "2", "128", "0.7", "hf")
+                assert ("--mixp-online-pair" in c) == (name == "iterative_prompt" and sampler == "mixp")
+            if stage == "annotate":
+                rule = ("mixed_max_min", "0.7") if name == "iterative_prompt" else ("max_min", None)
+                assert (_flag(c, "--rule"), _flag(c, "--p")) == rule
+            if stage == "evaluate":
+                assert (_flag(c, "--temperature"), _flag(c, "--max-new-tokens")) == ("0.7", "128")
+                assert _flag(c, "--reward") == "sfairXC/FsfairX-LLaMA3-RM-v0.1"
+        # iteration t trains from iteration t-1's policy against the fixed initial policy
+        trains = [c for c in cmds if _stage(c) == "train"]
+        assert [_flag(c, "--seed") for c in trains] == ["7001", "7002", "7003"]
+        assert len({_flag(c, "--ref") for c in trains}) == 1
+    # a dry run writes nothing: no output folder, no derived recipe left in the temporary folder
+    assert not res["out"].exists()
+    assert not any(res["tmp"].iterdir())
+
+
+def test_iterative_prompt_mixp_gets_its_online_pair_through_a_derived_recipe(runs):
+    res = runs["vllm-iterative_prompt"]
+    assert res["rc"] == 0, res["stderr"]
+    cmds = _commands(res["stdout"])
+    assert len(cmds) == 1 + 4 * ITERATIONS
+    gen = [c for c in cmds if _stage(c) == "generate"]
+    # mixp keeps the HF backend (logit fusion) even when vLLM is asked for, and is launched per GPU
+    assert all(shlex.join(c).startswith(ZERO3) and _flag(c, "--backend") == "hf" and "--mixp-online-pair" in c
+               for c in gen)
+    assert "mixp keeps hf" in res["stderr"]
+    train = [c for c in cmds if _stage(c) == "train"]
+    assert all(_flag(c, "--config").endswith("/iterative_prompt.mixp.yaml") for c in train)
+    assert not res["out"].exists() and not any(res["tmp"].iterdir())  # the derived recipe was removed
+
+
+def test_vllm_backend_on_request(runs):
+    res = runs["vllm-safe_rlhf"]
+    assert res["rc"] == 0, res["stderr"]
+    cmds = _commands(res["stdout"])
+    gen = [c for c in cmds if _stage(c) == "generate"]
+    assert len(gen) == ITERATIONS
+    for c in gen:  # vLLM runs as one process (no accelerate launch) and batches all prompts itself
+        assert c[0] == sys.executable and _flag(c, "--backend") == "vllm" and "--batch-size" not in c
+    assert all(shlex.join(c).startswith(ZERO3) for c in cmds if _stage(c) == "train")
+    assert not res["out"].exists() and not any(res["tmp"].iterdir())
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_unknown_key_in_a_section_is_one_error_line(runs, name):
+    res = runs[f"bad-{name}"]
+    assert res["rc"] == 2
+    lines = [line for line in res["stderr"].splitlines() if line.strip()]
+    assert len(lines) == 1 and "bogus_key_xyz" in lines[0] and "unknown key" in lines[0], res["stderr"]
+    assert res["stdout"] == "" and not res["out"].exists()
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_script_help_and_bad_arguments(name, tmp_path):
+    script = f"alignment/scripts/{name}.sh"
+    run = lambda *a: subprocess.run(["bash", script, *a], cwd=REPO, env=_env(tmp_path), capture_output=True,
+                                    text=True, timeout=60)
+    h = run("--help")
+    assert h.returncode == 0 and h.stdout.startswith(f"usage: alignment/scripts/{name}.sh")
+    for args, word in ((["--sampler", "dpo"], "--sampler"), (["--seed", "x"], "--seed"),
+                       (["--backend", "tpu"], "--backend"), (["--bogus"], "--bogus"), (["--out"], "--out")):
+        r = run(*args)
+        lines = [line for line in r.stderr.splitlines() if line.strip()]
+        assert r.returncode == 2 and len(lines) == 1 and word in lines[0], (args, r.stderr)
+    assert not any(tmp_path.iterdir())
+
+
+# ------------------------------------------------------------------------------------------------ accelerate
+
+@pytest.mark.parametrize("name,stage", [("zero2", 2), ("zero3", 3)])
+def test_deepspeed_accelerate_configs(name, stage, monkeypatch):
+    from alignment.pipeline import _check_launch
+
+    monkeypatch.chdir(REPO)
+    cfg = yaml.safe_load((REPO / f"alignment/configs/{name}.yaml").read_text())
+    assert cfg["distributed_type"] == "DEEPSPEED" and cfg["deepspeed_config"]["zero_stage"] == stage
+    assert cfg["mixed_precision"] == "bf16" and cfg["num_machines"] == 1 and cfg["use_cpu"] is False
+    assert cfg["deepspeed_config"]["zero3_init_flag"] is (stage == 3)
+    _check_launch(f"accelerate launch --config_file alignment/configs/{name}.yaml")  # the pipeline's own check
