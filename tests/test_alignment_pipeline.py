@@ -173,3 +173,35 @@ def test_another_recipe_into_the_same_out_is_refused(tmp_path):
     main(["--config", _recipe(tmp_path), "--sampler", "online", "--iterations", "2", "--out", str(out)])
     assert (out / "iter_1" / "train.done").read_text() == stamp
     assert [r["iteration"] for r in _lines(out / "metrics.jsonl")] == [0, 1, 2]
+
+
+def test_per_sampler_settings_and_overrides_reach_the_stages(tmp_path, capsys):
+    recipe = _recipe(tmp_path, extra="per_sampler:\n  mixp: {generate: {mixp_online_pair: true}, "
+                                      "annotate: {rule: mixed_max_min, p: 0.7}}\n")
+    commands = {}
+    for sampler in ("mixp", "gshf"):
+        main(["--config", recipe, "--sampler", sampler, "--iterations", "1", "--out", str(tmp_path / sampler),
+              "--dry-run", "--override", "train.lr=0.5 evaluate.temperature=0.2 generate.batch_size=null"])
+        lines = [l.split() for l in capsys.readouterr().out.splitlines() if not l.startswith("#")]
+        commands[sampler] = {l[l.index("-m") + 1].split(".")[1]: l for l in lines[1:]}
+    mixp, gshf = commands["mixp"], commands["gshf"]
+    assert "--mixp-online-pair" in mixp["generate"] and "--mixp-online-pair" not in gshf["generate"]
+    assert mixp["annotate"][mixp["annotate"].index("--rule") + 1] == "mixed_max_min"
+    assert gshf["annotate"][gshf["annotate"].index("--rule") + 1] == "max_min"
+    for cmd in (mixp, gshf):
+        train = cmd["train_dpo"]
+        assert train.index("--lr") > train.index("--config") and train[train.index("--lr") + 1] == "0.5"
+        assert cmd["evaluate"][cmd["evaluate"].index("--temperature") + 1] == "0.2"
+        assert "--batch-size" not in cmd["generate"]  # null: the stage's own default
+
+
+@pytest.mark.parametrize("extra, override, words", [
+    ("per_sampler:\n  mixq: {generate: {alpha: 1}}\n", "", ["per_sampler", "'mixq'"]),
+    ("per_sampler:\n  mixp: {generat: {alpha: 1}}\n", "", ["per_sampler", "stage names"]),
+    ("", "train.lrr=3", ["--override train", "'lrr'"]),
+    ("", "lr=3", ["--override", "STAGE.KEY=VALUE"]),
+])
+def test_bad_per_sampler_or_override(tmp_path, extra, override, words):
+    _fails(["--config", _recipe(tmp_path, extra=extra), "--sampler", "mixp", "--override", override,
+            "--out", str(tmp_path / "o")], words, tmp_path)
+    assert not (tmp_path / "o").exists()
