@@ -131,6 +131,9 @@ def test_cli_trains_and_writes_run(tmp_path):
     (["--margin-scale", "-1"], PAIRS, "--margin-scale"),
     (["--warmup-ratio", "1.5"], PAIRS, "--warmup-ratio"),
     (["--loss", "ipo"], PAIRS, "--loss"),
+    pytest.param(["--report-to", "wandb"], PAIRS, "--report-to",
+                 marks=pytest.mark.skipif(__import__("importlib").util.find_spec("wandb") is not None,
+                                          reason="wandb is installed here")),
 ])
 def test_bad_flags_exit_2_and_write_nothing(tmp_path, argv, rows, flag):
     prefs = _write_prefs(tmp_path / "p.jsonl", rows)
