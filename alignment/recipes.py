@@ -75,6 +75,11 @@ def check_section(cls, mapping: dict, where: str, skip: tuple = ()) -> dict:
             raise ConfigError(f"{where}: key {key!r} is set by the caller itself (e.g. the pipeline); remove it")
         if name not in names:
             raise ConfigError(f"{where}: unknown key {key!r}; known: {', '.join(sorted(names))}")
+        if isinstance(value, str) and _type_ok(1.0, hints[name]) and not _type_ok(value, hints[name]):
+            try:  # YAML 1.1 reads 1e-6 (no dot) as a string; it means the number
+                value = float(value)
+            except ValueError:
+                pass
         if not _type_ok(value, hints[name]):
             raise ConfigError(f"{where}: key {key!r} must be {_type_name(hints[name])}, got {value!r}")
         choices = next((f.metadata.get("choices") for f in dataclasses.fields(cls) if f.name == name), None)

@@ -1,7 +1,8 @@
 """The samplers paper's GPU recipes (alignment/configs/safe_rlhf.yaml, iterative_prompt.yaml) and their launcher
-scripts, checked on a CPU machine through the dry run: every stage's flags are parsed by that stage's own parser
-and checked, the commands are printed, and nothing is loaded, run or written. Also the DeepSpeed accelerate
-configs the recipes launch training with."""
+scripts (safe_rlhf.sh, iterative_prompt.sh, both running alignment/scripts/paper_recipe.sh), checked on a CPU machine
+through the dry run: every stage's flags are parsed by that stage's own parser and checked, the commands are
+printed, and nothing is loaded, run or written. Also the DeepSpeed accelerate configs the recipes launch training
+with."""
 import os
 import re
 import shlex
@@ -19,6 +20,7 @@ ITERATIONS = 3
 STAGE_MODULES = {"generate": "alignment.generate", "annotate": "alignment.annotate", "train": "alignment.train_dpo",
                  "evaluate": "alignment.evaluate"}
 ZERO3 = "accelerate launch --config_file alignment/configs/zero3.yaml"
+VLLM_OVERRIDE = "generate.backend=vllm generate.batch_size=null"
 
 
 def _env(tmp: Path) -> dict:
@@ -37,12 +39,18 @@ def runs(tmp_path_factory):
         out = root / f"out-{name}"
         jobs[name] = (["bash", f"alignment/scripts/{name}.sh", "--dry-run", "--seed", "7", "--out", str(out)],
                       tmp, out)
-    for name, sampler in (("safe_rlhf", "gshf"), ("iterative_prompt", "mixp")):
-        tmp = root / f"tmp-vllm-{name}"
+    vllm = {"vllm-safe_rlhf": ["safe_rlhf"],  # the four samplers: mixp keeps hf
+            "vllm-iterative_prompt": ["iterative_prompt", "--sampler", "mixp_seq"],  # vLLM and the on-policy pair
+            # a user's --override joins the script's (the pipeline keeps only the last --override flag)
+            "vllm-user-override": ["safe_rlhf", "--sampler", "online", "--", "--iterations", "1",
+                                   "--override", "generate.temperature=0.5 train.lr=1.0e-6"]}
+    for key, (name, *flags) in vllm.items():
+        tmp = root / f"tmp-{key}"
         tmp.mkdir()
-        out = root / f"out-vllm-{name}"
-        jobs[f"vllm-{name}"] = (["bash", f"alignment/scripts/{name}.sh", "--dry-run", "--sampler", sampler,
-                                 "--backend", "vllm", "--out", str(out)], tmp, out)
+        out = root / f"out-{key}"
+        cut = flags.index("--") if "--" in flags else len(flags)
+        jobs[key] = (["bash", f"alignment/scripts/{name}.sh", "--dry-run", "--backend", "vllm", "--out", str(out),
+                      *flags[:cut], *flags[cut:]], tmp, out)
     for name, section in (("safe_rlhf", "generate"), ("iterative_prompt", "train")):
         recipe = yaml.safe_load((REPO / f"alignment/configs/{name}.yaml").read_text())
         recipe[section]["bogus_key_xyz"] = 1
@@ -58,6 +66,18 @@ def runs(tmp_path_factory):
         out, err = p.communicate(timeout=300)
         results[k] = {"rc": p.returncode, "stdout": out, "stderr": err, "tmp": jobs[k][1], "out": jobs[k][2]}
     return results
+
+
+def _pipelines(stdout: str) -> dict[str, list[str]]:
+    """The pipeline commands the script printed ("# PYTHON -m alignment.pipeline ..."), by sampler, split into words."""
+    lines = [shlex.split(line[2:]) for line in stdout.splitlines()
+             if line.startswith("# ") and "-m alignment.pipeline" in line]
+    return {_flag(words, "--sampler"): words for words in lines}
+
+
+def _wrote_nothing(res) -> bool:
+    """A dry run leaves no output folder (no pipeline.json, no recipe copy) and nothing in TMPDIR."""
+    return not res["out"].exists() and not any(res["tmp"].iterdir())
 
 
 def _commands(stdout: str) -> list[list[str]]:
@@ -108,16 +128,17 @@ def test_recipe_loads_and_holds_the_papers_settings(name):
     assert r["eval_prompts"] == r["prompts"] and r["eval_split"] == "train[10000:10200]"  # held out, disjoint
     g, a, t, e = r["generate"], r["annotate"], r["train"], r["evaluate"]
     assert (g["num_responses"], g["max_new_tokens"], g["temperature"], g["alpha"]) == (2, 128, 0.7, 0.5)
-    assert g["backend"] == "hf" and "mixp_online_pair" not in g  # shared by all samplers: the script adds it
+    assert g["backend"] == "hf" and "mixp_online_pair" not in g  # shared by all samplers: mixp's is in per_sampler
     assert (t["loss"], t["beta"], t["lr"], t["lr_scheduler"], t["epochs"], t["dtype"]) == \
         ("rev_kl", 0.1, 5e-7, "cosine", 2, "bfloat16")
-    assert g["device"] == t["device"] == e["device"] == "auto"
+    assert g["device"] == a["device"] == t["device"] == e["device"] == "auto"
     assert (e["temperature"], e["max_new_tokens"]) == (0.7, 128)
     if name == "safe_rlhf":
         assert r["policy"] == "PKU-Alignment/alpaca-7b-reproduced"
         assert r["prompt_field"] == "prompt"
         assert r["prompt_template"] == "BEGINNING OF CONVERSATION: USER: {prompt} ASSISTANT:"
         assert a["rule"] == "max_min" and t["margin_scale"] == 4
+        assert not r.get("per_sampler")  # no on-policy pair for Mix-P [code]
         assert t["batch_size"] * t.get("grad_accum", 1) * 8 == 16  # the paper's global batch on 8 GPUs
     else:
         assert r["policy"] == "openlm-research/open_llama_3b_v2"
@@ -126,6 +147,10 @@ def test_recipe_loads_and_holds_the_papers_settings(name):
                                         "appropriately completes the request.\n\n### Instruction:\n{prompt}\n\n"
                                         "### Response:\n")
         assert (a["rule"], a["p"]) == ("mixed_max_min", 0.7) and t["margin_scale"] == 1
+        # Mix-P's on-policy pair [code], for mixp and its sequence-level variant only (an error for the others)
+        pair = {"generate": {"mixp_online_pair": True}}
+        assert r["per_sampler"] == {"mixp": pair, "mixp_seq": pair}
+        check_section(pipeline._stage_args_class("generate"), pair["generate"], f"{name}:per_sampler")
         assert t["batch_size"] * t.get("grad_accum", 1) * 8 == 32
 
 
@@ -163,6 +188,13 @@ def test_dry_run_prints_every_stage_of_every_iteration(runs, name):
     assert res["rc"] == 0, res["stderr"]
     by_sampler = _by_sampler(res["stdout"])
     assert sorted(by_sampler) == sorted(SAMPLERS)
+    pipelines = _pipelines(res["stdout"])
+    assert sorted(pipelines) == sorted(SAMPLERS)
+    for sampler, p in pipelines.items():  # the recipe file itself for every sampler, unchanged with --backend hf
+        assert p[p.index("-m") + 1:p.index("-m") + 2] == ["alignment.pipeline"] and "--dry-run" in p
+        assert (_flag(p, "--config"), _flag(p, "--seed"), _flag(p, "--out")) == \
+            (f"alignment/configs/{name}.yaml", "7", str(res["out"] / f"{sampler}-seed7"))
+        assert "--override" not in p
     expected = [(0, "evaluate")] + [(t, s) for t in range(1, ITERATIONS + 1)
                                     for s in ("generate", "annotate", "train", "evaluate")]
     for sampler, cmds in by_sampler.items():
@@ -176,15 +208,12 @@ def test_dry_run_prints_every_stage_of_every_iteration(runs, name):
                 assert shlex.join(c).startswith(ZERO3 + f" -m {STAGE_MODULES[stage]} ")
             else:
                 assert c[0] == sys.executable and c[1:3] == ["-m", STAGE_MODULES[stage]]
-            if stage == "train":  # the recipe itself, or (iterative_prompt's mixp) a derived one in TMPDIR
-                derived = name == "iterative_prompt" and sampler == "mixp"
-                config = _flag(c, "--config")
-                assert (config.startswith(str(res["tmp"])) and config.endswith(f"/{name}.mixp.yaml")) if derived \
-                    else config == f"alignment/configs/{name}.yaml"
+            if stage == "train":  # the recipe itself for every sampler (mixp included)
+                assert _flag(c, "--config") == f"alignment/configs/{name}.yaml"
             if stage == "generate":
                 assert (_flag(c, "--sampler"), _flag(c, "--num-responses"), _flag(c, "--max-new-tokens"),
                         _flag(c, "--temperature"), _flag(c, "--backend")) == (sampler, "2", "128", "0.7", "hf")
-                assert ("--mixp-online-pair" in c) == (name == "iterative_prompt" and sampler == "mixp")
+                assert ("--mixp-online-pair" in c) == (name == "iterative_prompt" and sampler == "mixp")  # per_sampler
             if stage == "annotate":
                 rule = ("mixed_max_min", "0.7") if name == "iterative_prompt" else ("max_min", None)
                 assert (_flag(c, "--rule"), _flag(c, "--p")) == rule
@@ -195,36 +224,63 @@ def test_dry_run_prints_every_stage_of_every_iteration(runs, name):
         trains = [c for c in cmds if _stage(c) == "train"]
         assert [_flag(c, "--seed") for c in trains] == ["7001", "7002", "7003"]
         assert len({_flag(c, "--ref") for c in trains}) == 1
-    # a dry run writes nothing: no output folder, no derived recipe left in the temporary folder
-    assert not res["out"].exists()
-    assert not any(res["tmp"].iterdir())
-
-
-def test_iterative_prompt_mixp_gets_its_online_pair_through_a_derived_recipe(runs):
-    res = runs["vllm-iterative_prompt"]
-    assert res["rc"] == 0, res["stderr"]
-    cmds = _commands(res["stdout"])
-    assert len(cmds) == 1 + 4 * ITERATIONS
-    gen = [c for c in cmds if _stage(c) == "generate"]
-    # mixp keeps the HF backend (logit fusion) even when vLLM is asked for, and is launched per GPU
-    assert all(shlex.join(c).startswith(ZERO3) and _flag(c, "--backend") == "hf" and "--mixp-online-pair" in c
-               for c in gen)
-    assert "mixp keeps hf" in res["stderr"]
-    train = [c for c in cmds if _stage(c) == "train"]
-    assert all(_flag(c, "--config").endswith("/iterative_prompt.mixp.yaml") for c in train)
-    assert not res["out"].exists() and not any(res["tmp"].iterdir())  # the derived recipe was removed
+    assert _wrote_nothing(res)
 
 
 def test_vllm_backend_on_request(runs):
+    """--backend vllm: the pipeline's --override for offline / online / gshf, and none for mixp (hf only)."""
     res = runs["vllm-safe_rlhf"]
     assert res["rc"] == 0, res["stderr"]
+    pipelines = _pipelines(res["stdout"])
+    assert sorted(pipelines) == sorted(SAMPLERS)
+    for sampler, p in pipelines.items():
+        assert _flag(p, "--config") == "alignment/configs/safe_rlhf.yaml"
+        assert _flag(p, "--override") == (None if sampler == "mixp" else VLLM_OVERRIDE)
+    by_sampler = _by_sampler(res["stdout"])
+    for sampler, cmds in by_sampler.items():
+        gen = [c for c in cmds if _stage(c) == "generate"]
+        assert len(gen) == ITERATIONS
+        for c in gen:
+            if sampler == "mixp":  # logit fusion: the hf backend, launched per GPU, with the recipe's batch size
+                assert shlex.join(c).startswith(ZERO3) and _flag(c, "--backend") == "hf"
+                assert _flag(c, "--batch-size") == "32"
+            else:  # vLLM runs as one process (no accelerate launch) and batches all prompts itself
+                assert c[0] == sys.executable and _flag(c, "--backend") == "vllm" and "--batch-size" not in c
+        assert all(shlex.join(c).startswith(ZERO3) and _flag(c, "--config") == "alignment/configs/safe_rlhf.yaml"
+                   for c in cmds if _stage(c) == "train")
+    assert res["stderr"].count("mixp keeps hf") == 1
+    assert _wrote_nothing(res)
+
+
+def test_iterative_prompt_mixp_seq_under_vllm_keeps_its_online_pair(runs):
+    """per_sampler (the recipe's on-policy pair) and --override (the script's vLLM) both apply."""
+    res = runs["vllm-iterative_prompt"]
+    assert res["rc"] == 0, res["stderr"]
+    (p,) = _pipelines(res["stdout"]).values()
+    assert (_flag(p, "--sampler"), _flag(p, "--config"), _flag(p, "--override")) == \
+        ("mixp_seq", "alignment/configs/iterative_prompt.yaml", VLLM_OVERRIDE)
     cmds = _commands(res["stdout"])
+    assert len(cmds) == 1 + 4 * ITERATIONS
     gen = [c for c in cmds if _stage(c) == "generate"]
     assert len(gen) == ITERATIONS
-    for c in gen:  # vLLM runs as one process (no accelerate launch) and batches all prompts itself
-        assert c[0] == sys.executable and _flag(c, "--backend") == "vllm" and "--batch-size" not in c
-    assert all(shlex.join(c).startswith(ZERO3) for c in cmds if _stage(c) == "train")
-    assert not res["out"].exists() and not any(res["tmp"].iterdir())
+    assert all(c[0] == sys.executable and _flag(c, "--sampler") == "mixp_seq" and _flag(c, "--backend") == "vllm"
+               and "--batch-size" not in c and "--mixp-online-pair" in c for c in gen)
+    assert "mixp keeps hf" not in res["stderr"]
+    assert _wrote_nothing(res)
+
+
+def test_user_override_joins_the_scripts(runs):
+    res = runs["vllm-user-override"]
+    assert res["rc"] == 0, res["stderr"]
+    (p,) = _pipelines(res["stdout"]).values()
+    assert p.count("--override") == 1 and _flag(p, "--iterations") == "1"
+    assert _flag(p, "--override") == VLLM_OVERRIDE + " generate.temperature=0.5 train.lr=1.0e-6"
+    cmds = _commands(res["stdout"])
+    (gen,) = [c for c in cmds if _stage(c) == "generate"]
+    assert (_flag(gen, "--backend"), _flag(gen, "--temperature"), "--batch-size" in gen) == ("vllm", "0.5", False)
+    (train,) = [c for c in cmds if _stage(c) == "train"]
+    assert _flag(train, "--lr") == "1e-06"
+    assert _wrote_nothing(res)
 
 
 @pytest.mark.parametrize("name", RECIPES)

@@ -1,0 +1,53 @@
+"""benchmarks/bench_alignment.py --what dpo: runs end to end on a tiny budget and prints its table; the toy pairs,
+the hand-written TRL config and the peak-memory child process. No timing assertions: speed is the benchmark's
+business, not the tests'."""
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "benchmarks" / "bench_alignment.py"
+ENV = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+TINY = ["--dpo-size", "tiny", "--dpo-pairs", "8", "--dpo-steps", "3", "--dpo-batch-size", "2", "--dpo-repeats", "1",
+        "--threads", "1"]
+
+
+def _bench():
+    sys.path.insert(0, str(SCRIPT.parent))
+    import bench_alignment
+
+    return bench_alignment
+
+
+def test_dpo_mode_runs_and_prints_its_table(tmp_path):
+    out = subprocess.run([sys.executable, str(SCRIPT), "--what", "dpo", *TINY, "--no-memory"], cwd=tmp_path, env=ENV,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    text = out.stdout
+    assert "TRL's hand-written config equals dpo_config's" in text
+    for name in ("TRL DPOTrainer", "ours, sigmoid", "ours, rev_kl"):
+        assert any(line.startswith(name) for line in text.splitlines()), text
+    assert "ours, sigmoid / TRL pairs per second:" in text and "ours, rev_kl / TRL pairs per second:" in text
+    assert "reach the same final loss: yes, bit for bit" in text  # our sigmoid path is TRL's computation
+    assert list(tmp_path.iterdir()) == []  # scratch folders are temporary
+
+
+def test_help_describes_both_modes():
+    out = subprocess.run([sys.executable, str(SCRIPT), "--help"], env=ENV, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0
+    assert "--what {decode,dpo,all}" in out.stdout and "--dpo-steps" in out.stdout and "TRL DPOTrainer" in out.stdout
+
+
+def test_pairs_config_and_peak_memory_child():
+    import torch
+
+    bench = _bench()
+    rows = bench.dpo_pairs(16)
+    assert len(rows) == 16 and all(r["chosen_reward"] >= r["rejected_reward"] for r in rows)
+    assert rows == bench.dpo_pairs(16)  # seeded
+    a = argparse.Namespace(device="cpu", threads=1, dpo_size="tiny", dpo_pairs=8, dpo_steps=2, dpo_batch_size=2)
+    assert bench.config_differences(a, torch.device("cpu"), Path("unused")) == []
+    peak = bench.run_isolated(bench._dpo_peak, "rev_kl", a)["peak_mib"]
+    assert 0 < peak < bench.peak_rss_mib() + 4096
