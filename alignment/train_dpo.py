@@ -277,6 +277,10 @@ def train(policy, ref, tokenizer, rows: list[dict], args: Args, run, device: tor
     trainer = make_trainer_class()(model=policy, ref_model=ref, args=config, train_dataset=Dataset.from_list(data),
                                    processing_class=tokenizer, callbacks=[log_cb], soft_labels=args.loss == "rev_kl")
     use_quiet_progress(trainer, quiet)
+    if not progress:  # transformers prints each log dict instead of a bar when tqdm is off: neither, here
+        from transformers import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)
     result = trainer.train()
     hist = [r for r in trainer.state.log_history if "loss" in r]
     last = hist[-1] if hist else {}

@@ -1,5 +1,6 @@
-"""Fused Mix-P decoding (two models, one KV cache each) against single-model sampling.
+"""Speed of our alignment code next to the library code it builds on, measured side by side in one run.
 
+--what decode (the default): fused Mix-P decoding (two models, one KV cache each) against single-model sampling.
 Tokens per second of alignment.decoding.sample on [pi, pi_ref] with weights (1+a, -a), against the same
 sampler on pi alone and against transformers' own `model.generate(do_sample=True)` on pi, at the same
 batch size and lengths (every row generates exactly --new-tokens tokens: EOS is ignored, or masked for
@@ -9,15 +10,43 @@ variants (best of --repeats each) so that load from other programs hits them ali
 in a fresh process per variant (peak RSS on the CPU, where the interpreter and libraries dominate it for
 toy models; peak allocated GPU memory on CUDA), next to the weights plus full KV caches each variant holds.
 
-    python benchmarks/bench_alignment.py                              # toy:base on the CPU, < 1 minute
+--what dpo: DPO training through our layer against a plain TRL DPOTrainer. `ours, sigmoid` and `ours, rev_kl`
+are alignment.train_dpo.train(...) itself (SamplerDPOTrainer, dpo_config, the metrics.jsonl callback writing
+through RunDir.log, the quiet progress bar; rev_kl adds its forward hooks and soft-label term); `TRL DPOTrainer`
+is trl.DPOTrainer with its default callbacks and a DPOConfig written out by hand with the same hyperparameters
+(checked field by field against dpo_config's: report_to none, logging every step, no saving, dropout off, fp32 on
+the CPU, bf16 autocast on a GPU that has it). Every run starts from deep copies of one toy:--dpo-size init (the
+policy and an explicit reference) and trains on the same --dpo-pairs toy preference pairs (two demonstrations per
+ToyTask prompt, their true rewards as chosen_reward / rejected_reward) for --dpo-steps optimizer steps of
+--dpo-batch-size pairs, in the same order (same seed): ours with sigmoid reaches TRL's final loss bit for bit.
+The three trainers run in lockstep, one thread each, taking turns one optimizer step at a time, so that load from
+other programs hits them alike step by step; a step is timed from the end of one step's log to the end of the
+next (forward and backward passes, optimizer step, callbacks, logging), steps 2..N. Setup (trainer construction,
+dataset tokenization, dataloader and optimizer) plus the first step runs alone, one trainer after the other, and
+is shown apart. A short warm-up round first, then --dpo-repeats rounds in a rotating order; the table gives the
+median step and each round's sum. Peak memory: one fresh process per variant (as for decode) running one
+training alone. The aim: ours / TRL >= 0.95 (our layer should cost nothing).
+
+    python benchmarks/bench_alignment.py                              # decode: toy:base on the CPU, < 1 minute
     python benchmarks/bench_alignment.py --device cuda --dtype bfloat16 --model Qwen/Qwen2.5-0.5B-Instruct --batch-size 64
+    python benchmarks/bench_alignment.py --what dpo                   # toy:base, 40 steps x 16 pairs, about 2 minutes
+    python benchmarks/bench_alignment.py --what dpo --dpo-size tiny --dpo-steps 10 --dpo-repeats 1 --no-memory
+    python benchmarks/bench_alignment.py --what all --device cuda
 """
 from __future__ import annotations
 
 import argparse
+import copy
+import gc
+import os
+import random
 import resource
+import statistics
 import sys
+import tempfile
+import threading
 import time
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 from isolated import run_isolated  # benchmarks/isolated.py, beside this script
@@ -130,6 +159,19 @@ def time_variants(a) -> dict:
     return best, state
 
 
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process's own address space: VmHWM on Linux. Not ru_maxrss there: Linux carries
+    it over from the parent across fork + exec, so a spawned child would report at least its parent's peak."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def _peak(variant, a, queue):
     import torch
 
@@ -145,33 +187,332 @@ def _peak(variant, a, queue):
         torch.cuda.synchronize()
         queue.put({"peak_mib": torch.cuda.max_memory_allocated() / 2**20})
     else:
-        queue.put({"peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
+        queue.put({"peak_mib": peak_rss_mib()})
 
 
 def peak_memory(variant, a) -> dict:
     return run_isolated(_peak, variant, a)
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", default="toy:base", help="toy:SIZE, a model folder or a Hub name (default: toy:base)")
-    ap.add_argument("--batch-size", type=int, default=32, help="rows sampled together (default: 32)")
-    ap.add_argument("--new-tokens", type=int, default=64, help="tokens generated per row, EOS ignored (default: 64)")
-    ap.add_argument("--alpha", type=float, default=0.5, help="Mix-P strength a (default: 0.5)")
-    ap.add_argument("--repeats", type=int, default=5, help="timed runs per variant, best kept (default: 5)")
-    ap.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
-    ap.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
-                    help="model dtype (default: auto)")
-    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
-    ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes")
-    a = ap.parse_args()
+# ------------------------------------------------------------------------------------------- DPO training
 
+DPO_VARIANTS = ("trl", "sigmoid", "rev_kl")
+DPO_NAMES = {"trl": "TRL DPOTrainer", "sigmoid": "ours, sigmoid", "rev_kl": "ours, rev_kl"}
+# DPOConfig fields that may differ between the two trainers' configs (where they write, not what they do)
+DPO_CONFIG_FREE = {"output_dir", "logging_dir"}
+
+
+def dpo_pairs(n: int, seed: int = 0) -> list[dict]:
+    """n toy preference pairs: two demonstration-like responses per ToyTask prompt, the better one (by the toy
+    task's true reward) as chosen, both rewards kept (rev_kl's soft labels need them)."""
+    from alignment.toy import ToyTask, true_reward
+
+    task = ToyTask(seed)
+    rng = random.Random(f"{seed}/bench/pairs")
+    rows = []
+    for r in task.prompts(n):
+        a, b = (" " + task.demonstration(r["prompt"], rng) for _ in range(2))
+        ra, rb = true_reward(r["prompt"], a), true_reward(r["prompt"], b)
+        if rb > ra:
+            a, b, ra, rb = b, a, rb, ra
+        rows.append({"id": r["id"], "prompt": r["prompt"], "chosen": a, "rejected": b, "chosen_reward": ra,
+                     "rejected_reward": rb})
+    return rows
+
+
+def _dpo_args(a, loss: str, steps: int):
+    """Our train_dpo Args: its defaults (beta, lr, schedule, warmup, max length, seed), the benchmark's budget."""
+    from alignment.train_dpo import Args
+
+    return Args(preferences="bench", loss=loss, max_steps=steps, batch_size=a.dpo_batch_size, device=a.device)
+
+
+def trl_config(a, device, output_dir, steps: int):
+    """A plain TRL DPOConfig with train_dpo's hyperparameters, written out by hand (not through dpo_config)."""
+    import torch
+    from trl import DPOConfig
+
+    d = _dpo_args(a, "sigmoid", steps)
+    cuda = device.type == "cuda"
+    return DPOConfig(
+        output_dir=str(output_dir), learning_rate=d.lr, per_device_train_batch_size=d.batch_size,
+        per_device_eval_batch_size=d.batch_size, gradient_accumulation_steps=d.grad_accum, num_train_epochs=d.epochs,
+        max_steps=steps, lr_scheduler_type=d.lr_scheduler, warmup_steps=d.warmup_ratio, weight_decay=0.0,
+        seed=d.seed, data_seed=d.seed, use_cpu=not cuda, bf16=cuda and torch.cuda.is_bf16_supported(), fp16=False,
+        gradient_checkpointing=False, save_strategy="no", report_to="none", logging_steps=1,
+        dataloader_num_workers=0, dataloader_pin_memory=cuda, max_length=d.max_length, beta=d.beta,
+        loss_type=["sigmoid"], precompute_ref_log_probs=False, disable_dropout=True, remove_unused_columns=True)
+
+
+def config_differences(a, device, scratch) -> list[str]:
+    """DPOConfig fields where TRL's hand-written config and our dpo_config differ (apart from DPO_CONFIG_FREE)."""
+    from alignment.train_dpo import dpo_config
+
+    ours = dpo_config(_dpo_args(a, "sigmoid", a.dpo_steps), device, scratch / "ours").to_dict()
+    theirs = trl_config(a, device, scratch / "trl", a.dpo_steps).to_dict()
+    return [f"{k}: ours {ours.get(k)!r}, TRL {theirs.get(k)!r}" for k in sorted(set(ours) | set(theirs))
+            if k not in DPO_CONFIG_FREE and ours.get(k) != theirs.get(k)]
+
+
+def _scratch_run_class():
+    from runlog import RunDir
+
+    class ScratchRun(RunDir):
+        """RunDir's own log() (one JSON line per trainer log) into a scratch metrics.jsonl; no run.json, so no
+        package-version or git look-ups that a real run does once at its start. `hook(step)` runs first."""
+
+        def __init__(self, path, hook):
+            self._metrics = open(path, "w")
+            self.hook = hook
+
+        def log(self, row):
+            self.hook(row["step"])
+            super().log(row)
+
+    return ScratchRun
+
+
+def _hook_callback(hook):
+    from transformers import TrainerCallback
+
+    class StepHook(TrainerCallback):
+        """The TRL run's counterpart of ScratchRun's hook: at each step's log (not at the end-of-training summary)."""
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            if logs and "loss" in logs:
+                hook(state.global_step)
+
+    return StepHook()
+
+
+class DPOBench:
+    """What every DPO run shares: the tokenizer, one policy init, the pairs, the device, a scratch folder."""
+
+    def __init__(self, a):
+        import torch
+        from datasets import disable_progress_bars
+
+        from alignment.sft import resolve_device
+        from alignment.toy import build_model, build_tokenizer
+
+        if a.threads:
+            torch.set_num_threads(a.threads)
+        disable_progress_bars()  # datasets' tokenization bars
+        self.a = a
+        self.device = resolve_device(a.device)
+        self.tok = build_tokenizer()
+        self.init = build_model(self.tok, a.dpo_size, seed=0).float()
+        self.rows = dpo_pairs(a.dpo_pairs)
+        self.trl_rows = [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in self.rows]
+        self._tmp = tempfile.TemporaryDirectory(prefix="bench_dpo.")
+        self.scratch = Path(self._tmp.name)
+        self.runs = 0
+
+    def run(self, variant: str, steps: int, hook=lambda step: None) -> dict:
+        """One whole training run of `variant` from fresh copies of the init; hook(step) runs at each step's log.
+        Returns the final loss."""
+        from alignment.train_dpo import train
+
+        policy, ref = copy.deepcopy(self.init), copy.deepcopy(self.init)  # identical weights, an explicit reference
+        self.runs += 1
+        out = self.scratch / f"{self.runs}-{variant}"
+        if variant == "trl":
+            from datasets import Dataset
+            from trl import DPOTrainer
+
+            trainer = DPOTrainer(model=policy, ref_model=ref, args=trl_config(self.a, self.device, out, steps),
+                                 train_dataset=Dataset.from_list(self.trl_rows), processing_class=self.tok,
+                                 callbacks=[_hook_callback(hook)])
+            trainer.train()
+        else:
+            log = _scratch_run_class()(self.scratch / f"{self.runs}-{variant}.jsonl", hook)
+            args = _dpo_args(self.a, variant, steps)
+            trainer, _ = train(policy, ref, self.tok, self.rows, args, log, self.device, out)
+            log._metrics.close()
+            logged = Path(log._metrics.name).read_text().splitlines()
+            assert len(logged) == steps, f"{len(logged)} metrics.jsonl rows for {steps} steps"
+        hist = [r for r in trainer.state.log_history if "loss" in r]
+        assert trainer.state.global_step == steps and len(hist) == steps, (trainer.state.global_step, len(hist))
+        return {"final_loss": hist[-1]["loss"]}
+
+    def close(self):
+        self._tmp.cleanup()
+
+
+class Lockstep:
+    """Runs trainers in threads that take turns, one optimizer step each in a fixed order, so that load from other
+    programs hits every variant alike, step by step. Only the thread whose turn it is runs: the others wait at
+    their step's log. The trainers start one after another (setup and the first step uncontended), wait until all
+    have made their first step, then take turns for steps 2..N; at step N each waits until all are there.
+    Records the seconds of every step 2..N of every trainer (the step's passes, optimizer step, callbacks and log:
+    from the end of one log hook to the next) and the seconds from a trainer's start to its first step's log."""
+
+    def __init__(self, order, steps: int, cuda: bool):
+        self.order, self.steps, self.cuda = list(order), steps, cuda
+        self.cond = threading.Condition()
+        self.turn = None  # index into order, from when all have made their first step
+        self.arrived, self.finished, self.errors = set(), set(), []
+        self.started, self.first = {}, {}
+        self.step_s = {v: [] for v in self.order}
+        self.resumed = {}
+
+    def _wait(self, done):
+        if not self.cond.wait_for(lambda: done() or self.errors, timeout=900):
+            raise TimeoutError("lockstep: a trainer stopped taking its turns")
+        if self.errors:
+            raise RuntimeError("lockstep: another trainer failed")
+
+    def hook(self, v: str, step: int):
+        if self.cuda:
+            import torch
+
+            torch.cuda.synchronize()
+        now = time.perf_counter()
+        i, n = self.order.index(v), len(self.order)
+        with self.cond:
+            if step == 1:
+                self.first[v] = now - self.started[v]
+                self.arrived.add(v)
+                if len(self.arrived) == n:
+                    self.turn = 0
+            else:
+                self.step_s[v].append(now - self.resumed[v])
+                self.turn = (i + 1) % n
+                if step == self.steps:
+                    self.finished.add(v)
+            self.cond.notify_all()
+            if step == self.steps:
+                self._wait(lambda: len(self.finished) == n)
+                return
+            self._wait(lambda: self.turn == i)
+        self.resumed[v] = time.perf_counter()
+
+    def run(self, bench: DPOBench) -> dict:
+        """Every variant of `order` once, in lockstep; returns {variant: bench.run's dict + step_s, first_s}."""
+        out, threads = {}, []
+
+        def target(v):
+            try:
+                self.started[v] = time.perf_counter()
+                out[v] = bench.run(v, self.steps, lambda step: self.hook(v, step))
+            except BaseException as e:  # wake the others, which then fail too
+                with self.cond:
+                    self.errors.append(e)
+                    self.cond.notify_all()
+
+        gc.collect()
+        for v in self.order:  # one after another: each sets up and makes its first step alone
+            t = threading.Thread(target=target, args=(v,), name=f"dpo-{v}", daemon=True)
+            threads.append(t)
+            t.start()
+            with self.cond:
+                self.cond.wait_for(lambda: v in self.arrived or self.errors)
+            if self.errors:
+                break
+        for t in threads:
+            t.join()
+        if self.errors:
+            raise self.errors[0]
+        return {v: out[v] | {"step_s": self.step_s[v], "first_s": self.first[v]} for v in self.order}
+
+
+def time_dpo(a) -> dict:
+    """Per variant: the seconds of every lockstep step of every round, each round's total over steps 2..N, the time
+    to the first step, and the final loss."""
+    bench = DPOBench(a)
+    cuda = bench.device.type == "cuda"
+    res = {v: {"step_s": [], "loop_s": [], "first_s": [], "final_loss": None} for v in DPO_VARIANTS}
+    # progress bars and TRL's per-step log dicts go nowhere, alike for all (a terminal would make them cost more)
+    with open(os.devnull, "w") as null, redirect_stdout(null), redirect_stderr(null):
+        try:
+            diffs = config_differences(a, bench.device, bench.scratch)
+            # warm-up: first-call costs (imports, kernels, allocator) are nobody's
+            Lockstep(DPO_VARIANTS, min(a.dpo_steps, 5), cuda).run(bench)
+            for r in range(a.dpo_repeats):
+                order = DPO_VARIANTS[r % 3:] + DPO_VARIANTS[:r % 3]  # rotate who steps first
+                for v, o in Lockstep(order, a.dpo_steps, cuda).run(bench).items():
+                    res[v]["step_s"] += o["step_s"]
+                    res[v]["loop_s"].append(sum(o["step_s"]))
+                    res[v]["first_s"].append(o["first_s"])
+                    res[v]["final_loss"] = o["final_loss"]
+        finally:
+            bench.close()
+    return res, diffs
+
+
+def _dpo_peak(variant, a, queue):
+    import torch
+
+    bench = DPOBench(a)
+    try:
+        if bench.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        with open(os.devnull, "w") as null, redirect_stdout(null), redirect_stderr(null):
+            bench.run(variant, a.dpo_steps)
+        if bench.device.type == "cuda":
+            queue.put({"peak_mib": torch.cuda.max_memory_allocated() / 2**20})
+        else:
+            queue.put({"peak_mib": peak_rss_mib()})
+    finally:
+        bench.close()
+
+
+def run_dpo(a):
+    import torch
+    import transformers
+    import trl
+
+    from alignment.toy import SIZES
+
+    cuda = a.device.startswith("cuda")
+    gpu = f" ({torch.cuda.get_device_name()}, bf16 autocast)" if cuda else " (fp32)"
+    threads = a.threads or torch.get_num_threads()
+    hidden, layers, _, _ = SIZES[a.dpo_size]
+    print(f"DPO training: toy:{a.dpo_size} ({hidden} hidden, {layers} layers), {a.dpo_pairs} toy pairs, "
+          f"{a.dpo_steps} steps x {a.dpo_batch_size} pairs, device {a.device}{gpu}, torch {torch.__version__}, "
+          f"transformers {transformers.__version__}, trl {trl.__version__}, {threads} CPU thread(s), "
+          f"{a.dpo_repeats} lockstep round(s) after a warm-up")
+    res, diffs = time_dpo(a)
+    print("DPOConfig: TRL's hand-written config equals dpo_config's" if not diffs else
+          "DPOConfig differences (TRL's hand-written config vs dpo_config's):\n  " + "\n  ".join(diffs))
+    mem = {v: run_isolated(_dpo_peak, v, a) for v in DPO_VARIANTS} if not a.no_memory else {}
+    unit = "peak GPU MiB" if cuda else "peak RSS MiB"
+    head = (f"{'variant':<16} {'pairs/s':>8} {'steps/s':>8} {'step ms':>8} {'loop s best':>11} {'median':>7} "
+            f"{'first s':>7} {'final loss':>10} {unit:>13}")
+    print(head + "\n" + "-" * len(head))
+    step = {v: statistics.median(res[v]["step_s"]) for v in DPO_VARIANTS}
+    best = {v: min(res[v]["loop_s"]) for v in DPO_VARIANTS}
+    med = {v: statistics.median(res[v]["loop_s"]) for v in DPO_VARIANTS}
+    for v in DPO_VARIANTS:
+        print(f"{DPO_NAMES[v]:<16} {a.dpo_batch_size / step[v]:>8.1f} {1 / step[v]:>8.2f} {1e3 * step[v]:>8.2f} "
+              f"{best[v]:>11.3f} {med[v]:>7.3f} {statistics.median(res[v]['first_s']):>7.3f} "
+              f"{res[v]['final_loss']:>10.6f} {mem.get(v, {}).get('peak_mib', float('nan')):>13.1f}")
+    print(f"pairs/s, steps/s, step ms: the median step (forward and backward passes, optimizer step, callbacks, log) "
+          f"over steps 2..{a.dpo_steps} of all rounds; loop s: steps 2..{a.dpo_steps} summed, best and median of "
+          f"{a.dpo_repeats} round(s); first s: setup (trainer construction, tokenization, dataloader, optimizer) and "
+          f"the first step, run alone")
+    for v in ("sigmoid", "rev_kl"):
+        print(f"{DPO_NAMES[v]} / TRL pairs per second: {step['trl'] / step[v]:.3f} per median step "
+              f"({1e3 * (step[v] - step['trl']):+.2f} ms a step); whole loop {best['trl'] / best[v]:.3f} best, "
+              f"{med['trl'] / med[v]:.3f} median  (aim >= 0.95)")
+    same = res["sigmoid"]["final_loss"] == res["trl"]["final_loss"]
+    print(f"ours sigmoid and TRL reach the same final loss: {'yes, bit for bit' if same else 'NO'} "
+          f"(the same computation on the same batches)")
+    print("loop seconds of each round: " + "; ".join(
+        f"{DPO_NAMES[v]} " + " ".join(f"{t:.3f}" for t in res[v]["loop_s"]) for v in DPO_VARIANTS))
+
+
+# ------------------------------------------------------------------------------------------- command line
+
+def run_decode(a):
     import torch
     import transformers
 
+    a.threads = a.threads or 1
     gpu = f" ({torch.cuda.get_device_name()})" if a.device.startswith("cuda") else ""
-    print(f"{a.model}, batch {a.batch_size}, {a.new_tokens} new tokens per row, device {a.device}{gpu}, dtype {a.dtype}, "
-          f"torch {torch.__version__}, transformers {transformers.__version__}, {a.threads} CPU thread(s)")
+    print(f"{a.model}, batch {a.batch_size}, {a.new_tokens} new tokens per row, device {a.device}{gpu}, "
+          f"dtype {a.dtype}, torch {torch.__version__}, transformers {transformers.__version__}, "
+          f"{a.threads} CPU thread(s)")
     secs, state = time_variants(a)
     mem = {v: peak_memory(v, a) for v in VARIANTS} if not a.no_memory else {}
     tokens = a.batch_size * a.new_tokens
@@ -192,6 +533,59 @@ def main():
           f"pi and pi_ref {secs['bare2']:.3f} s (ratio {secs['bare1'] / secs['bare2']:.3f})")
     print(f"time beyond the forward passes (warpers, softmax, multinomial, fusion): single "
           f"{secs['single'] - secs['bare1']:.3f} s, fused {secs['mixp'] - secs['bare2']:.3f} s")
+
+
+def _positive(text: str) -> int:
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
+    return n
+
+
+def _at_least_two(text: str) -> int:
+    n = int(text)
+    if n < 2:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 2, got {text}")
+    return n
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 epilog="Modes: " + __doc__.split("\n\n", 1)[1].split("\n\n    python")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--what", default="decode", choices=["decode", "dpo", "all"],
+                    help="decode: fused Mix-P decoding vs single-model sampling (default); dpo: a DPO training run "
+                         "through alignment.train_dpo vs a plain TRL DPOTrainer; all: both")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    ap.add_argument("--threads", type=_positive, default=None,
+                    help="torch CPU threads (default: 1 for decode, torch's default for dpo)")
+    ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes")
+    g = ap.add_argument_group("decode")
+    g.add_argument("--model", default="toy:base", help="toy:SIZE, a model folder or a Hub name (default: toy:base)")
+    g.add_argument("--batch-size", type=_positive, default=32, help="rows sampled together (default: 32)")
+    g.add_argument("--new-tokens", type=_positive, default=64,
+                   help="tokens generated per row, EOS ignored (default: 64)")
+    g.add_argument("--alpha", type=float, default=0.5, help="Mix-P strength a (default: 0.5)")
+    g.add_argument("--repeats", type=_positive, default=5, help="timed runs per variant, best kept (default: 5)")
+    g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="model dtype (default: auto)")
+    g = ap.add_argument_group("dpo")
+    g.add_argument("--dpo-size", default="base", choices=["tiny", "small", "base"],
+                   help="toy Llama size trained (default: base, about 1M parameters)")
+    g.add_argument("--dpo-pairs", type=_positive, default=256, help="toy preference pairs (default: 256)")
+    g.add_argument("--dpo-steps", type=_at_least_two, default=40,
+                   help="optimizer steps per run, at least 2; steps 2..N are timed (default: 40)")
+    g.add_argument("--dpo-batch-size", type=_positive, default=16, help="pairs per step (default: 16)")
+    g.add_argument("--dpo-repeats", type=_positive, default=3,
+                   help="lockstep rounds, each training every variant once (default: 3)")
+    a = ap.parse_args(argv)
+
+    if a.what in ("decode", "all"):
+        run_decode(argparse.Namespace(**vars(a)))  # decode resolves --threads its own way
+    if a.what == "all":
+        print()
+    if a.what in ("dpo", "all"):
+        run_dpo(a)
 
 
 if __name__ == "__main__":
