@@ -229,17 +229,15 @@ def _changes(args: Args) -> dict:
 
 def _check_stage(stage: str, argv: list[str]) -> None:
     """Parse a stage's flags with its own parser and run its own checks (no model is loaded)."""
-    import importlib
+    from alignment.dryrun import check_command
 
-    from alignment.recipes import stage_defaults
-
-    module = importlib.import_module(MODULES[stage])
-    defaults = stage_defaults(module.Args, argv, "train") if stage == "train" else None
     try:
-        stage_args = parse_dataclass(module.Args, argv, defaults=defaults)
-    except SystemExit:
-        raise ConfigError(f"--config: section {stage!r} gives {MODULES[stage]} flags it rejects (see the line above)") from None
-    module.resolve(stage_args)
+        check_command(MODULES[stage], argv)
+    except ConfigError as e:
+        if "rejects the flags" in str(e):
+            raise ConfigError(f"--config: section {stage!r} gives {MODULES[stage]} flags it rejects (see the line "
+                              f"above)") from None
+        raise
 
 
 def _check_launch(launch: str) -> None:
