@@ -33,10 +33,16 @@ def check_command(module_name: str, argv: list[str]) -> None:
         raise ConfigError(f"{module_name}: has no Args / resolve to check")
     section = getattr(module, "CONFIG_SECTION", CONFIG_SECTIONS.get(module_name))
     defaults = stage_defaults(module.Args, argv, section) if section else None
+    import contextlib
+    import io
+
+    err = io.StringIO()
     try:
-        args = parse_dataclass(module.Args, argv, defaults=defaults)
+        with contextlib.redirect_stderr(err):  # argparse's own message becomes part of our one line
+            args = parse_dataclass(module.Args, argv, defaults=defaults)
     except SystemExit:
-        raise ConfigError(f"{module_name}: rejects the flags above") from None
+        why = err.getvalue().strip().split("error: ", 1)[-1]
+        raise ConfigError(f"{module_name} rejects the flags: {why}") from None
     module.resolve(args)
 
 

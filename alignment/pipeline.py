@@ -235,8 +235,7 @@ def _check_stage(stage: str, argv: list[str]) -> None:
         check_command(MODULES[stage], argv)
     except ConfigError as e:
         if "rejects the flags" in str(e):
-            raise ConfigError(f"--config: section {stage!r} gives {MODULES[stage]} flags it rejects (see the line "
-                              f"above)") from None
+            raise ConfigError(f"--config: section {stage!r}: {e}") from None
         raise
 
 
