@@ -11,6 +11,9 @@ Pair rules (one pair per prompt; chosen = the higher reward):
                    responses with probability p, else the on-policy ones, and applies max_min within them
                    ("ref" responses then take no part). Without components, or without both kinds,
                    it is the plain mixed rule over all responses. max_min and random ignore components.
+--flip q swaps chosen and rejected of each kept pair with probability q (a seeded stream per prompt): simulated
+annotator noise for the selection experiments; such rows carry "flipped": true and keep each reward with its
+response (so their chosen_reward is below their rejected_reward).
 A pair is a tie when chosen reward == rejected reward, or when the two texts are the same; ties are dropped
 and counted. A prompt whose candidate set has fewer than 2 responses is skipped and counted.
 Draws are seeded per prompt (seed and id), so a prompt gets the same pick whatever else is in the file.
@@ -51,6 +54,8 @@ class Args:
                     "mixed_max_min (max_min with probability p, else random; fused vs on-policy responses "
                     "for mixp generations)", choices=list(RULES))
     p: float = arg(0.7, "mixed_max_min: probability of the max_min pick (or of the fused responses), in [0, 1]")
+    flip: float = arg(0.0, "label noise: swap each pair's chosen and rejected with this probability (simulated annotator "
+                      "errors, e.g. 0.2; the rewards stay with their responses, rows get flipped: true)")
     seed: int = arg(0, "seed of the random picks (each prompt draws from its own stream of seed and id)")
     batch_size: int = arg(64, "responses scored per reward-model forward pass")
     device: str = arg("auto", "torch device of the reward model: auto (cuda if available, else cpu), cpu, cuda, cuda:N")
@@ -120,10 +125,11 @@ def completion(prompt, response: str):
     return response
 
 
-def annotate(rows: list[dict], scores: list[list[float]], rule: str, p: float, seed: int) -> tuple[list[dict], dict]:
+def annotate(rows: list[dict], scores: list[list[float]], rule: str, p: float, seed: int,
+             flip: float = 0.0) -> tuple[list[dict], dict]:
     """Preference rows and the summary counts, given each prompt's response rewards."""
     out = []
-    counts = {"prompts": len(rows), "pairs": 0, "ties_dropped": 0, "too_few_responses": 0,
+    counts = {"prompts": len(rows), "pairs": 0, "ties_dropped": 0, "too_few_responses": 0, "flipped": 0,
               "picks": {k: 0 for k in ("max_min", "random", "fused", "policy")}}
     chosen_r, rejected_r = [], []
     for row, rewards in zip(rows, scores, strict=True):
@@ -138,11 +144,15 @@ def annotate(rows: list[dict], scores: list[list[float]], rule: str, p: float, s
         if rewards[c] == rewards[r] or responses[c] == responses[r]:
             counts["ties_dropped"] += 1
             continue
+        flipped = flip > 0 and random.Random(f"{seed}/{row['id']}/flip").random() < flip  # its own stream
+        if flipped:
+            c, r = r, c
+            counts["flipped"] += 1
         out.append({"id": row["id"], "prompt": row["prompt"],
                     "chosen": completion(row["prompt"], responses[c]),
                     "rejected": completion(row["prompt"], responses[r]),
                     "chosen_reward": rewards[c], "rejected_reward": rewards[r],
-                    "responses": responses, "rewards": rewards})
+                    "responses": responses, "rewards": rewards, **({"flipped": flipped} if flip > 0 else {})})
         chosen_r.append(rewards[c])
         rejected_r.append(rewards[r])
     counts["pairs"] = len(out)
@@ -217,6 +227,8 @@ def resolve(args: Args) -> str:
     """Check the flags before anything is loaded or written; returns the run name."""
     if not args.generations:
         raise ConfigError("--generations: required; give a generate run folder or a generations .jsonl file")
+    if not 0.0 <= args.flip < 1.0:
+        raise ConfigError(f"--flip: must be a probability in [0, 1), got {args.flip}")
     if not 0.0 <= args.p <= 1.0:  # NaN fails too
         raise ConfigError(f"--p: must be a probability in [0, 1], got {args.p}")
     if args.seed < 0:
@@ -256,7 +268,7 @@ def main(argv=None) -> Path:
     reward = load_reward(args.reward, device=device, batch_size=args.batch_size)
     check_reward_inputs(reward, rows)
     scores = score_all(reward, rows, args.batch_size)
-    prefs, summary = annotate(rows, scores, args.rule, args.p, args.seed)
+    prefs, summary = annotate(rows, scores, args.rule, args.p, args.seed, args.flip)
 
     config = dataclasses.asdict(args) | {"resolved": {"name": name, "device": str(device)}}
     metrics = {"sampler": _generation_sampler(args.generations), "rule": args.rule, "seed": args.seed, "step": 0,

@@ -432,3 +432,24 @@ def test_conversational_generations(tiny_rm, tmp_path, capsys):
         assert r["chosen"] == [{"role": "assistant", "content": r["responses"][r["rewards"].index(r["chosen_reward"])]}]
         assert r["rejected"][0]["role"] == "assistant" and r["chosen_reward"] > r["rejected_reward"]
     assert load_preferences(str(path))[0]["prompt"] == user(GEN[0])
+
+
+def test_flip_swaps_labels_with_the_given_probability_and_marks_rows():
+    from alignment.annotate import annotate
+
+    rows = [{"id": f"p{i}", "prompt": "write about food in 1 sentence :", "responses": ["a", "b", "c"]}
+            for i in range(2000)]
+    scores = [[1.0, 0.0, -1.0] for _ in rows]
+    clean, _ = annotate(rows, scores, "max_min", 0.7, seed=3)
+    noisy, counts = annotate(rows, scores, "max_min", 0.7, seed=3, flip=0.2)
+    flipped = [r for r in noisy if r["flipped"]]
+    assert counts["flipped"] == len(flipped) and abs(len(flipped) / len(rows) - 0.2) < 0.03  # binomial sd 0.009
+    for a, b in zip(clean, noisy):
+        if b["flipped"]:  # the labels swap; each reward stays with its response
+            assert (b["chosen"], b["rejected"]) == (a["rejected"], a["chosen"])
+            assert (b["chosen_reward"], b["rejected_reward"]) == (a["rejected_reward"], a["chosen_reward"])
+        else:
+            assert {k: v for k, v in b.items() if k != "flipped"} == a
+    again, _ = annotate(rows, scores, "max_min", 0.7, seed=3, flip=0.2)
+    assert again == noisy  # seeded per prompt
+    assert "flipped" not in clean[0]
