@@ -13,6 +13,12 @@ set (e.g. "accelerate launch --config_file alignment/configs/zero3.yaml"), as th
 HF generation and as `python -m` for the other stages. --dry-run checks every stage's flags and prints the
 commands without running anything (no GPU needed).
 
+Offline regime (--preferences D): every iteration trains on the fixed set D instead of generating and annotating;
+with a `select:` section that names a method (alignment.select: reward_gap, us, ae), a select stage keeps part of
+the pairs before training (its --policy, the selection model, defaults to the current policy; a reward_gap
+selection model is usually a DPO model trained on all of D first: set select.policy). --label names the run in
+reports (e.g. the selection method), since the sampler means nothing there.
+
 Layout of OUT (default runs/alignment/pipeline/SAMPLER-seedS):
     pipeline.json                   the resolved recipe (a rerun with another recipe into OUT is an error)
     metrics.jsonl                   one line per iteration: iteration, sampler, seed, step, reward_mean,
@@ -20,7 +26,8 @@ Layout of OUT (default runs/alignment/pipeline/SAMPLER-seedS):
     run.json                        written when the last iteration is done
     eval_prompts.jsonl              the held-out prompts (templated), the same for every iteration
     iter_T/prompts.jsonl            the iteration's prompts (templated)
-    iter_T/{generate,annotate,train,evaluate}/   each stage's run folder (train/model: the iteration's checkpoint)
+    iter_T/{generate,annotate,select,train,evaluate}/   each stage's run folder (train/model: the iteration's
+                                    checkpoint; select only with a select method; no generate/annotate offline)
     iter_T/STAGE.done               the stage's done marker;  iter_T/STAGE.log  its printed output
 
 Resume: a stage's run folder appears by an atomic rename once it is complete, and then its done marker is
@@ -46,12 +53,13 @@ from runlog import ConfigError, arg, atomic_write_json, atomic_write_text, exit_
 from runlog.rundir import dumps
 
 SAMPLERS = ("offline", "online", "gshf", "mixp", "mixp_seq")
-STAGES = ("generate", "annotate", "train", "evaluate")
-MODULES = {"generate": "alignment.generate", "annotate": "alignment.annotate", "train": "alignment.train_dpo",
-           "evaluate": "alignment.evaluate"}
+STAGES = ("generate", "annotate", "select", "train", "evaluate")
+MODULES = {"generate": "alignment.generate", "annotate": "alignment.annotate", "select": "alignment.select",
+           "train": "alignment.train_dpo", "evaluate": "alignment.evaluate"}
 # flags the pipeline sets itself in each stage; a recipe section may not set them
 OWNED = {"generate": ("policy", "ref", "prompts", "split", "sampler", "seed", "out", "name"),
          "annotate": ("generations", "reward", "seed", "out", "name"),
+         "select": ("data", "ref", "seed", "out", "name"),
          "train": ("config", "preferences", "policy", "ref", "seed", "out", "name"),
          "evaluate": ("policy", "ref", "prompts", "split", "reward", "seed", "out", "name")}
 METRIC_KEYS = ("reward_mean", "reward_ci", "win_rate", "win_rate_ci", "kl", "kl_ci", "kl_logratio", "kl_logratio_ci",
@@ -63,6 +71,9 @@ class Args:
     config: str | None = arg(None, "YAML recipe (alignment/configs/*.yaml): these keys plus one section per stage "
                              "(generate, annotate, train, evaluate) of that module's flags (required)", metavar="YAML")
     sampler: str = arg("online", "generation sampler (alignment.generate)", choices=list(SAMPLERS))
+    preferences: str | None = arg(None, "offline regime: train every iteration on this fixed preference set (an "
+                                  "annotate run folder or a file) instead of generating and annotating new pairs")
+    label: str | None = arg(None, "the run's name in reports (default: the sampler), e.g. the selection method")
     iterations: int = arg(3, "DPO iterations after the initial evaluation")
     seed: int = arg(0, "seed of every stage (iteration t's generation and training use seed and t)")
     out: str | None = arg(None, "output folder of this run (default: runs/alignment/pipeline/SAMPLER-seedSEED)")
@@ -87,6 +98,9 @@ class Args:
     fresh: bool = arg(False, "delete OUT's earlier progress and start over")
     generate: dict = field(default_factory=dict, metadata={"help": "recipe only: alignment.generate flags"})
     annotate: dict = field(default_factory=dict, metadata={"help": "recipe only: alignment.annotate flags"})
+    select: dict = field(default_factory=dict, metadata={
+        "help": "recipe only: alignment.select flags; with a method, a select stage runs between annotate and train "
+                "(its --policy defaults to the current policy)"})
     train: dict = field(default_factory=dict, metadata={"help": "recipe only: alignment.train_dpo flags"})
     evaluate: dict = field(default_factory=dict, metadata={"help": "recipe only: alignment.evaluate flags"})
     per_sampler: dict = field(default_factory=dict, metadata={
@@ -124,6 +138,17 @@ class Plan:
     def stage_dir(self, t: int) -> Path:
         return self.out / f"iter_{t}"
 
+    def stages(self, t: int) -> tuple[str, ...]:
+        """The stages of iteration t, in order."""
+        if t == 0:
+            return ("evaluate",)
+        data = () if self.args.preferences else ("generate", "annotate")
+        return data + (("select",) if self.sections["select"].get("method") else ()) + ("train", "evaluate")
+
+    def pairs(self, t: int) -> str:
+        """Where iteration t's training pairs come from (before selection)."""
+        return self.args.preferences or str(self.stage_dir(t) / "annotate")
+
     def argv(self, stage: str, t: int) -> list[str]:
         """The flags of a stage at iteration t: the pipeline's own, then the recipe section's."""
         a, d = self.args, self.stage_dir(t)
@@ -132,8 +157,11 @@ class Plan:
             "generate": ["--policy", policy, "--ref", a.policy, "--prompts", str(d / "prompts.jsonl"),
                          "--sampler", a.sampler, "--seed", str(stage_seed(a.seed, t))],
             "annotate": ["--generations", str(d / "generate"), "--reward", a.reward, "--seed", str(stage_seed(a.seed, t))],
-            "train": ["--config", a.config, "--preferences", str(d / "annotate"), "--policy", policy, "--ref", a.policy,
-                      "--seed", str(stage_seed(a.seed, t))],
+            "select": ["--data", self.pairs(t), "--ref", a.policy, "--seed", str(stage_seed(a.seed, t))]
+                      + ([] if "policy" in self.sections["select"] else ["--policy", policy]),
+            "train": ["--config", a.config, "--preferences",
+                      str(d / "select") if "select" in self.stages(t) else self.pairs(t),
+                      "--policy", policy, "--ref", a.policy, "--seed", str(stage_seed(a.seed, t))],
             "evaluate": ["--policy", a.policy if t == 0 else str(d / "train"), "--ref", a.policy,
                          "--prompts", str(self.out / "eval_prompts.jsonl"), "--reward", a.eval_reward or a.reward,
                          "--seed", str(a.seed)],  # one seed for every iteration: common random numbers
@@ -176,6 +204,9 @@ def resolve(args: Args) -> Plan:
     changes = _changes(args)
     sections, train_flags = {}, []
     for stage in STAGES:
+        if stage == "select" and not (args.select or changes["select"]):
+            sections[stage] = {}
+            continue
         cls = _stage_args_class(stage)
         where = f"--config: {args.config!r} section {stage!r}"
         sections[stage] = check_section(cls, getattr(args, stage) or {}, where, skip=OWNED[stage])
@@ -188,9 +219,14 @@ def resolve(args: Args) -> Plan:
                 train_flags += _flags(checked)
     plan = Plan(args, out, sections, {}, train_flags)
     # each stage parses and checks its own flags now, so a bad value fails before hours of work
-    for stage in STAGES:
-        for t in ((0,) if stage == "evaluate" else ()) + tuple(range(1, args.iterations + 1))[:1]:
-            _check_stage(stage, plan.argv(stage, t))
+    if args.label is not None and (not args.label.strip() or "/" in args.label):
+        raise ConfigError(f"--label: {args.label!r} must be a plain name")
+    if args.preferences is not None:
+        from alignment.data import load_preferences
+
+        load_preferences(args.preferences, "--preferences")  # checked once, before any work
+    for t, stage in [(0, "evaluate")] + [(1, s) for s in plan.stages(1)]:
+        _check_stage(stage, plan.argv(stage, t))
     if args.launch:
         _check_launch(args.launch)
     # what defines the run (a rerun into OUT must match it); --iterations may grow to extend a finished run
@@ -319,15 +355,21 @@ def iteration_row(plan: Plan, t: int) -> dict:
     d = plan.stage_dir(t)
     ev = read_metrics(d / "evaluate")[-1]
     row = {"iteration": t, "sampler": plan.args.sampler, "seed": plan.args.seed, "step": t}
+    if plan.args.label:
+        row["label"] = plan.args.label
     row.update({k: ev.get(k) for k in METRIC_KEYS})
     if t == 0:
         row.update(num_pairs=0, ties_dropped=0)
-    else:
+        return row
+    tr = read_run(d / "train").get("summary", {})
+    row.update(num_pairs=tr.get("num_pairs"), train_loss=tr.get("train_loss_mean"), train_steps=tr.get("steps"),
+               ties_dropped=0)
+    if not plan.args.preferences:
         ann = read_run(d / "annotate").get("summary", {})
-        tr = read_run(d / "train").get("summary", {})
-        row.update(num_pairs=ann.get("pairs"), ties_dropped=ann.get("ties_dropped"),
-                   chosen_reward_mean=ann.get("mean_chosen_reward"), rejected_reward_mean=ann.get("mean_rejected_reward"),
-                   train_loss=tr.get("train_loss_mean"), train_steps=tr.get("steps"))
+        row.update(ties_dropped=ann.get("ties_dropped"), chosen_reward_mean=ann.get("mean_chosen_reward"),
+                   rejected_reward_mean=ann.get("mean_rejected_reward"))
+    if "select" in plan.stages(t):
+        row["selected_pairs"] = read_run(d / "select").get("summary", {}).get("kept")
     return row
 
 
@@ -335,7 +377,7 @@ def summary_line(row: dict, total: int, seconds: float) -> str:
     f = lambda m, c: f"{row[m]:.3f} ± {row[c]:.3f}" if row.get(m) is not None and row.get(c) is not None \
         and not math.isnan(row[c]) else f"{row.get(m)}"
     pairs = "" if row["iteration"] == 0 else f", {row['num_pairs']} pairs ({row['ties_dropped']} ties dropped)"
-    return (f"[{row['sampler']} seed {row['seed']}] iteration {row['iteration']}/{total}: reward {f('reward_mean', 'reward_ci')}, "
+    return (f"[{row.get('label', row['sampler'])} seed {row['seed']}] iteration {row['iteration']}/{total}: reward {f('reward_mean', 'reward_ci')}, "
             f"win rate {f('win_rate', 'win_rate_ci')}, KL {f('kl', 'kl_ci')}{pairs}  ({seconds:.0f} s)")
 
 
@@ -417,7 +459,7 @@ def main(argv=None):
     args = parse_dataclass(Args, raw, description=__doc__.split("\n\n")[0], defaults=defaults)
     plan = resolve(args)
     t_total = args.iterations
-    stages = [(0, "evaluate")] + [(t, s) for t in range(1, t_total + 1) for s in STAGES]
+    stages = [(t, s) for t in range(0, t_total + 1) for s in plan.stages(t)]
     if args.dry_run:
         print(f"# {args.sampler}, seed {args.seed}, {t_total} iterations -> {plan.out}   (all flags checked)")
         for t, stage in stages:
@@ -443,9 +485,9 @@ def main(argv=None):
         d = plan.stage_dir(t)
         _clean_partial(d)
         t_start = time.perf_counter()
-        if t > 0:
+        if t > 0 and not args.preferences:
             _write_prompts(plan, t, prompts)
-        for stage in (("evaluate",) if t == 0 else STAGES):
+        for stage in plan.stages(t):
             if not _done(d, stage):
                 d.mkdir(parents=True, exist_ok=True)
                 run_stage(plan, stage, t)

@@ -210,7 +210,7 @@ class _Run:
         recipe = _read_pipeline(path)
         self.metrics = _read_metrics(path)
         first = self.metrics[min(self.metrics)] if self.metrics else {}
-        self.sampler = recipe.get("sampler", first.get("sampler"))
+        self.sampler = recipe.get("label") or recipe.get("sampler", first.get("sampler"))  # label: e.g. a method
         self.seed = recipe.get("seed", first.get("seed"))
         if not isinstance(self.sampler, str) or not self.sampler:
             raise ConfigError(f"{path / PIPELINE_FILE}: no 'sampler' (a name) in the recipe or the metrics")

@@ -205,3 +205,22 @@ def test_bad_per_sampler_or_override(tmp_path, extra, override, words):
     _fails(["--config", _recipe(tmp_path, extra=extra), "--sampler", "mixp", "--override", override,
             "--out", str(tmp_path / "o")], words, tmp_path)
     assert not (tmp_path / "o").exists()
+
+
+def test_offline_regime_trains_on_a_fixed_set_and_reports_its_label(tmp_path):
+    prefs = tmp_path / "prefs.jsonl"
+    rows = [{"id": f"q{i}", "prompt": f"write about food in {i % 3 + 1} sentences :", "chosen": " the warm bread shines .",
+             "rejected": " the sad .", "chosen_reward": 1.0, "rejected_reward": -1.0} for i in range(12)]
+    prefs.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "off"
+    main(["--config", _recipe(tmp_path), "--preferences", str(prefs), "--label", "full", "--iterations", "2",
+          "--out", str(out)])
+    for t in (1, 2):
+        assert sorted(p.name for p in (out / f"iter_{t}").iterdir() if p.is_dir()) == ["evaluate", "train"]
+        train = json.loads((out / f"iter_{t}" / "train" / "run.json").read_text())
+        assert train["config"]["preferences"] == str(prefs) and train["summary"]["num_pairs"] == 12
+    lines = _lines(out / "metrics.jsonl")
+    assert [r["label"] for r in lines] == ["full"] * 3 and lines[1]["num_pairs"] == 12
+    from alignment.report import find_runs, load_table
+
+    assert {r["sampler"] for r in load_table(find_runs([str(out)]))} == {"full"}
