@@ -13,6 +13,10 @@ Samplers (components are the labels of the responses in each row):
                and K/2 from (1-a) l_pi + a l_ref (a = --alpha)            "mix-"
     mixp_seq   sequence-level Mix-P: M candidates from pi, K/2 resampled  "mixseq+"
                with weights (pi/pi_ref)^{+a}, K/2 with (pi/pi_ref)^{-a}   "mixseq-"
+    borda      AE-Borda (alignment/borda.py): K/2 from pi and K/2 from     "policy", "ref"
+               pi_ref per candidate prompt; keeps the --borda-keep fraction of the prompts whose best Borda
+               score is most uncertain (MC dropout), each with one pair: its best optimistic policy response
+               and a random reference response
 --mixp-online-pair adds one on-policy pair (2 more responses from pi, "policy") to each mixp / mixp_seq
 row; the annotation's pair rule later picks the fused pair or the on-policy pair.
 
@@ -60,9 +64,9 @@ from pathlib import Path
 from alignment.models import model_source
 from runlog import ConfigError, RunDir, arg, exit_on_config_error, parse_dataclass
 
-SAMPLERS = ("offline", "online", "gshf", "mixp", "mixp_seq")
-VLLM_SAMPLERS = ("offline", "online", "gshf", "mixp_seq")
-PAIRED = ("gshf", "mixp", "mixp_seq")  # K is split in two halves
+SAMPLERS = ("offline", "online", "gshf", "mixp", "mixp_seq", "borda")
+VLLM_SAMPLERS = ("offline", "online", "gshf", "mixp_seq")  # borda scores with MC dropout: HF only
+PAIRED = ("gshf", "mixp", "mixp_seq", "borda")  # K is split in two halves
 COMPONENTS = ("ref", "policy", "mix+", "mix-", "mixseq+", "mixseq-")
 DEFAULT_POLICY = "runs/alignment/sft/toy/model"
 ONLINE_PAIR = 2  # responses from pi added by --mixp-online-pair
@@ -83,6 +87,11 @@ class Args:
     alpha: float = arg(0.5, "Mix-P strength a: fused logits (1+a) l_pi - a l_ref and (1-a) l_pi + a l_ref")
     mixp_online_pair: bool = arg(False, "mixp / mixp_seq: add an on-policy pair (2 responses from pi) to each row")
     num_candidates: int | None = arg(None, "mixp_seq: candidates M drawn from pi per prompt (default: 4 K)")
+    borda_keep: float = arg(0.5, "borda: fraction of the candidate prompts kept (largest Borda-score uncertainty)")
+    borda_beta: float = arg(0.1, "borda: beta of the implicit reward beta log(pi / pi_ref)")
+    borda_gamma: float = arg(2.0, "borda: optimism, in standard deviations over the dropout passes")
+    borda_passes: int = arg(5, "borda: Monte Carlo dropout passes of pi")
+    borda_dropout: float = arg(0.05, "borda: dropout on pi's final hidden state (plus the model's own dropout)")
     temperature: float = arg(1.0, "sampling temperature (0: greedy)")
     top_p: float = arg(1.0, "nucleus sampling: keep the smallest set of tokens with this much probability")
     max_new_tokens: int = arg(64, "most tokens generated per response")
@@ -111,6 +120,7 @@ class Plan:
 def component_plan(sampler: str, k: int, online_pair: bool = False) -> list[tuple[str, int]]:
     half = k // 2
     plan = {"offline": [("ref", k)], "online": [("policy", k)], "gshf": [("ref", half), ("policy", half)],
+            "borda": [("policy", half), ("ref", half)],
             "mixp": [("mix+", half), ("mix-", half)], "mixp_seq": [("mixseq+", half), ("mixseq-", half)]}[sampler]
     if online_pair:
         plan = plan + [("policy", ONLINE_PAIR)]
@@ -157,6 +167,14 @@ def resolve(args: Args) -> Plan:
         _finite("batch-size", args.batch_size, low=1, integer=True)
     _finite("seed", args.seed, low=0, integer=True)
     _finite("vllm-gpu-memory", args.vllm_gpu_memory, low=0, high=1, low_open=True)
+    if args.sampler == "borda":
+        _finite("borda-keep", args.borda_keep, low=0, high=1, low_open=True)
+        _finite("borda-beta", args.borda_beta, low=0, low_open=True)
+        _finite("borda-gamma", args.borda_gamma, low=0)
+        _finite("borda-passes", args.borda_passes, low=2, integer=True)
+        _finite("borda-dropout", args.borda_dropout, low=0)
+        if args.borda_dropout >= 1:
+            raise ConfigError(f"--borda-dropout: must be below 1, got {args.borda_dropout}")
     if args.mixp_online_pair and args.sampler not in ("mixp", "mixp_seq"):
         raise ConfigError(f"--mixp-online-pair: applies to mixp and mixp_seq only, not {args.sampler}")
     candidates = None
@@ -169,6 +187,9 @@ def resolve(args: Args) -> Plan:
             raise ConfigError(f"--num-candidates: each mixp_seq component keeps K/2 = {k // 2} distinct candidates, "
                               f"so M must be at least {k // 2}, got {candidates}")
     if args.backend == "vllm":
+        if args.sampler == "borda":
+            raise ConfigError("--sampler: borda scores responses with Monte Carlo dropout of the policy, which needs "
+                              "the model in this process; use --backend hf")
         if args.sampler not in VLLM_SAMPLERS:
             raise ConfigError("--sampler: mixp fuses the logits of two models token by token, which vLLM cannot do; "
                               "use --backend hf (CPU or GPU), or --sampler mixp_seq (the sequence-level variant, "
@@ -350,6 +371,8 @@ def generate_batch(backend, plan: Plan, args: Args, rows: list[dict], prompt_ids
         r["components"].append(component)
         r["num_tokens"].append(len(tokens))
         r["finished"].append(bool(finished))
+        if plan.sampler == "borda":
+            r.setdefault("tokens", []).append(list(tokens))
 
     seq = [(c, n) for c, n in plan.components if c.startswith("mixseq")]
     if seq:
@@ -371,10 +394,24 @@ def generate_batch(backend, plan: Plan, args: Args, rows: list[dict], prompt_ids
         for i in range(len(rows)):
             for t, f in zip(d.tokens[i], d.finished[i]):
                 add(i, component, t, f)
+    if plan.sampler == "borda":
+        from alignment.borda import score_batch
+
+        toks = {c: [[] for _ in rows] for c in ("policy", "ref")}
+        for i, r in enumerate(per_prompt):
+            for c, t in zip(r["components"], r.get("tokens", [])):
+                toks[c][i].append(t)
+        upper, lower = score_batch(backend.models["policy"], backend.models["ref"], prompt_ids, toks["policy"],
+                                   toks["ref"], backend.tok.pad_token_id, args.borda_beta, args.borda_gamma,
+                                   args.borda_passes, args.borda_dropout, batch_seed(args.seed, "borda", first, size))
+        for r, u, l in zip(per_prompt, upper, lower):
+            r["borda_upper"], r["borda_lower"] = u, l
     out = []
     for row, r in zip(rows, per_prompt):
         out.append({"id": row["id"], "prompt": row["prompt"], "responses": r["responses"],
                     "components": r["components"], "num_tokens": r["num_tokens"]})
+        if plan.sampler == "borda":
+            out[-1] |= {"borda_upper": r["borda_upper"], "borda_lower": r["borda_lower"]}
         stats.setdefault("finished", []).extend(zip(r["components"], r["num_tokens"], r["finished"]))
     if seq:
         stats["candidate_tokens"] = sum(len(t) for ts in cand.tokens for t in ts)
@@ -441,6 +478,7 @@ def main(argv=None):
         backend.check_lengths(prompt_ids, args.max_new_tokens, prompts)
 
     indices = list(range(len(prompts)))
+    indices_of = {p["id"]: i for i, p in enumerate(prompts)}
     with state.split_between_processes(indices) as mine:
         mine = list(mine)
     bs = plan.batch_size or (16 if args.backend == "hf" else max(len(mine), 1))
@@ -472,7 +510,14 @@ def main(argv=None):
         state.wait_for_everyone()
         return None
 
+    if plan.sampler == "borda":  # the selection needs every candidate prompt's scores: after the gather
+        from alignment.borda import select_rows
+
+        candidates = len(rows)
+        rows = select_rows(sorted(rows, key=lambda r: indices_of[r["id"]]), args.borda_keep, args.seed)
     summary = summarise(rows, logs, finished, ess, state.num_processes)
+    if plan.sampler == "borda":
+        summary |= {"borda_candidates": candidates, "borda_kept": len(rows)}
     config = dataclasses.asdict(args) | {"resolved": {"policy": plan.policy, "ref": plan.ref, "name": plan.name,
                                                          "components": plan.components, "candidates": plan.candidates,
                                                          "batch_size": bs, "processes": state.num_processes}}

@@ -52,7 +52,7 @@ from pathlib import Path
 from runlog import ConfigError, arg, atomic_write_json, atomic_write_text, exit_on_config_error, parse_dataclass
 from runlog.rundir import dumps
 
-SAMPLERS = ("offline", "online", "gshf", "mixp", "mixp_seq")
+SAMPLERS = ("offline", "online", "gshf", "mixp", "mixp_seq", "borda")
 STAGES = ("generate", "annotate", "select", "train", "evaluate")
 MODULES = {"generate": "alignment.generate", "annotate": "alignment.annotate", "select": "alignment.select",
            "train": "alignment.train_dpo", "evaluate": "alignment.evaluate"}

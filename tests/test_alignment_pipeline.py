@@ -66,14 +66,16 @@ def test_iterations_chain_with_fixed_reference(tmp_path):
     assert json.loads((out / "run.json").read_text())["finished"] is not None
 
 
-@pytest.mark.parametrize("sampler", ["offline", "online", "gshf"])
+@pytest.mark.parametrize("sampler", ["offline", "online", "gshf", "borda"])
 def test_each_sampler_runs_an_iteration(tmp_path, sampler):
     out = tmp_path / sampler
     main(["--config", _recipe(tmp_path), "--sampler", sampler, "--iterations", "1", "--out", str(out)])
     rows = _lines(out / "metrics.jsonl")
     assert [r["iteration"] for r in rows] == [0, 1] and rows[1]["num_pairs"] > 0
     comps = {c for r in _lines(out / "iter_1" / "generate" / "generations.jsonl") for c in r["components"]}
-    assert comps == {"offline": {"ref"}, "online": {"policy"}, "gshf": {"ref", "policy"}}[sampler]
+    assert comps == {"offline": {"ref"}, "online": {"policy"}, "gshf": {"ref", "policy"}, "borda": {"ref", "policy"}}[sampler]
+    if sampler == "borda":  # half of the 12 candidate prompts kept, one pair each
+        assert rows[1]["num_pairs"] <= 6 and len(_lines(out / "iter_1" / "generate" / "generations.jsonl")) == 6
 
 
 def _start(argv):
