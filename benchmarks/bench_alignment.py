@@ -27,10 +27,22 @@ is shown apart. A short warm-up round first, then --dpo-repeats rounds in a rota
 median step and each round's sum. Peak memory: one fresh process per variant (as for decode) running one
 training alone. The aim: ours / TRL >= 0.95 (our layer should cost nothing).
 
+--what select: reward_gap scoring (alignment.selection.implicit_reward_margins: one no-grad pass of pi and of
+pi_ref over every pair, the LM head only where a response token is predicted) against a plain no-grad forward pass
+of the same two models, `model(input_ids, attention_mask).logits`, over the same batches (--select-pairs toy pairs,
+tokenized as TRL tokenizes them, --select-batch-size pairs per batch, length-bucketed as alignment.select batches
+them: the 2N sequences sorted by length). Tokens per second count the real (unpadded) tokens each model reads. Also
+timed: the same scoring through the full [2B, T, V] log-softmax and a gather (the naive way), and our scoring over
+pair batches in data order in TRL's layout (what a trainer's batches would cost, padding included). Variants
+alternate, best of --select-repeats each. The aim: ours / plain forward >= 0.9 (scoring wastes no work on padding
+or on the prompt's logits).
+
     python benchmarks/bench_alignment.py                              # decode: toy:base on the CPU, < 1 minute
     python benchmarks/bench_alignment.py --device cuda --dtype bfloat16 --model Qwen/Qwen2.5-0.5B-Instruct --batch-size 64
     python benchmarks/bench_alignment.py --what dpo                   # toy:base, 40 steps x 16 pairs, about 2 minutes
     python benchmarks/bench_alignment.py --what dpo --dpo-size tiny --dpo-steps 10 --dpo-repeats 1 --no-memory
+    python benchmarks/bench_alignment.py --what select                # toy:base, 256 pairs, < 1 minute
+    python benchmarks/bench_alignment.py --what select --device cuda --dtype bfloat16 --select-model Qwen/Qwen2.5-0.5B
     python benchmarks/bench_alignment.py --what all --device cuda
 """
 from __future__ import annotations
@@ -502,6 +514,114 @@ def run_dpo(a):
         f"{DPO_NAMES[v]} " + " ".join(f"{t:.3f}" for t in res[v]["loop_s"]) for v in DPO_VARIANTS))
 
 
+# ------------------------------------------------------------------------------------------- selection scoring
+
+SELECT_VARIANTS = ("plain", "ours", "naive", "pairs")
+SELECT_NAMES = {"plain": "plain forward", "ours": "ours, reward_gap", "naive": "full log-softmax",
+                "pairs": "ours, pair batches"}
+
+
+def _select_setup(a):
+    """pi and pi_ref (two inits), the toy pairs tokenized as TRL does, in alignment.select's length-bucketed sequence
+    batches and in TRL-layout pair batches in data order; all on the device."""
+    import torch
+
+    from alignment.models import DTYPES, is_toy, load_causal_lm, load_tokenizer
+    from alignment.selection import sequence_batches, tokenize_pair
+
+    torch.set_num_threads(a.threads)
+    device = torch.device(a.device)
+    tok = load_tokenizer(a.select_model)
+    models = []
+    for seed in (0, 1):
+        m = load_causal_lm(a.select_model, device=device, dtype=a.dtype, seed=seed)
+        if is_toy(a.select_model) and a.dtype not in ("auto", "float32"):
+            m = m.to(DTYPES[a.dtype])
+        models.append(m.eval())
+    examples = [tokenize_pair(tok, r) for r in dpo_pairs(a.select_pairs)]
+    on = lambda batches: [(idx, {k: v.to(device) for k, v in b.items()}) for idx, b in batches]
+    bucketed = on(sequence_batches(examples, tok.pad_token_id, a.select_batch_size))
+    in_order = on(sequence_batches(examples, tok.pad_token_id, a.select_batch_size, bucket=False))
+    return models, bucketed, in_order, len(examples)
+
+
+def _naive_gaps(models, batches, n: int, beta: float = 0.1):
+    """The same gaps the textbook way: full logits, log-softmax over the vocabulary, gather, masked sum."""
+    import torch
+
+    logps = [torch.empty(2 * n, device=batches[0][1]["input_ids"].device) for _ in models]
+    for idx, b in batches:
+        ids, mask = b["input_ids"], b["completion_mask"][:, 1:].float()
+        for m, out in zip(models, logps):
+            logits = m(input_ids=ids, attention_mask=b["attention_mask"]).logits[:, :-1].float()
+            out[torch.as_tensor(idx, device=ids.device)] = \
+                (torch.log_softmax(logits, -1).gather(-1, ids[:, 1:, None]).squeeze(-1) * mask).sum(-1)
+    h = beta * (logps[0] - logps[1])
+    return (h[:n] - h[n:]).cpu()
+
+
+@__import__("torch").no_grad()
+def _run_select(variant, models, bucketed, in_order, n):
+    from alignment.selection import score_batches
+
+    pi, ref = models
+    if variant == "plain":
+        return [m(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits for _, b in bucketed
+                for m in models]
+    if variant == "naive":
+        return _naive_gaps(models, bucketed, n)
+    return score_batches("reward_gap", pi, ref, bucketed if variant == "ours" else in_order, n, beta=0.1)
+
+
+def time_select(a) -> dict:
+    """Seconds of every repeat per variant (the variants interleaved, after a warm-up of each), the tokens and padded
+    cells of the batches, and the largest |ours - naive| gap difference."""
+    models, bucketed, in_order, n = _select_setup(a)
+    out = {v: _run_select(v, models, bucketed, in_order, n) for v in SELECT_VARIANTS}  # warm-up, and the gaps
+    diff = float((out["ours"] - out["naive"]).abs().max())
+    del out
+    secs = {v: [] for v in SELECT_VARIANTS}
+    for r in range(a.select_repeats):
+        order = SELECT_VARIANTS[r % 4:] + SELECT_VARIANTS[:r % 4]  # rotate who goes first
+        for v in order:
+            _sync(a.device)
+            t0 = time.perf_counter()
+            _run_select(v, models, bucketed, in_order, n)
+            _sync(a.device)
+            secs[v].append(time.perf_counter() - t0)
+    tokens = int(sum(int(b["attention_mask"].sum()) for _, b in bucketed))
+    cells = {"bucketed": sum(b["input_ids"].numel() for _, b in bucketed),
+             "in_order": sum(b["input_ids"].numel() for _, b in in_order)}
+    response = int(sum(int(b["completion_mask"].sum()) for _, b in bucketed))
+    return secs, tokens, cells, response, diff
+
+
+def run_select(a):
+    import torch
+    import transformers
+
+    a.threads = a.threads or 1
+    gpu = f" ({torch.cuda.get_device_name()})" if a.device.startswith("cuda") else ""
+    print(f"selection scoring (reward_gap): {a.select_model} as pi and pi_ref (two inits), {a.select_pairs} toy pairs, "
+          f"{a.select_batch_size} pairs per batch, device {a.device}{gpu}, dtype {a.dtype}, torch {torch.__version__}, "
+          f"transformers {transformers.__version__}, {a.threads} CPU thread(s)")
+    secs, tokens, cells, response, diff = time_select(a)
+    best = {v: min(secs[v]) for v in SELECT_VARIANTS}
+    med = {v: statistics.median(secs[v]) for v in SELECT_VARIANTS}
+    pad = {v: 1 - tokens / cells["in_order" if v == "pairs" else "bucketed"] for v in SELECT_VARIANTS}
+    head = f"{'variant':<18} {'tokens/s':>10} {'best s':>8} {'median s':>8} {'padding':>8}"
+    print(head + "\n" + "-" * len(head))
+    for v in SELECT_VARIANTS:
+        print(f"{SELECT_NAMES[v]:<18} {2 * tokens / best[v]:>10.0f} {best[v]:>8.4f} {med[v]:>8.4f} {pad[v]:>8.1%}")
+    print(f"tokens/s: the real tokens both models read ({tokens} per model, {response} of them response tokens), "
+          f"best of {a.select_repeats}; padding: padded share of the batches' cells")
+    print(f"ours / plain forward tokens per second: {best['plain'] / best['ours']:.3f} best, "
+          f"{med['plain'] / med['ours']:.3f} median  (aim >= 0.9)")
+    print(f"ours / full log-softmax: {best['naive'] / best['ours']:.3f};  length-bucketed sequences / pair batches in "
+          f"data order: {best['pairs'] / best['ours']:.3f}")
+    print(f"max |ours - full log-softmax| gap difference: {diff:.2e}")
+
+
 # ------------------------------------------------------------------------------------------- command line
 
 def run_decode(a):
@@ -553,12 +673,13 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  epilog="Modes: " + __doc__.split("\n\n", 1)[1].split("\n\n    python")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--what", default="decode", choices=["decode", "dpo", "all"],
+    ap.add_argument("--what", default="decode", choices=["decode", "dpo", "select", "all"],
                     help="decode: fused Mix-P decoding vs single-model sampling (default); dpo: a DPO training run "
-                         "through alignment.train_dpo vs a plain TRL DPOTrainer; all: both")
+                         "through alignment.train_dpo vs a plain TRL DPOTrainer; select: reward_gap scoring vs a "
+                         "plain forward pass; all: the three")
     ap.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     ap.add_argument("--threads", type=_positive, default=None,
-                    help="torch CPU threads (default: 1 for decode, torch's default for dpo)")
+                    help="torch CPU threads (default: 1 for decode and select, torch's default for dpo)")
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes")
     g = ap.add_argument_group("decode")
     g.add_argument("--model", default="toy:base", help="toy:SIZE, a model folder or a Hub name (default: toy:base)")
@@ -568,7 +689,7 @@ def main(argv=None):
     g.add_argument("--alpha", type=float, default=0.5, help="Mix-P strength a (default: 0.5)")
     g.add_argument("--repeats", type=_positive, default=5, help="timed runs per variant, best kept (default: 5)")
     g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
-                   help="model dtype (default: auto)")
+                   help="model dtype, also of select (default: auto)")
     g = ap.add_argument_group("dpo")
     g.add_argument("--dpo-size", default="base", choices=["tiny", "small", "base"],
                    help="toy Llama size trained (default: base, about 1M parameters)")
@@ -578,6 +699,14 @@ def main(argv=None):
     g.add_argument("--dpo-batch-size", type=_positive, default=16, help="pairs per step (default: 16)")
     g.add_argument("--dpo-repeats", type=_positive, default=3,
                    help="lockstep rounds, each training every variant once (default: 3)")
+    g = ap.add_argument_group("select")
+    g.add_argument("--select-model", default="toy:base",
+                   help="pi and pi_ref (two inits of toy:SIZE, else the same weights twice): toy:SIZE, a model folder "
+                        "or a Hub name (default: toy:base)")
+    g.add_argument("--select-pairs", type=_positive, default=256, help="toy preference pairs scored (default: 256)")
+    g.add_argument("--select-batch-size", type=_positive, default=16, help="pairs per batch (default: 16)")
+    g.add_argument("--select-repeats", type=_positive, default=10,
+                   help="timed runs per variant, best kept (default: 10)")
     a = ap.parse_args(argv)
 
     if a.what in ("decode", "all"):
@@ -585,7 +714,11 @@ def main(argv=None):
     if a.what == "all":
         print()
     if a.what in ("dpo", "all"):
-        run_dpo(a)
+        run_dpo(argparse.Namespace(**vars(a)))
+    if a.what == "all":
+        print()
+    if a.what in ("select", "all"):
+        run_select(argparse.Namespace(**vars(a)))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
-"""benchmarks/bench_alignment.py --what dpo: runs end to end on a tiny budget and prints its table; the toy pairs,
-the hand-written TRL config and the peak-memory child process. No timing assertions: speed is the benchmark's
-business, not the tests'."""
+"""benchmarks/bench_alignment.py --what dpo and --what select: run end to end on a tiny budget and print their
+tables; the toy pairs, the hand-written TRL config and the peak-memory child process. No timing assertions: speed is
+the benchmark's business, not the tests'."""
 import argparse
 import os
 import subprocess
@@ -34,10 +34,26 @@ def test_dpo_mode_runs_and_prints_its_table(tmp_path):
     assert list(tmp_path.iterdir()) == []  # scratch folders are temporary
 
 
-def test_help_describes_both_modes():
+def test_help_describes_the_modes():
     out = subprocess.run([sys.executable, str(SCRIPT), "--help"], env=ENV, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0
-    assert "--what {decode,dpo,all}" in out.stdout and "--dpo-steps" in out.stdout and "TRL DPOTrainer" in out.stdout
+    assert "--what {decode,dpo,select,all}" in out.stdout
+    assert "--dpo-steps" in out.stdout and "TRL DPOTrainer" in out.stdout
+    assert "--select-pairs" in out.stdout and "reward_gap scoring" in out.stdout
+
+
+def test_select_mode_runs_and_prints_its_table(tmp_path):
+    out = subprocess.run([sys.executable, str(SCRIPT), "--what", "select", "--select-model", "toy:tiny",
+                          "--select-pairs", "8", "--select-batch-size", "4", "--select-repeats", "1", "--threads", "1"],
+                         cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = out.stdout.splitlines()
+    for name in ("plain forward", "ours, reward_gap", "full log-softmax", "ours, pair batches"):
+        assert any(line.startswith(name) for line in lines), out.stdout
+    assert "ours / plain forward tokens per second:" in out.stdout
+    diff = next(line for line in lines if line.startswith("max |ours - full log-softmax| gap difference:"))
+    assert float(diff.rsplit(":", 1)[1]) < 1e-4  # the two ways compute the same gaps
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_pairs_config_and_peak_memory_child():
