@@ -124,7 +124,10 @@ LOG_KEYS = {"loss": "train_loss", "grad_norm": "grad_norm", "learning_rate": "lr
             "rewards/chosen": "train_reward_chosen", "rewards/rejected": "train_reward_rejected",
             "rewards/margins": "train_reward_margin", "rewards/accuracies": "train_reward_accuracy",
             "logps/chosen": "train_logp_chosen", "logps/rejected": "train_logp_rejected",
-            "soft_target": "train_soft_target"}
+            "soft_target": "train_soft_target",
+            # alignment.train_dpo --selector: the K kept pairs of each batch, their loss and margin, SamS's reward
+            "select/kept": "select_kept", "select/loss": "select_loss", "select/margin": "select_margin",
+            "select/reward": "sams_reward"}
 
 
 def make_callbacks(run: RunDir, seed: int, stage: str, extra: dict | None = None):

@@ -151,7 +151,7 @@ def test_mixp_seq_resamples_policy_candidates_by_the_ratio(models):
 
 # --------------------------------------------------------------------------------- the entry point
 
-@pytest.mark.parametrize("sampler", SAMPLERS)
+@pytest.mark.parametrize("sampler", [s for s in SAMPLERS if s != "borda"])  # borda keeps a subset: its own tests
 def test_main_writes_the_run(tmp_path, sampler):
     extra = ["--mixp-online-pair"] if sampler == "mixp" else []
     path = main(TINY + ["--sampler", sampler, "--num-responses", "2", "--out", str(tmp_path)] + extra)
