@@ -37,6 +37,10 @@ pair batches in data order in TRL's layout (what a trainer's batches would cost,
 alternate, best of --select-repeats each. The aim: ours / plain forward >= 0.9 (scoring wastes no work on padding
 or on the prompt's logits).
 
+--what sams: a SamS and a random_subset training step (alignment.train_dpo --selector, half of each batch of 16
+trained) against a plain DPO step on the same model and batch, in lockstep: benchmarks/bench_sams.py with its
+defaults (run that script directly for its own flags). Aim: at most 10% overhead.
+
     python benchmarks/bench_alignment.py                              # decode: toy:base on the CPU, < 1 minute
     python benchmarks/bench_alignment.py --device cuda --dtype bfloat16 --model Qwen/Qwen2.5-0.5B-Instruct --batch-size 64
     python benchmarks/bench_alignment.py --what dpo                   # toy:base, 40 steps x 16 pairs, about 2 minutes
@@ -673,10 +677,11 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  epilog="Modes: " + __doc__.split("\n\n", 1)[1].split("\n\n    python")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--what", default="decode", choices=["decode", "dpo", "select", "all"],
+    ap.add_argument("--what", default="decode", choices=["decode", "dpo", "select", "sams", "all"],
                     help="decode: fused Mix-P decoding vs single-model sampling (default); dpo: a DPO training run "
                          "through alignment.train_dpo vs a plain TRL DPOTrainer; select: reward_gap scoring vs a "
-                         "plain forward pass; all: the three")
+                         "plain forward pass; sams: a SamS / random_subset training step vs a plain DPO step "
+                         "(benchmarks/bench_sams.py with its defaults; run that script for its own flags); all: the four")
     ap.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     ap.add_argument("--threads", type=_positive, default=None,
                     help="torch CPU threads (default: 1 for decode and select, torch's default for dpo)")
@@ -719,6 +724,15 @@ def main(argv=None):
         print()
     if a.what in ("select", "all"):
         run_select(argparse.Namespace(**vars(a)))
+    if a.what == "all":
+        print()
+    if a.what in ("sams", "all"):
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location("bench_sams", Path(__file__).with_name("bench_sams.py"))
+        bench_sams = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(bench_sams)
+        bench_sams.main(["--device", a.device] + (["--threads", str(a.threads)] if a.threads else []))
 
 
 if __name__ == "__main__":

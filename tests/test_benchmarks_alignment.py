@@ -37,7 +37,7 @@ def test_dpo_mode_runs_and_prints_its_table(tmp_path):
 def test_help_describes_the_modes():
     out = subprocess.run([sys.executable, str(SCRIPT), "--help"], env=ENV, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0
-    assert "--what {decode,dpo,select,all}" in out.stdout
+    assert "--what {decode,dpo,select,sams,all}" in out.stdout
     assert "--dpo-steps" in out.stdout and "TRL DPOTrainer" in out.stdout
     assert "--select-pairs" in out.stdout and "reward_gap scoring" in out.stdout
 
