@@ -50,7 +50,8 @@ METRICS = (("reward", "reward_mean", "reward_ci", "reward", "reward"),
            ("win_rate", "win_rate", "win_rate_ci", "win", "win rate"),
            ("kl", "kl", "kl_ci", "kl", "KL"))
 FOOTER_WIDTH = 110  # the plain-text table's notes are wrapped at this width
-SAMPLER_ORDER = ("offline", "online", "gshf", "mixp", "mixp_seq")
+SAMPLER_ORDER = ("offline", "online", "gshf", "mixp", "mixp_seq", "borda",
+                 "full", "random_subset", "sams", "us", "ae", "reward_gap")
 
 # One colour per sampler, from seaborn's "colorblind" palette (hex codes spelled out, so importing this module
 # needs no seaborn). The pipeline's samplers and the bandit samplers of the same construction share a colour,
@@ -64,10 +65,19 @@ SAMPLER_COLORS = {
     "mixp_seq": "#de8f05",                            # orange
     "mix_r": "#cc78bc",                               # pink
     "mix_p_star": "#ca9161",                          # tan
+    "borda": "#56b4e9",                               # sky blue (online AE-Borda, both packages)
 }
-OTHER_COLORS = ("#56b4e9", "#fbafe4", "#ece133", "#000000")  # the palette's rest (and black), for other samplers
+# The selection methods (offline regime) are drawn in figures of their own, so they reuse the palette, distinct
+# among themselves: the baselines grey (all data) and black (random_subset, SamS's control).
+SAMPLER_COLORS |= {
+    "full": "#949494", "random_subset": "#000000", "sams": "#cc78bc", "us": "#0173b2", "ae": "#029e73",
+    "reward_gap": "#d55e00", "reward_gap_step": "#de8f05",
+}
+OTHER_COLORS = ("#fbafe4", "#ece133", "#56b4e9", "#ca9161")  # the palette's rest, for other samplers
 SAMPLER_MARKERS = {"offline": "o", "unif": "o", "online": "s", "on_policy": "s", "gshf": "^", "mixp": "D",
-                   "mix_p": "D", "mixp_seq": "v", "mix_r": "P", "mix_p_star": "X"}
+                   "mix_p": "D", "mixp_seq": "v", "mix_r": "P", "mix_p_star": "X", "borda": "*",
+                   "full": "o", "random_subset": "s", "sams": "^", "us": "v", "ae": "D", "reward_gap": "X",
+                   "reward_gap_step": "P"}
 
 CI_NOTE = ("mean +- 95% CI: t_{0.975,n-1} * sd / sqrt(n) over the n = seeds x prompts per-prompt values "
            "pooled from iter_T/evaluate/evaluations.jsonl (evaluation-sampling interval; it leaves out "
