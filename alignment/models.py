@@ -58,8 +58,9 @@ def load_tokenizer(name: str, field: str = "--model", trust_remote_code: bool = 
 
 
 def load_causal_lm(name: str, field: str = "--model", device="cpu", dtype: str = "auto", seed: int = 0,
-                   trust_remote_code: bool = False):
-    """A causal LM in eval mode on `device`. "toy:SIZE" is a fresh random init (seeded)."""
+                   trust_remote_code: bool = False, quantization_config=None):
+    """A causal LM in eval mode on `device`. "toy:SIZE" is a fresh random init (seeded). quantization_config
+    (e.g. bitsandbytes 4-bit) loads a Hub / folder model quantized, placed on `device` by transformers."""
     if dtype not in DTYPES:
         raise ConfigError(f"--dtype: unknown dtype {dtype!r}; known: {', '.join(DTYPES)}")
     if is_toy(name):
@@ -68,10 +69,15 @@ def load_causal_lm(name: str, field: str = "--model", device="cpu", dtype: str =
         from transformers import AutoModelForCausalLM
 
         _check_source(name, field)
+        quant = {} if quantization_config is None else {"quantization_config": quantization_config,
+                                                          "device_map": {"": str(device)}}
         try:
-            model = AutoModelForCausalLM.from_pretrained(name, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code)
+            model = AutoModelForCausalLM.from_pretrained(name, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code,
+                                                         **quant)
         except (OSError, ValueError) as e:
             raise ConfigError(f"{field}: cannot load a causal LM from {name!r} ({str(e).splitlines()[0]})") from None
+        if quantization_config is not None:  # already placed; quantized weights cannot be moved with .to()
+            return model.eval()
     return model.to(device).eval()
 
 

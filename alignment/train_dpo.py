@@ -115,6 +115,14 @@ class Args:
     passes: int = arg(5, "us / ae: Monte Carlo dropout passes per candidate batch")
     dropout: float = arg(0.05, "us / ae: dropout probability of the Monte Carlo passes")
     gamma: float = arg(2.0, "ae: width multiplier gamma of the confidence bound")
+    lora_r: int = arg(0, "LoRA rank (peft): train low-rank adapters on --lora-targets instead of every weight; 0: full "
+                      "fine-tuning. model/ then holds the merged weights (the adapters with --load-in-4bit)")
+    lora_alpha: int = arg(16, "LoRA scaling alpha")
+    lora_dropout: float = arg(0.05, "LoRA dropout")
+    lora_targets: str = arg("all-linear", "modules that get adapters: all-linear, or comma-separated module names "
+                            "(e.g. q_proj,v_proj)")
+    load_in_4bit: bool = arg(False, "QLoRA: load the policy's (and reference's) base weights in 4-bit NF4 with "
+                             "bitsandbytes, bf16 compute; needs --lora-r and a CUDA GPU (pip install bitsandbytes)")
     device: str = arg("auto", "auto (the GPU of this process when there is one, else cpu), cpu or cuda")
     report_to: str = arg("none", "also send the logs to wandb or tensorboard (installed separately)",
                          choices=list(REPORTERS))
@@ -456,10 +464,56 @@ def check_dpo_extras(extra: dict, where: str = "--config: dpo") -> dict:
     return extra
 
 
+def check_lora(args: Args) -> None:
+    if args.lora_r < 0:
+        raise ConfigError(f"--lora-r: must be an integer >= 0 (0: no LoRA), got {args.lora_r}")
+    if args.lora_r:
+        import importlib.util
+
+        from alignment.sft import check_positive
+
+        check_positive("lora-alpha", args.lora_alpha)
+        if not 0 <= args.lora_dropout < 1:
+            raise ConfigError(f"--lora-dropout: must be in [0, 1), got {args.lora_dropout}")
+        if not args.lora_targets.strip():
+            raise ConfigError("--lora-targets: empty; give all-linear or module names")
+        if importlib.util.find_spec("peft") is None:
+            raise ConfigError("--lora-r: LoRA needs peft (pip install peft)")
+    if args.load_in_4bit and not args.lora_r:
+        raise ConfigError("--load-in-4bit: 4-bit weights cannot be trained directly; add --lora-r (QLoRA)")
+
+
+def quantization(args: Args, device: torch.device):
+    """bitsandbytes' 4-bit NF4 config for --load-in-4bit, checked at load time (a dry run on a laptop passes)."""
+    if not args.load_in_4bit:
+        return None
+    import importlib.util
+
+    if device.type != "cuda":
+        raise ConfigError("--load-in-4bit: bitsandbytes' 4-bit weights need a CUDA GPU; drop it on a CPU")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ConfigError("--load-in-4bit: needs bitsandbytes (pip install -r requirements_vllm.txt on a GPU node)")
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=torch.bfloat16)
+
+
+def lora_config(args: Args):
+    if not args.lora_r:
+        return None
+    from peft import LoraConfig
+
+    targets = args.lora_targets if args.lora_targets == "all-linear" else [t.strip() for t in args.lora_targets.split(",")]
+    return LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
+                      target_modules=targets, task_type="CAUSAL_LM")
+
+
 def resolve(args: Args) -> torch.device:
     """Check every argument before anything is loaded or written; ConfigError names the bad flag."""
     from alignment.sft import check_positive
 
+    check_lora(args)
     if not args.preferences:
         raise ConfigError("--preferences: required (an annotate run folder, a preference file or a Hub dataset)")
     if args.loss not in LOSSES:
@@ -573,7 +627,7 @@ def train(policy, ref, tokenizer, rows: list[dict], args: Args, run, device: tor
         config.disable_tqdm = True
     trainer = make_trainer_class()(model=policy, ref_model=ref, args=config, train_dataset=Dataset.from_list(data),
                                    processing_class=tokenizer, callbacks=[log_cb], soft_labels=args.loss == "rev_kl",
-                                   **selector_kwargs(args))
+                                   peft_config=lora_config(args), **selector_kwargs(args))
     use_quiet_progress(trainer, quiet)
     if not progress:  # transformers prints each log dict instead of a bar when tqdm is off: neither, here
         from transformers import PrinterCallback
@@ -626,8 +680,13 @@ def main(argv=None):
     rows = load_preferences(args.preferences)
     training_rows(rows, args.loss, args.margin_scale)  # rev_kl's reward check before any model is loaded
     tokenizer = load_tokenizer(policy_src, "--policy", trust_remote_code=args.trust_remote_code)
-    load = lambda src, flag: load_causal_lm(src, flag, dtype=args.dtype, seed=0,
-                                            trust_remote_code=args.trust_remote_code).to(DTYPES[args.dtype])
+    quant = quantization(args, device)
+
+    def load(src, flag):
+        m = load_causal_lm(src, flag, device=device if quant else "cpu", dtype=args.dtype, seed=0,
+                           trust_remote_code=args.trust_remote_code, quantization_config=quant)
+        return m if quant else m.to(DTYPES[args.dtype])
+
     policy, ref = load(policy_src, "--policy"), load(ref_src, "--ref")
     num_params = sum(p.numel() for p in policy.parameters())
     config = dataclasses.asdict(args) | {"resolved": {"policy": policy_src, "ref": ref_src, "num_pairs": len(rows),
@@ -640,7 +699,14 @@ def main(argv=None):
             print(f"train_dpo: {policy_src} ({num_params / 1e6:.2f}M parameters), {len(rows)} pairs, loss {args.loss}, "
                   f"beta {args.beta}{selecting}, {state.num_processes} process(es) on {device}")
         trainer, summary = train(policy, ref, tokenizer, rows, args, run or _NoRun(), device, scratch)
-        trainer.save_model(str(scratch / "final"))  # every process: ZeRO-3 gathers the shards here
+        if args.lora_r:
+            summary["trainable_params"] = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+        if args.lora_r and not args.load_in_4bit:  # the adapters merged into the weights: a plain model folder
+            if state.is_main_process:
+                merged = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
+                merged.save_pretrained(scratch / "final")
+        else:
+            trainer.save_model(str(scratch / "final"))  # every process: ZeRO-3 gathers the shards here
         state.wait_for_everyone()
         if not state.is_main_process:
             return None

@@ -202,3 +202,35 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     rows1 = [json.loads(l) for l in (tmp_path / "one" / "dpo" / "metrics.jsonl").read_text().splitlines()]
     rows2 = [json.loads(l) for l in (tmp_path / "two" / "dpo" / "metrics.jsonl").read_text().splitlines()]
     assert [r["train_loss"] for r in rows2] == pytest.approx([r["train_loss"] for r in rows1], rel=1e-5)
+
+
+def test_lora_trains_adapters_only_and_saves_merged_weights(tmp_path):
+    prefs = _write_prefs(tmp_path / "p.jsonl", PAIRS * 4)
+    path = main(["--preferences", str(prefs), "--policy", "toy:tiny", "--lora-r", "4", "--lr", "0.05",
+                 "--max-steps", "3", "--batch-size", "4", "--device", "cpu", "--out", str(tmp_path / "out")])
+    run = json.loads((path / "run.json").read_text())
+    from alignment.models import load_causal_lm
+
+    trained, init = load_causal_lm(str(path / "model")), load_causal_lm("toy:tiny")
+    total = sum(p.numel() for p in init.parameters())
+    assert 0 < run["summary"]["trainable_params"] < total / 4  # adapters only
+    # merged: a plain model folder, same parameter names; the adapted linear weights moved, the embeddings did not
+    sd_t, sd_i = trained.state_dict(), init.state_dict()
+    assert sd_t.keys() == sd_i.keys()
+    assert not torch.equal(sd_t["model.layers.0.self_attn.q_proj.weight"], sd_i["model.layers.0.self_attn.q_proj.weight"])
+    assert torch.equal(sd_t["model.embed_tokens.weight"], sd_i["model.embed_tokens.weight"])
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["--load-in-4bit"], "--load-in-4bit"),                       # 4-bit without adapters
+    (["--lora-r", "4", "--load-in-4bit"], "CUDA"),                # QLoRA on a CPU
+    (["--lora-r", "-1"], "--lora-r"),
+])
+def test_lora_flag_errors(tmp_path, argv, flag):
+    if "CUDA" == flag and torch.cuda.is_available():
+        pytest.skip("a GPU is here")
+    prefs = _write_prefs(tmp_path / "p.jsonl", PAIRS)
+    r = _cli(["--preferences", str(prefs), "--policy", "toy:tiny", "--device", "cpu", "--out", str(tmp_path / "out"),
+              *argv], tmp_path)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and flag in r.stderr, r.stderr
+    assert not (tmp_path / "out").exists()

@@ -34,8 +34,8 @@ resume.
   --model M          the model to SFT (default: the recipe's, openai-community/gpt2-large)
   --config YAML      the recipe (default alignment/configs/active.yaml)
   --num-processes N  accelerate launch processes for DPO (default: the accelerate config's, 8)
-  --qlora            QLoRA (4-bit base weights + LoRA adapters, the released code's qlora=true): not implemented
-                     in alignment.train_dpo yet; exits with an error
+  --qlora            QLoRA for the DPO stage (the released code's qlora=true): 4-bit NF4 base weights (bitsandbytes,
+                     CUDA only) + LoRA adapters (peft): train_dpo --lora-r 16 --load-in-4bit
   --fresh            rerun finished stages
   -- FLAGS           passed on to alignment.train_dpo (they override the recipe), e.g. -- --passes 8
   -h, --help         this help
@@ -72,8 +72,8 @@ done
 check_choice --method "$METHOD" ae us random_subset none
 check_uint --seed "$SEED"
 [[ -z "$NPROC" ]] || check_pos --num-processes "$NPROC"
-[[ $QLORA == 0 ]] || die "--qlora: QLoRA (4-bit weights via bitsandbytes + LoRA adapters via peft) is not implemented" \
-    "in alignment.train_dpo yet; run without --qlora (full fine-tuning under ZeRO-3)"
+QLORA_FLAGS=()
+[[ $QLORA == 0 ]] || QLORA_FLAGS=(--lora-r 16 --load-in-4bit)
 [[ -f "$CONFIG" ]] || die "--config: no such file '$CONFIG'"
 
 recipe_vars "$CONFIG" "flags|DATA_FLAGS|data|alignment.prepare_data|out,name" \
@@ -89,5 +89,6 @@ stage "SFT on the chosen responses of the SFT part" "$OUT/sft" \
     --data "$OUT/data/sft.jsonl" --out "$OUT" --name sft
 stage "DPO on the other pairs with selector $METHOD" "$OUT/$METHOD/seed$SEED" \
     "${LAUNCH[@]}" -m alignment.train_dpo --config "$CONFIG" --policy "$OUT/sft" --preferences "$OUT/data" \
-    --selector "$METHOD" --seed "$SEED" --out "$OUT/$METHOD" --name "seed$SEED" ${EXTRA[@]+"${EXTRA[@]}"}
+    --selector "$METHOD" --seed "$SEED" --out "$OUT/$METHOD" --name "seed$SEED" ${QLORA_FLAGS[@]+"${QLORA_FLAGS[@]}"} \
+    ${EXTRA[@]+"${EXTRA[@]}"}
 run_stages
