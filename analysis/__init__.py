@@ -1,0 +1,18 @@
+"""Analysis of run logs (DESIGN.md section 5).
+
+Reads only what runs leave on disk -- `run.json` and `metrics.jsonl` -- never in-memory objects from
+bandit/ or alignment/, so any finished (or partly finished) run can be analysed after the fact.
+
+- `load`: find run folders and turn their logs into tidy rows (one dict per metrics line, with the
+  run's flattened config attached), reporting malformed lines instead of dropping them.
+- `aggregate`: means, medians and confidence intervals over seeds, and convergence diagnostics
+  (fitted order, iterations to a tolerance) of an error series.
+"""
+
+from analysis.aggregate import aggregate, convergence_order, iterations_to, mean_ci, median, select_last
+from analysis.load import Loaded, LoadError, Problem, find_runs, load_runs
+
+__all__ = [
+    "Loaded", "LoadError", "Problem", "find_runs", "load_runs",
+    "aggregate", "convergence_order", "iterations_to", "mean_ci", "median", "select_last",
+]

@@ -1,0 +1,131 @@
+"""Summaries over seeds and convergence diagnostics, computed from tidy rows (see analysis.load).
+
+- `mean_ci`: mean with a confidence interval, either Student-t (exact for normal data, the default)
+  or a seeded percentile bootstrap (no normality assumption; reproducible for a given seed).
+- `aggregate`: group rows by some columns and summarise one metric per group (n, mean, median, CI).
+- `select_last`: the last row (largest step) of each series, e.g. final value per run/sampler/seed.
+- `convergence_order`, `iterations_to`: the order p in e_{t+1} ~ C e_t^p (1 linear, 2 quadratic)
+  and the first iteration under a tolerance, for an error series such as `param_diff`. The order
+  fit follows bandit/metrics.py (same defaults) but is re-implemented here on purpose: analysis
+  reads logs only and does not import the simulation packages.
+"""
+
+from __future__ import annotations
+
+import math
+from numbers import Real
+
+import numpy as np
+from scipy import stats
+
+FLOAT64_FLOOR = 1e-13  # errors below this are rounding noise (same floor as bandit/metrics.py)
+
+
+def _finite(values) -> np.ndarray:
+    x = np.asarray(values, dtype=np.float64).ravel()
+    return x[np.isfinite(x)]
+
+
+def median(values) -> float:
+    """Median of the finite values; NaN when there are none."""
+    x = _finite(values)
+    return float(np.median(x)) if x.size else float("nan")
+
+
+def mean_ci(values, method: str = "t", level: float = 0.95, n_boot: int = 2000,
+            seed: int = 0) -> tuple[float, float, float]:
+    """(mean, lo, hi) of the finite values.
+
+    method="t": mean +- t_{(1+level)/2, n-1} * s / sqrt(n), s the sample standard deviation (ddof=1).
+    method="bootstrap": percentile interval of `n_boot` resampled means, drawn with
+    numpy.random.default_rng(seed), so the same inputs give the same interval.
+    The interval is (nan, nan) with fewer than 2 values (no spread to estimate); the mean is NaN
+    with none.
+    """
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    x = _finite(values)
+    n = x.size
+    if n == 0:
+        return float("nan"), float("nan"), float("nan")
+    m = float(x.mean())
+    if n < 2:
+        return m, float("nan"), float("nan")
+    if method == "t":
+        half = float(stats.t.ppf((1.0 + level) / 2.0, n - 1) * x.std(ddof=1) / math.sqrt(n))
+        return m, m - half, m + half
+    if method == "bootstrap":
+        rng = np.random.default_rng(seed)
+        means = x[rng.integers(0, n, size=(n_boot, n))].mean(axis=1)
+        alpha = (1.0 - level) / 2.0
+        lo, hi = np.quantile(means, [alpha, 1.0 - alpha])
+        return m, float(lo), float(hi)
+    raise ValueError(f"unknown method {method!r} (expected 't' or 'bootstrap')")
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, Real) and not isinstance(v, bool)
+
+
+def aggregate(rows, by, metric: str, method: str = "t", level: float = 0.95, n_boot: int = 2000,
+              seed: int = 0) -> list[dict]:
+    """One summary per group of `rows` sharing the values of the `by` columns (first-seen order).
+
+    Each summary holds the `by` values, `metric`, n (finite numeric values used), n_missing (rows
+    of the group without a finite numeric value for `metric`, e.g. divergence events), mean,
+    median, lo, hi. A row without a `by` column is grouped under None.
+    """
+    by = [by] if isinstance(by, str) else list(by)
+    groups: dict[tuple, list] = {}
+    for row in rows:
+        groups.setdefault(tuple(row.get(k) for k in by), []).append(row.get(metric))
+    out = []
+    for key, raw in groups.items():
+        vals = [float(v) for v in raw if _is_number(v) and math.isfinite(v)]
+        m, lo, hi = mean_ci(vals, method=method, level=level, n_boot=n_boot, seed=seed)
+        out.append({**dict(zip(by, key)), "metric": metric, "n": len(vals), "n_missing": len(raw) - len(vals),
+                    "mean": m, "median": median(vals), "lo": lo, "hi": hi})
+    return out
+
+
+def select_last(rows, by, step: str = "step", metric: str | None = None) -> list[dict]:
+    """The row with the largest `step` in each `by` group (first-seen order), e.g. the final row of
+    each (run, setting, sampler, seed). With `metric`, only rows holding a numeric `metric` count,
+    so event rows (divergence markers) are not taken as the final value."""
+    by = [by] if isinstance(by, str) else list(by)
+    last: dict[tuple, dict] = {}
+    for row in rows:
+        if not _is_number(row.get(step)) or (metric is not None and not _is_number(row.get(metric))):
+            continue
+        key = tuple(row.get(k) for k in by)
+        if key not in last or row[step] >= last[key][step]:
+            last[key] = row
+    return list(last.values())
+
+
+def iterations_to(errors, tol: float) -> float:
+    """First index t with errors[t] <= tol, or inf if never (NaN never counts as reached)."""
+    e = np.asarray(errors, dtype=np.float64)
+    hit = np.flatnonzero(e <= tol)
+    return float(hit[0]) if hit.size else float("inf")
+
+
+def convergence_order(errors, floor: float = FLOAT64_FLOOR, tail: int | None = 3,
+                      min_decades: float = 1.0) -> float:
+    """Least-squares slope of log e_{t+1} against log e_t: 1 linear convergence, 2 quadratic.
+
+    Only consecutive pairs with both errors above `floor` are used (below it the error is rounding
+    or sampling noise). Of those, the last `tail` pairs (all if None) are fitted, widened backwards
+    until log10 e_t spans `min_decades` decades, since a slope through nearly equal points is noise.
+    NaN when fewer than 2 pairs are usable or they span less than `min_decades`.
+    """
+    e = _finite(errors)
+    prev, nxt = e[:-1], e[1:]
+    idx = np.flatnonzero((prev > floor) & (nxt > floor))
+    x, y = np.log10(prev[idx]), np.log10(nxt[idx])
+    k = len(idx) if tail is None else min(tail, len(idx))
+    while k < len(idx) and np.ptp(x[-k:]) < min_decades:
+        k += 1
+    if k < 2 or np.ptp(x[-k:]) < min_decades:
+        return float("nan")
+    return float(np.polyfit(x[-k:], y[-k:], 1)[0])

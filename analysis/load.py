@@ -1,0 +1,185 @@
+"""Load run logs into tidy rows.
+
+A run folder holds `run.json` (resolved config and provenance) and `metrics.jsonl` (one JSON object
+per step or iteration). `load_runs` turns any number of them into one flat list of dicts -- one per
+metrics line -- each carrying the run's config as `config.*` columns (nested dicts flattened with
+dots, only scalar leaves) and `run` (the folder path), so rows from different runs can be grouped
+and compared without going back to the files.
+
+Malformed input is never silently dropped and never aborts the whole load: every bad line (invalid
+JSON, or JSON that is not an object) and every unreadable `run.json` becomes a `Problem` naming the
+file and line. With `strict=True` the first problem is raised instead, as a `LoadError`.
+Blank lines are ignored (they carry nothing, and a trailing newline is normal).
+
+Folder discovery: a path that is a run folder is loaded as is; any other folder is searched
+recursively for run folders, skipping hidden folders (names starting with "."). The search stops at
+a run folder: the stage runs nested inside a pipeline run (iter_*/generate, ...) are its parts, not
+separate runs, unless `nested=True` or they are named directly. Paths containing glob characters
+are expanded (`**` allowed).
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+RUN_FILE = "run.json"
+METRICS_FILE = "metrics.jsonl"
+_GLOB_CHARS = set("*?[")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One malformed piece of input: `line` is 1-based, None when the problem is not about a line."""
+    file: str
+    line: int | None
+    reason: str
+
+    def __str__(self) -> str:
+        where = self.file if self.line is None else f"{self.file}:{self.line}"
+        return f"{where}: {self.reason}"
+
+
+class LoadError(ValueError):
+    """Raised by `load_runs(strict=True)` on the first problem; `.problem` holds it."""
+
+    def __init__(self, problem: Problem):
+        super().__init__(str(problem))
+        self.problem = problem
+
+
+@dataclass
+class Loaded:
+    """Result of `load_runs`: the tidy rows, the run folders they came from, and the problems met."""
+    rows: list[dict] = field(default_factory=list)
+    runs: list[str] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __iter__(self):
+        return iter(self.rows)
+
+
+def is_run_folder(path: str | os.PathLike) -> bool:
+    p = Path(path)
+    return (p / RUN_FILE).is_file() and (p / METRICS_FILE).is_file()
+
+
+def _search(folder: Path, nested: bool, out: list[Path]) -> None:
+    if is_run_folder(folder):
+        out.append(folder)
+        if not nested:
+            return
+    try:
+        children = sorted(c for c in folder.iterdir() if c.is_dir() and not c.name.startswith("."))
+    except OSError:
+        return
+    for child in children:
+        _search(child, nested, out)
+
+
+def find_runs(paths, nested: bool = False, problems: list[Problem] | None = None) -> list[str]:
+    """Run folders under `paths` (a path or a list of them; folders, parents or globs), in order,
+    without duplicates. Paths that match nothing are reported in `problems` when given."""
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    found: list[Path] = []
+    for raw in paths:
+        raw = os.fspath(raw)
+        if _GLOB_CHARS & set(raw):
+            matches = [Path(m) for m in sorted(glob.glob(raw, recursive=True))]
+        else:
+            matches = [Path(raw)] if Path(raw).exists() else []
+        before = len(found)
+        for m in matches:
+            if m.is_dir():
+                _search(m, nested, found)
+        if len(found) == before and problems is not None:
+            problems.append(Problem(raw, None, "no run folder (run.json + metrics.jsonl) found"))
+    seen, runs = set(), []
+    for f in found:
+        key = f.resolve()
+        if key not in seen:
+            seen.add(key)
+            runs.append(str(f))
+    return runs
+
+
+def flatten(d: dict, prefix: str) -> dict:
+    """Scalar leaves of a nested dict as {prefix.a.b: value}; lists and other containers are left out."""
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}.{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key))
+        elif v is None or isinstance(v, (bool, int, float, str)):
+            out[key] = v
+    return out
+
+
+def _config_columns(run_file: Path, report) -> dict:
+    try:
+        text = run_file.read_text()
+    except OSError as e:
+        report(Problem(str(run_file), None, f"cannot read: {e}"))
+        return {}
+    try:
+        meta = json.loads(text)
+    except json.JSONDecodeError as e:
+        report(Problem(str(run_file), e.lineno, f"invalid JSON: {e.msg}"))
+        return {}
+    if not isinstance(meta, dict):
+        report(Problem(str(run_file), None, f"expected a JSON object, got {type(meta).__name__}"))
+        return {}
+    config = meta.get("config", {})
+    if not isinstance(config, dict):
+        report(Problem(str(run_file), None, "'config' is not an object"))
+        return {}
+    return flatten(config, "config")
+
+
+def _metric_rows(metrics_file: Path, base: dict, report) -> list[dict]:
+    rows = []
+    with metrics_file.open() as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                report(Problem(str(metrics_file), lineno, f"invalid JSON: {e.msg}"))
+                continue
+            if not isinstance(obj, dict):
+                report(Problem(str(metrics_file), lineno, f"expected a JSON object, got {type(obj).__name__}"))
+                continue
+            rows.append({**base, **obj, "run": base["run"]})
+    return rows
+
+
+def load_runs(paths, strict: bool = False, nested: bool = False) -> Loaded:
+    """Tidy rows of every run under `paths` (see the module docstring for discovery and problems).
+
+    Each row is a metrics line plus `config.*` columns and `run`. With strict=False problems are
+    collected in `Loaded.problems`; with strict=True the first one raises `LoadError`.
+    """
+    loaded = Loaded()
+
+    def report(p: Problem) -> None:
+        if strict:
+            raise LoadError(p)
+        loaded.problems.append(p)
+
+    found_problems: list[Problem] = []
+    loaded.runs = find_runs(paths, nested=nested, problems=found_problems)
+    for p in found_problems:
+        report(p)
+    for run in loaded.runs:
+        folder = Path(run)
+        base = {**_config_columns(folder / RUN_FILE, report), "run": run}
+        loaded.rows.extend(_metric_rows(folder / METRICS_FILE, base, report))
+    return loaded
