@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from alignment.data import GENERATIONS_FILE, PREFERENCES_FILE, load_generations, write_jsonl
-from runlog import ConfigError, RunDir, arg, exit_on_config_error, parse_dataclass, read_run
+from runlog import ConfigError, RunDir, arg, check_name, check_out, exit_on_config_error, parse_dataclass, read_run
 
 RULES = ("max_min", "random", "mixed_max_min")
 FUSED = ("mix+", "mix-", "mixseq+", "mixseq-")
@@ -235,11 +235,9 @@ def resolve(args: Args) -> str:
         raise ConfigError(f"--seed: must be an integer >= 0, got {args.seed}")
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size: must be an integer >= 1, got {args.batch_size}")
-    if Path(args.out).exists() and not Path(args.out).is_dir():
-        raise ConfigError(f"--out: {args.out!r} exists and is not a folder")
+    check_out(args.out)
     name = args.name if args.name is not None else default_name(args.generations)
-    if "/" in name or name.startswith(".") or not name.strip():
-        raise ConfigError(f"--name: {name!r} must be a plain folder name (no '/', not starting with '.')")
+    check_name(name)
     return name
 
 

@@ -70,20 +70,20 @@ import hashlib
 import json
 import math
 import re
-import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
 # TASK_SEED: toy:N prompts are ToyTask(0)'s and toy:SIZE models seed-0 inits, whatever --seed (as in generate)
 from alignment.generate import TASK_SEED, _finite, batch_seed
-from runlog import ConfigError, RunDir, arg, atomic_write_json, exit_on_config_error, parse_dataclass
+from alignment.report import mean_ci  # one t-interval for the evaluation and the report
+from runlog import (
+    ConfigError, RunDir, arg, atomic_write_json, check_name, check_out, exit_on_config_error, parse_dataclass)
 
 EXPORTS = ("alpaca_eval", "mt_bench")
 EVALUATIONS_FILE = "evaluations.jsonl"
 ALPACA_EVAL_FILE = "alpaca_eval.json"
 MT_BENCH_FILE = "mt_bench_answers.jsonl"
 MT_BENCH_TSTAMP = 0.0  # a fixed time stamp: FastChat only displays it, and reruns stay byte-identical
-CONFIDENCE = 0.95
 # the three random streams of a batch; distinct names give independent policy and reference draws
 POLICY_STREAM, REF_STREAM, KL_STREAM = "eval-policy", "eval-ref", "eval-kl"
 # summary key, its CI key, the per-prompt field it averages
@@ -183,11 +183,8 @@ def resolve(args: Args) -> Plan:
         from alignment.models import resolve_device
 
         resolve_device(args.device)  # an unknown device, or cuda without a GPU, fails here
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out: {args.out!r} exists and is not a folder")
-    if "/" in args.name or args.name.startswith(".") or not args.name.strip():
-        raise ConfigError(f"--name: {args.name!r} must be a plain folder name (no '/', not starting with '.')")
+    check_out(args.out)
+    check_name(args.name)
     generator = args.generator_name if args.generator_name is not None else args.name
     if not generator.strip():
         raise ConfigError("--generator-name: empty name")
@@ -197,19 +194,6 @@ def resolve(args: Args) -> Plan:
 
 
 # ------------------------------------------------------------------------------------------------ statistics
-
-def mean_ci(values, confidence: float = CONFIDENCE) -> tuple[float, float]:
-    """(mean, half-width of the Student-t confidence interval); the half-width is NaN for n < 2, the mean for n = 0."""
-    n = len(values)
-    if n == 0:
-        return math.nan, math.nan
-    mean = math.fsum(values) / n
-    if n < 2:
-        return mean, math.nan
-    from scipy.stats import t
-
-    return mean, float(t.ppf(0.5 + confidence / 2, n - 1)) * statistics.stdev(values) / math.sqrt(n)
-
 
 def summarise(rows: list[dict], response_tokens: list[int]) -> dict:
     """The summary metrics of per-prompt rows (and the policy responses' token counts)."""

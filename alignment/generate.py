@@ -62,7 +62,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from alignment.models import model_source
-from runlog import ConfigError, RunDir, arg, exit_on_config_error, parse_dataclass
+from runlog import ConfigError, RunDir, arg, check_name, check_out, exit_on_config_error, parse_dataclass
 
 SAMPLERS = ("offline", "online", "gshf", "mixp", "mixp_seq", "borda")
 VLLM_SAMPLERS = ("offline", "online", "gshf", "mixp_seq")  # borda scores with MC dropout: HF only
@@ -197,12 +197,9 @@ def resolve(args: Args) -> Plan:
         if args.device not in ("auto", "cuda"):
             raise ConfigError(f"--device: --backend vllm places the models itself on the GPU; leave --device auto "
                               f"(got {args.device!r}), or use --backend hf")
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out: {args.out!r} exists and is not a folder")
+    check_out(args.out)
     name = args.name or args.sampler
-    if "/" in name or name.startswith(".") or not name.strip():
-        raise ConfigError(f"--name: {name!r} must be a plain folder name (no '/', not starting with '.')")
+    check_name(name)
 
     components = component_plan(args.sampler, k, args.mixp_online_pair)
     uses = {m for c, _ in components for m in component_models(c)}

@@ -49,7 +49,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from runlog import ConfigError, arg, atomic_write_json, atomic_write_text, exit_on_config_error, parse_dataclass
+from runlog import (
+    ConfigError, arg, atomic_write_json, atomic_write_text, check_out, exit_on_config_error, parse_dataclass)
 from runlog.rundir import dumps
 
 SAMPLERS = ("offline", "online", "gshf", "mixp", "mixp_seq", "borda")
@@ -199,8 +200,7 @@ def resolve(args: Args) -> Plan:
         if value < low:
             raise ConfigError(f"--{flag}: must be an integer >= {low}, got {value}")
     out = Path(args.out or f"runs/alignment/pipeline/{args.sampler}-seed{args.seed}")
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out: {str(out)!r} exists and is not a folder")
+    check_out(out)
     changes = _changes(args)
     sections, train_flags = {}, []
     for stage in STAGES:

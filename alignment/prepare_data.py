@@ -43,7 +43,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from runlog import ConfigError, RunDir, arg, exit_on_config_error, parse_dataclass
+from runlog import ConfigError, RunDir, arg, check_name, check_out, exit_on_config_error, parse_dataclass
 
 SFT_FILE = "sft.jsonl"
 HH_HUMAN, HH_ASSISTANT = "\n\nHuman:", "\n\nAssistant:"
@@ -80,10 +80,8 @@ def resolve(args: Args) -> None:
         raise ConfigError(f"--sft-fraction: must be a number in [0, 1), got {f}")
     if args.seed < 0:
         raise ConfigError(f"--seed: must be an integer >= 0, got {args.seed}")
-    if "/" in args.name or args.name.startswith(".") or not args.name.strip():
-        raise ConfigError(f"--name: {args.name!r} must be a plain folder name (no '/', not starting with '.')")
-    if Path(args.out).exists() and not Path(args.out).is_dir():
-        raise ConfigError(f"--out: {args.out!r} exists and is not a folder")
+    check_name(args.name)
+    check_out(args.out)
 
 
 # ------------------------------------------------------------------------------------------------ rows

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 # K of n candidates: n * ratio rounded half up, at least 1 (shared with alignment.select)
-from alignment.selection import keep_count
+from alignment.selection import keep_count  # noqa: F401  (re-exported for callers of this module)
 
 SELECTORS = ("none", "random_subset", "sams", "us", "ae")
 IN_BATCH = ("random_subset", "sams")  # masked loss over TRL's full forward

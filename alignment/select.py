@@ -43,7 +43,7 @@ import torch
 from alignment.data import PREFERENCES_FILE, write_jsonl
 from alignment.models import model_source
 from alignment.selection import METHODS, keep_count, keeps_largest, select_top
-from runlog import ConfigError, RunDir, arg, exit_on_config_error, parse_dataclass
+from runlog import ConfigError, RunDir, arg, check_name, check_out, exit_on_config_error, parse_dataclass
 
 DEFAULT_RATIO = {"reward_gap": 0.1, "us": 1 / 3, "ae": 1 / 3}
 SCORES_FILE = "scores.jsonl"
@@ -135,10 +135,8 @@ def resolve(args: Args) -> tuple[float, str, torch.device]:
     if args.seed < 0:
         raise ConfigError(f"--seed: must be an integer >= 0, got {args.seed}")
     name = args.name if args.name is not None else args.method
-    if "/" in name or name.startswith(".") or not name.strip():
-        raise ConfigError(f"--name: {name!r} must be a plain folder name (no '/', not starting with '.')")
-    if Path(args.out).exists() and not Path(args.out).is_dir():
-        raise ConfigError(f"--out: {args.out!r} exists and is not a folder")
+    check_name(name)
+    check_out(args.out)
     device = resolve_device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                             "cpu" if args.device == "auto" else args.device)
     return ratio, name, device

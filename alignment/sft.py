@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from alignment.models import model_source
-from runlog import ConfigError, RunDir, arg, exit_on_config_error, parse_dataclass
+from runlog import ConfigError, RunDir, arg, check_name, check_out, exit_on_config_error, parse_dataclass
 
 TOY_CONTEXT = 128  # the toy model's max_position_embeddings and the toy tokenizer's model_max_length
 
@@ -80,11 +80,8 @@ def check_common(args) -> None:
         raise ConfigError(f"--max-length: must be at least 2 tokens, got {args.max_length}")
     if args.seed < 0:
         raise ConfigError(f"--seed: must be an integer >= 0, got {args.seed}")
-    if "/" in args.name or args.name.startswith(".") or not args.name.strip():
-        raise ConfigError(f"--name: {args.name!r} must be a plain folder name (no '/', not starting with '.')")
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out: {args.out!r} exists and is not a folder")
+    check_name(args.name)
+    check_out(args.out)
 
 
 def resolve_device(name: str) -> torch.device:

@@ -60,7 +60,7 @@ import torch
 
 from alignment.models import model_source
 from alignment.schedulers import SAMS_MODES, SELECTORS, check_ratio
-from runlog import ConfigError, RunDir, arg, exit_on_config_error, parse_dataclass
+from runlog import ConfigError, RunDir, arg, check_name, check_out, exit_on_config_error, parse_dataclass
 
 LOSSES = ("sigmoid", "rev_kl")
 DEFAULT_POLICY = "runs/alignment/sft/toy/model"
@@ -539,10 +539,8 @@ def resolve(args: Args) -> torch.device:
         if importlib.util.find_spec(args.report_to) is None:
             raise ConfigError(f"--report-to: {args.report_to} is not installed (pip install {args.report_to}); "
                               f"or leave --report-to none")
-    if "/" in args.name or args.name.startswith(".") or not args.name.strip():
-        raise ConfigError(f"--name: {args.name!r} must be a plain folder name (no '/', not starting with '.')")
-    if Path(args.out).exists() and not Path(args.out).is_dir():
-        raise ConfigError(f"--out: {args.out!r} exists and is not a folder")
+    check_name(args.name)
+    check_out(args.out)
     check_dpo_extras(args.dpo)
     check_selector(args)
     if args.device == "auto":

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 from bandit.metrics import METRICS, convergence_order, iterations_to, noise_floor, optimal_value
 from bandit.runner import simulate
 from bandit.samplers import SAMPLERS, get_sampler
-from runlog import ConfigError, RunDir, arg, atomic_write_json
+from runlog import ConfigError, RunDir, arg, atomic_write_json, check_name, check_out
 
 # The paper's settings (Shi, Zhou, Du, ICLR 2025): exact lr 10 for 100 iterations, empirical lr 0.05 for 3000.
 PAPER = {"exact": {"lr": 10.0, "iters": 100}, "empirical": {"lr": 0.05, "iters": 3000}}
@@ -60,6 +60,19 @@ def _positive(name: str, value, integer=False):
         raise ConfigError(f"--{name}: must be {'an integer >= 1' if integer else 'a finite number > 0'}, got {value}")
 
 
+def resolve_device(name: str) -> torch.device:
+    """--device of the bandit entry points: cpu or cuda (float64 throughout, so no mps)."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"--device: {name!r} is not a torch device; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device: {name!r} requested but no CUDA device is available; use cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"--device: {name!r} is not supported (float64 is needed); use cpu, cuda or cuda:N")
+    return device
+
+
 def resolve(args: BanditArgs, defaults: dict = PAPER) -> Plan:
     """Check every argument before anything is written; raise ConfigError naming the bad field."""
     samplers = [s.strip() for s in args.samplers.split(",") if s.strip()]
@@ -77,25 +90,15 @@ def resolve(args: BanditArgs, defaults: dict = PAPER) -> Plan:
         _positive("iters", args.iters, integer=True)
     if args.seed < 0:
         raise ConfigError(f"--seed: must be an integer >= 0, got {args.seed}")
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out: {args.out!r} exists and is not a folder")
+    check_out(args.out)
     _positive("beta", args.beta)
     if args.lr is not None:
         if args.step == "newton":
             raise ConfigError("--lr: applies to --step fixed only; --step newton sets the step from the rewards")
         _positive("lr", args.lr)
-    try:
-        device = torch.device(args.device)
-    except (RuntimeError, ValueError):
-        raise ConfigError(f"--device: {args.device!r} is not a torch device; use cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device: {args.device!r} requested but no CUDA device is available; use cpu")
-    if device.type not in ("cpu", "cuda"):
-        raise ConfigError(f"--device: {args.device!r} is not supported (float64 is needed); use cpu, cuda or cuda:N")
+    device = resolve_device(args.device)
     name = args.name or f"{args.setting}-{args.step}"
-    if "/" in name or name.startswith(".") or not name.strip():
-        raise ConfigError(f"--name: {name!r} must be a plain folder name (no '/', not starting with '.')")
+    check_name(name)
     settings = ["exact", "empirical"] if args.setting == "both" else [args.setting]
     plan = {s: {"lr": args.lr if args.lr is not None else defaults[s]["lr"], "iters": args.iters or defaults[s]["iters"]}
             for s in settings}

@@ -186,7 +186,7 @@ class CountWidth:
     def add(self, x, y, y2, mask) -> None:
         """Count the pairs where mask is true (pairs [S, C]); ties (y = y') carry no label information."""
         S = x.shape[0]
-        E, A = self.E, self.A
+        A = self.A
         m = (mask & (y != y2)).to(DTYPE).reshape(S, -1)
         for a, b in ((y, y2), (y2, y)):
             self.n_pair.view(S, -1).scatter_add_(1, ((x * A + a) * A + b).reshape(S, -1), m)
@@ -208,7 +208,6 @@ class DesignWidth:
         return torch.einsum("scd,sde,sce->sc", v, self.Vinv, v).clamp_min(0.0).sqrt()
 
     def pair_width(self, x, y, y2) -> torch.Tensor:
-        S = x.shape[0]
         dphi = gather_features(self.phi, x, y) - gather_features(self.phi, x, y2)
         return self._norm(dphi).reshape(x.shape)
 

@@ -347,7 +347,7 @@ class Borda(Selector):
         sim.uncertainty()
 
     def batch(self, sim):
-        S, (E, A) = sim.S, sim.r.shape[1:]
+        S, E = sim.S, sim.r.shape[1]
         M, m = candidates_for(sim.batch, self.cfg.ratio), self.cfg.borda_samples
         gen = sim.generator
         x = torch.randint(E, (S, M), generator=gen, device=sim.r.device)

@@ -7,10 +7,10 @@ Every entry point of the project writes a run the same way:
 
 and analysis/ reads only these files.
 """
-from runlog.cli import ConfigError, ArgParser, arg, exit_on_config_error, parse_dataclass
+from runlog.cli import ConfigError, ArgParser, arg, check_name, check_out, exit_on_config_error, parse_dataclass
 from runlog.rundir import RunDir, atomic_write_json, atomic_write_text, read_metrics, read_run
 
 __all__ = [
-    "ConfigError", "ArgParser", "arg", "exit_on_config_error", "parse_dataclass",
+    "ConfigError", "ArgParser", "arg", "check_name", "check_out", "exit_on_config_error", "parse_dataclass",
     "RunDir", "atomic_write_json", "atomic_write_text", "read_metrics", "read_run",
 ]

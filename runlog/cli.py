@@ -30,6 +30,20 @@ class ArgParser(argparse.ArgumentParser):
         sys.exit(2)
 
 
+def check_out(out, flag: str = "--out") -> None:
+    """An output folder must be a folder, or not exist yet."""
+    from pathlib import Path
+
+    if Path(out).exists() and not Path(out).is_dir():
+        raise ConfigError(f"{flag}: {str(out)!r} exists and is not a folder")
+
+
+def check_name(name: str, flag: str = "--name") -> None:
+    """A run name becomes a folder name: no '/', not hidden, not blank."""
+    if "/" in name or name.startswith(".") or not name.strip():
+        raise ConfigError(f"{flag}: {name!r} must be a plain folder name (no '/', not starting with '.')")
+
+
 def exit_on_config_error(main):
     """Decorate an entry point's main(): a ConfigError becomes one stderr line and exit code 2."""
 

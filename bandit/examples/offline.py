@@ -35,7 +35,6 @@ import dataclasses
 import math
 import zlib
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -43,11 +42,13 @@ from scipy import stats
 from tqdm.auto import tqdm
 
 from bandit.envs import LinearEnv, TabularEnv
+from bandit.experiment import resolve_device
 from bandit.metrics import METRICS
 from bandit.offline import OfflineSim, candidates_for, kept_count, make_dataset
 from bandit.samplers import SAMPLERS
 from bandit.selectors import SELECTORS, SelectorConfig, get_selector, make_selector
-from runlog import ConfigError, RunDir, arg, atomic_write_json, exit_on_config_error, parse_dataclass
+from runlog import (
+    ConfigError, RunDir, arg, atomic_write_json, check_name, check_out, exit_on_config_error, parse_dataclass)
 
 DESCRIPTION = (
     "Offline regime of DESIGN.md section 3: each seed draws N labelled pairs once; every selector then runs "
@@ -172,20 +173,10 @@ def resolve(args: Args) -> Plan:
     if "reward_gap" in selectors and kept_count(N, args.ratio) < B:
         raise ConfigError(f"--ratio: reward_gap keeps round(ratio * N) = {kept_count(N, args.ratio)} pairs, "
                           f"fewer than --batch {B}")
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out: {args.out!r} exists and is not a folder")
-    try:
-        device = torch.device(args.device)
-    except (RuntimeError, ValueError):
-        raise ConfigError(f"--device: {args.device!r} is not a torch device; use cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device: {args.device!r} requested but no CUDA device is available; use cpu")
-    if device.type not in ("cpu", "cuda"):
-        raise ConfigError(f"--device: {args.device!r} is not supported (float64 is needed); use cpu, cuda or cuda:N")
+    check_out(args.out)
+    device = resolve_device(args.device)
     name = args.name or f"{args.env}-flip{args.flip:g}"
-    if "/" in name or name.startswith(".") or not name.strip():
-        raise ConfigError(f"--name: {name!r} must be a plain folder name (no '/', not starting with '.')")
+    check_name(name)
     envs = list(ENVS) if args.env == "both" else [args.env]
     cfg = SelectorConfig(ratio=args.ratio, sams_ratio=args.sams_ratio, abs=args.abs,
                          length_normalise=args.length_normalise, gamma=args.gamma, borda_samples=args.borda_samples,
