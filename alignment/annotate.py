@@ -256,10 +256,7 @@ def main(argv=None) -> Path:
     from alignment.models import resolve_device
     from alignment.rewards import load_reward
 
-    import torch
-
-    device = resolve_device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                            "cpu" if args.device == "auto" else args.device)
+    device = resolve_device(args.device)
     rows = load_generations(args.generations)
     if all(len(r["responses"]) < 2 for r in rows):
         raise ConfigError("--generations: every prompt has fewer than 2 responses; a pair needs 2")

@@ -466,16 +466,13 @@ def main(argv=None) -> Path:
     args = parse_dataclass(Args, argv, description=__doc__.split("\n\n")[0])
     plan = resolve(args)
 
-    import torch
-
     from alignment import generate
     from alignment.data import load_prompts
     from alignment.generate import encode_prompts
     from alignment.models import resolve_device
     from alignment.rewards import load_reward
 
-    device = resolve_device(args.device if args.device != "auto" else
-                            "cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(args.device)
     prompts = load_prompts(args.prompts, "--prompts", split=args.split, seed=TASK_SEED)
     # generate's loader: one object when --policy and --ref name the same model (exact-zero KL then),
     # tokenizers and output vocabularies of the two checked to agree

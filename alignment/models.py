@@ -82,6 +82,9 @@ def load_causal_lm(name: str, field: str = "--model", device="cpu", dtype: str =
 
 
 def resolve_device(name: str) -> torch.device:
+    """A --device value as a torch device; "auto" is cuda when there is a GPU, else cpu."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         device = torch.device(name)
     except (RuntimeError, ValueError):

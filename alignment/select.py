@@ -137,8 +137,7 @@ def resolve(args: Args) -> tuple[float, str, torch.device]:
     name = args.name if args.name is not None else args.method
     check_name(name)
     check_out(args.out)
-    device = resolve_device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                            "cpu" if args.device == "auto" else args.device)
+    device = resolve_device(args.device)
     return ratio, name, device
 
 

@@ -543,9 +543,7 @@ def resolve(args: Args) -> torch.device:
     check_out(args.out)
     check_dpo_extras(args.dpo)
     check_selector(args)
-    if args.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    from alignment.sft import resolve_device
+    from alignment.sft import resolve_device  # auto: cuda when there is a GPU
 
     return resolve_device(args.device)
 
