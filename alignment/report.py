@@ -34,11 +34,11 @@ import json
 import math
 import os
 import sys
-import tempfile
 import textwrap
 from collections import defaultdict
 from pathlib import Path
 
+from analysis.style import SAMPLER_MARKERS, sampler_colors, sampler_key, save_figure
 from runlog import ArgParser, ConfigError, atomic_write_text, exit_on_config_error
 
 METRICS_FILE = "metrics.jsonl"
@@ -50,35 +50,6 @@ METRICS = (("reward", "reward_mean", "reward_ci", "reward", "reward"),
            ("win_rate", "win_rate", "win_rate_ci", "win", "win rate"),
            ("kl", "kl", "kl_ci", "kl", "KL"))
 FOOTER_WIDTH = 110  # the plain-text table's notes are wrapped at this width
-SAMPLER_ORDER = ("offline", "online", "gshf", "mixp", "mixp_seq", "borda",
-                 "full", "random_subset", "sams", "us", "ae", "reward_gap")
-
-# One colour per sampler, from seaborn's "colorblind" palette (hex codes spelled out, so importing this module
-# needs no seaborn). The pipeline's samplers and the bandit samplers of the same construction share a colour,
-# so bandit and LLM figures read alike: offline = unif (both responses from pi_ref, uniform in the bandit),
-# online = on_policy, gshf = gshf, mixp = mix_p; mixp_seq, mix_r and mix_p_star have their own.
-SAMPLER_COLORS = {
-    "offline": "#949494", "unif": "#949494",          # grey: the baseline
-    "online": "#0173b2", "on_policy": "#0173b2",      # blue
-    "gshf": "#029e73",                                # green
-    "mixp": "#d55e00", "mix_p": "#d55e00",            # vermillion
-    "mixp_seq": "#de8f05",                            # orange
-    "mix_r": "#cc78bc",                               # pink
-    "mix_p_star": "#ca9161",                          # tan
-    "borda": "#56b4e9",                               # sky blue (online AE-Borda, both packages)
-}
-# The selection methods (offline regime) are drawn in figures of their own, so they reuse the palette, distinct
-# among themselves: the baselines grey (all data) and black (random_subset, SamS's control).
-SAMPLER_COLORS |= {
-    "full": "#949494", "random_subset": "#000000", "sams": "#cc78bc", "us": "#0173b2", "ae": "#029e73",
-    "reward_gap": "#d55e00", "reward_gap_step": "#de8f05",
-}
-OTHER_COLORS = ("#fbafe4", "#ece133", "#56b4e9", "#ca9161")  # the palette's rest, for other samplers
-SAMPLER_MARKERS = {"offline": "o", "unif": "o", "online": "s", "on_policy": "s", "gshf": "^", "mixp": "D",
-                   "mix_p": "D", "mixp_seq": "v", "mix_r": "P", "mix_p_star": "X", "borda": "*",
-                   "full": "o", "random_subset": "s", "sams": "^", "us": "v", "ae": "D", "reward_gap": "X",
-                   "reward_gap_step": "P"}
-
 CI_NOTE = ("mean +- 95% CI: t_{0.975,n-1} * sd / sqrt(n) over the n = seeds x prompts per-prompt values "
            "pooled from iter_T/evaluate/evaluations.jsonl (evaluation-sampling interval; it leaves out "
            "seed-to-seed training variance, see the seed range)")
@@ -248,13 +219,6 @@ def mean_ci(values, confidence: float = CONFIDENCE) -> tuple[float, float]:
     return mean, float(t.ppf(0.5 + confidence / 2, n - 1)) * sd / math.sqrt(n)
 
 
-def sampler_key(sampler: str):
-    """Sort key: offline, online, gshf, mixp, mixp_seq, then the others alphabetically."""
-    if sampler in SAMPLER_ORDER:
-        return (0, SAMPLER_ORDER.index(sampler), "")
-    return (1, 0, sampler)
-
-
 def _seed_key(seed):
     return (0, seed, "") if _is_number(seed) else (1, 0, str(seed))
 
@@ -399,12 +363,6 @@ def format_csv(rows: list[dict]) -> str:
 
 # ------------------------------------------------------------------------------------------------ figure
 
-def sampler_colors(samplers) -> dict:
-    """A colour per sampler: SAMPLER_COLORS, then OTHER_COLORS in turn for samplers it does not name."""
-    others = iter(OTHER_COLORS * (1 + len(list(samplers))))
-    return {s: SAMPLER_COLORS[s] if s in SAMPLER_COLORS else next(others) for s in sorted(samplers, key=sampler_key)}
-
-
 def plot_reward_vs_kl(rows: list[dict], path) -> list[Path]:
     """Mean true reward against KL(pi || pi_ref), one line per sampler through its iterations, 95% CIs as error
     bars both ways, each point labelled with its iteration. Writes PATH (PNG) and PATH with .pdf; returns both."""
@@ -446,23 +404,10 @@ def plot_reward_vs_kl(rows: list[dict], path) -> list[Path]:
         fig.tight_layout()
         try:
             for target in (path, pdf):
-                _atomic_savefig(fig, target)
+                save_figure(fig, target)
         finally:
             plt.close(fig)
     return [path, pdf]
-
-
-def _atomic_savefig(fig, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=150, bbox_inches="tight", format=path.suffix.lstrip("."))
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # ------------------------------------------------------------------------------------------------ command line

@@ -15,6 +15,7 @@ import pytest
 from scipy import stats
 
 from alignment import report
+from analysis import style
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLERS = ("online", "mixp")        # alphabetical order would put mixp first; the report's order is online, mixp
@@ -242,20 +243,20 @@ def test_figure_draws_each_sampler_in_its_colour(runs, tmp_path):
     assert paths == [tmp_path / "f.png", tmp_path / "f.pdf"] and all(p.stat().st_size > 5_000 for p in paths)
     image = mpimg.imread(tmp_path / "f.png")[..., :3]
     for sampler in SAMPLERS:
-        close = np.abs(image - np.array(to_rgb(report.SAMPLER_COLORS[sampler]))).max(-1) < 0.02
+        close = np.abs(image - np.array(to_rgb(style.SAMPLER_COLORS[sampler]))).max(-1) < 0.02
         assert close.sum() > 200, sampler
-    unused = np.abs(image - np.array(to_rgb(report.SAMPLER_COLORS["gshf"]))).max(-1) < 0.02
+    unused = np.abs(image - np.array(to_rgb(style.SAMPLER_COLORS["gshf"]))).max(-1) < 0.02
     assert unused.sum() == 0
 
 
 def test_sampler_colors():
     names = ("offline", "online", "gshf", "mixp", "mixp_seq", "unif", "on_policy", "mix_r", "mix_p", "mix_p_star")
-    assert set(names) <= set(report.SAMPLER_COLORS)
-    pipeline = [report.SAMPLER_COLORS[s] for s in ("offline", "online", "gshf", "mixp", "mixp_seq")]
-    bandit = [report.SAMPLER_COLORS[s] for s in ("unif", "on_policy", "gshf", "mix_r", "mix_p", "mix_p_star")]
+    assert set(names) <= set(style.SAMPLER_COLORS)
+    pipeline = [style.SAMPLER_COLORS[s] for s in ("offline", "online", "gshf", "mixp", "mixp_seq")]
+    bandit = [style.SAMPLER_COLORS[s] for s in ("unif", "on_policy", "gshf", "mix_r", "mix_p", "mix_p_star")]
     assert len(set(pipeline)) == 5 and len(set(bandit)) == 6
-    colors = report.sampler_colors(["online", "zeta", "alpha"])
-    assert colors["online"] == report.SAMPLER_COLORS["online"]
+    colors = style.sampler_colors(["online", "zeta", "alpha"])
+    assert colors["online"] == style.SAMPLER_COLORS["online"]
     assert len(set(colors.values())) == 3 and not {colors["zeta"], colors["alpha"]} & set(pipeline)
 
 
