@@ -64,6 +64,12 @@ class Loaded:
     def __iter__(self):
         return iter(self.rows)
 
+    def frame(self):
+        """The rows as a pandas DataFrame (one column per key; NaN where a row lacks it)."""
+        import pandas as pd
+
+        return pd.DataFrame.from_records(self.rows)
+
 
 def is_run_folder(path: str | os.PathLike) -> bool:
     p = Path(path)

@@ -47,6 +47,8 @@ def test_load_attaches_config_and_run(tmp_path):
     assert row["run"] == str(run) and row["sampler"] == "unif" and row["seed"] == 0 and row["step"] == 0
     assert row["config.beta"] == 3.0 and row["config.samplers"] == "unif"
     assert row["config.resolved.iters"] == 100 and "config.resolved.list" not in row  # scalars only
+    frame = loaded.frame()
+    assert frame.shape[0] == 6 and frame.groupby("seed")["value_gap"].min().tolist() == [1.0, 2.0]
 
 
 def test_discovery_parents_globs_hidden_and_nested(tmp_path):
