@@ -7,6 +7,11 @@ bandit/ or alignment/, so any finished (or partly finished) run can be analysed 
   run's flattened config attached), reporting malformed lines instead of dropping them.
 - `aggregate`: means, medians and confidence intervals over seeds, and convergence diagnostics
   (fitted order, iterations to a tolerance) of an error series.
+- `runs`: which experiment a run folder holds (from run.json) and which runs form one task.
+- `curves`: bandit learning curves and pairs-used curves over seeds, convergence tables.
+- `iterations`: alignment per-iteration tables over seeds and the reward-vs-KL frontier.
+- `leaderboard`: `python -m analysis.leaderboard RUNS...`, samplers ranked per task and metric.
+- `style`: the fixed colour and marker of each sampler, shared by every figure.
 """
 
 from analysis.aggregate import aggregate, convergence_order, iterations_to, mean_ci, median, select_last

@@ -10,8 +10,9 @@ import matplotlib
 matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt
 import numpy as np
-import seaborn as sns
 from scipy import stats
+
+from analysis.style import sampler_colors
 
 PANELS = (("param_diff", "parameter error (param_diff)", True),
           ("value", "value V(pi)", False),
@@ -31,7 +32,7 @@ def mean_band(x: np.ndarray, level: float = 0.95):
 
 def plot_setting(results: dict, title: str, paths, v_star: float | None = None) -> None:
     """results: sampler -> Trajectory. Diverged seeds are left out of the mean and band (the legend says how many)."""
-    colors = dict(zip(results, sns.color_palette("colorblind", len(results))))
+    colors = sampler_colors(results)  # the fixed colour of each sampler, as in every figure of the project
     fig, axes = plt.subplots(1, len(PANELS), figsize=(5 * len(PANELS), 4), constrained_layout=True)
     for ax, (metric, label, log) in zip(axes, PANELS):
         for sampler, traj in results.items():

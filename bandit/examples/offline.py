@@ -278,11 +278,10 @@ def plot_env(results: dict, title: str, paths) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import seaborn as sns
-
+    from analysis.style import sampler_colors
     from bandit.plots import LOG_FLOOR, mean_band
 
-    colors = dict(zip(results, sns.color_palette("colorblind", len(results))))
+    colors = sampler_colors(results)  # the fixed colour of each sampler, as in every figure of the project
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
     for sel, res in results.items():
         x = np.clip(res.series("value_gap"), LOG_FLOOR, None)
