@@ -231,7 +231,7 @@ def build_parser() -> ArgParser:
                   formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="+", metavar="RUNS", help="run folders, folders holding them, or globs")
     p.add_argument("--metric", action="append", metavar="NAME[:min|:max]",
-                   help="metric to rank by (repeatable); default: per kind, see above")
+                   help="metric to rank by (repeatable); default: per kind, see below")
     p.add_argument("--ci", choices=("t", "bootstrap"), default="t", help="confidence interval (default t)")
     p.add_argument("--level", type=float, default=0.95, help="confidence level of the interval (default 0.95)")
     p.add_argument("--alpha", type=float, default=0.05, help="significance level of the marks (default 0.05)")

@@ -307,3 +307,71 @@ def save(fig, out_dir, stem: str, notes: list | None = None) -> list[Path]:
     finally:
         plt.close(fig)
     return paths
+
+
+# ------------------------------------------------------------------------------------ bandit learning curves
+
+BANDIT_METRICS = ("param_diff", "value_gap")
+
+
+def bandit_shape(task) -> str:
+    """'A=20, E=1, beta=3' (and d for the linear bandit) from the task's config."""
+    parts = [f"A={config_value(task, 'actions')}", f"E={config_value(task, 'contexts')}"]
+    if config_value(task, "dim") is not None and task.kind != "tabular":
+        parts.append(f"d={config_value(task, 'dim')}")
+    beta = config_value(task, "beta")
+    if beta is not None:
+        parts.append(rf"$\beta$={fmt(float(beta))}")
+    return ", ".join(parts)
+
+
+def setting_detail(task, setting: str) -> str:
+    """'exact setting (expected loss), lr 10' / 'empirical setting: 8192 pairs per step, Newton step'."""
+    if config_value(task, "step") == "newton":
+        step = "Newton step"
+    else:
+        lr = config_value(task, f"resolved.settings.{setting}.lr", config_value(task, "lr"))
+        step = f"lr {fmt(float(lr))}" if lr is not None else "fixed step"
+    if setting == "empirical":
+        return f"empirical setting: {config_value(task, 'num_samples')} pairs per context and step, {step}"
+    return f"{SETTING_TITLES.get(setting, setting)}, {step}"
+
+
+def bandit_figure(task, settings, label: str):
+    """Rows: settings; columns: param_diff, value_gap against iteration (log y); one line + band per sampler,
+    a legend per row outside the right panel naming the seeds (and diverged ones)."""
+    from analysis.curves import curves
+
+    methods = methods_in_order(task.methods)
+    colors = sampler_colors(methods)
+    fig, axes = new_figure(len(settings), len(BANDIT_METRICS), 12.5, 0.9 + 3.6 * len(settings))
+    for i, setting in enumerate(settings):
+        rows = [r for r in task.rows if r.get("setting") == setting]
+        for j, metric in enumerate(BANDIT_METRICS):
+            ax = axes[i][j]
+            cs = curves(rows, metric, log=True)
+            for k, m in enumerate(methods_in_order(cs)):
+                draw_curve(ax, cs[m], colors[m], m, index=k, label=seeds_label(m, cs[m].n, cs[m].diverged))
+            ax.set_yscale("log")
+            ax.set_xlabel("iteration")
+            ax.set_ylabel(METRIC_LABELS[metric])
+            ax.set_title(setting_detail(task, setting), fontsize=10)
+            ax.grid(alpha=0.3)
+        legend_outside(axes[i][-1], title="sampler")
+    fig.suptitle(f"{label} ({bandit_shape(task)})")
+    footnote(fig, BAND_NOTE)
+    return fig
+
+
+def bandit_figures(figure: str, command: str, tasks, kind: str, wanted, label: str, out_dir, notes=None):
+    """One bandit_figure per task of `kind` holding any of the `wanted` settings."""
+    fit = [t for t in bandit_tasks(tasks, kind) if set(wanted) & set(settings_of(t))]
+    if not fit:
+        raise MissingLogs(f"no {kind} bandit run of the {' or '.join(wanted)} setting", command)
+    names = stems(figure, [t.name for t in fit])
+    paths = []
+    with house_style():
+        for t in fit:
+            fig = bandit_figure(t, [s for s in settings_of(t) if s in wanted], label)
+            paths += save(fig, out_dir, names[t.name], notes)
+    return paths
