@@ -183,25 +183,40 @@ def seeds_label(method: str, n: int, diverged: int) -> str:
     return text + (f"; {diverged} diverged, left out)" if diverged else ")")
 
 
+def marker_indices(x, index: int = 0, count: int = 8, logx: bool = False) -> list[int]:
+    """About `count` points evenly spread along x (log x when `logx`), shifted by `index` so that the markers of
+    overlapping lines do not sit on each other; where x stalls (pairs used saturating) one marker, not a pile."""
+    pos = np.log(x) if logx else np.asarray(x, dtype=float)
+    pos = np.maximum.accumulate(pos)
+    span = pos[-1] - pos[0]
+    if span <= 0:
+        return [0]
+    targets = pos[0] + span * (np.arange(count) + 0.15 + 0.7 * ((index * 0.37) % 1.0)) / count
+    return sorted({int(i) for i in np.clip(np.searchsorted(pos, targets), 0, x.size - 1)})
+
+
 def draw_curve(ax, curve, color: str, method: str, index: int = 0, label=None, ls: str = "-", positive_x=False):
     """A Curve (analysis.curves) as a line with sparse markers and its CI band, in the method's colour.
-    Markers are staggered by `index` so that overlapping lines stay distinguishable."""
+    Markers are staggered by `index` so that overlapping lines stay distinguishable. positive_x: for a log x
+    axis (points at x <= 0 dropped, markers spread evenly in log x)."""
     x, mean, lo, hi = (np.asarray(a, dtype=float) for a in (curve.x, curve.mean, curve.lo, curve.hi))
-    keep = np.isfinite(mean) & ((x > 0) if positive_x else True)
+    keep = np.isfinite(mean) & np.isfinite(x) & ((x > 0) if positive_x else True)
     x, mean, lo, hi = x[keep], mean[keep], lo[keep], hi[keep]
     if x.size == 0:   # e.g. every seed diverged: a legend entry without a line
         return ax.plot([], [], color=color, marker=marker(method), ls=ls, lw=1.6, label=label)[0]
-    every = max(1, x.size // 8)
     line, = ax.plot(x, mean, color=color, lw=1.6, ls=ls, marker=marker(method), markersize=5,
-                    markevery=(min(x.size - 1, (index * every) // 6), every), label=label)
+                    markevery=marker_indices(x, index, logx=positive_x), label=label)
     ax.fill_between(x, lo, hi, color=color, alpha=0.18, lw=0)
     return line
 
 
 def legend_outside(ax, title: str | None = None, handles=None, labels=None, **kw):
     """The legend to the right of `ax`, outside the axes (constrained layout makes room for it)."""
-    args = () if handles is None else (handles, labels) if labels is not None else (handles,)
-    return ax.legend(*args, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0, frameon=False,
+    if handles is not None:
+        kw["handles"] = handles
+        if labels is not None:
+            kw["labels"] = labels
+    return ax.legend( loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0, frameon=False,
                      title=title, **kw)
 
 
@@ -210,22 +225,58 @@ def footnote(fig, text: str) -> None:
     fig.text(0.5, 0.0, text, ha="center", va="top", fontsize=9, color="0.3", wrap=False)
 
 
-def robust_limits(centres, lows, highs, stretch: float = 0.6, pad: float = 0.06) -> tuple[float, float]:
-    """Axis limits showing every centre and the intervals, but not letting one huge interval (e.g. a t-interval
-    over 2 seeds) squash the rest: intervals are shown up to `stretch` times the centres' span beyond them."""
-    c = np.array([v for v in centres if _finite(v)], dtype=float)
+def robust_limits(centres, lows, highs, stretch: float = 0.6, pad: float = 0.06, floor: float | None = None,
+                  fence: float = 3.0) -> tuple[float, float]:
+    """Axis limits for points with intervals that keep the bulk readable: centres beyond `fence` interquartile
+    ranges outside the quartiles (e.g. one collapsed run) are left outside (mark_outside draws them at the edge),
+    and an interval is shown up to `stretch` times the scale (the centres' span, or the median interval width if
+    larger) beyond them: a t-interval over 2 or 3 seeds can be huge; cut_intervals lists what was cut.
+    `floor`: a bound the quantity cannot cross (KL >= 0)."""
+    c = np.array([v for v in centres if finite(v)], dtype=float)
     if c.size == 0:
         return 0.0, 1.0
-    span = float(np.ptp(c)) or max(abs(float(c.max())) * 0.2, 1e-3)
-    lo_all = [v for v in lows if _finite(v)] + list(c)
-    hi_all = [v for v in highs if _finite(v)] + list(c)
+    q1, q3 = np.percentile(c, [25, 75])
+    inside = c[(c >= q1 - fence * (q3 - q1)) & (c <= q3 + fence * (q3 - q1))] if q3 > q1 else c
+    c = inside if inside.size else c
+    widths = [h - l for l, h in zip(lows, highs) if finite(l) and finite(h)]
+    # the scale: the centres' spread, or the typical interval when the intervals dwarf it (few seeds)
+    span = max(float(np.ptp(c)), float(np.median(widths)) if widths else 0.0) or max(abs(float(c.max())) * 0.2, 1e-3)
+    lo_all = [v for v in lows if finite(v)] + list(c)
+    hi_all = [v for v in highs if finite(v)] + list(c)
     lo = max(min(lo_all), float(c.min()) - stretch * span)
     hi = min(max(hi_all), float(c.max()) + stretch * span)
     margin = pad * (hi - lo or 1.0)
-    return lo - margin, hi + margin
+    lo, hi = lo - margin, hi + margin
+    if floor is not None:
+        lo = max(lo, floor - margin)
+    return lo, hi
 
 
-def _finite(v) -> bool:
+def mark_outside(ax, points, xlim, ylim, show: str = "xy") -> list[str]:
+    """Points (x, y, colour, name) beyond the limits: a triangle at the axes' edge pointing their way, labelled
+    with the name and the true value(s) (`show`: "xy" both coordinates, "x" or "y" one); returns 'name at ...'
+    strings for the footnote."""
+    out = []
+    xlim, ylim = sorted(xlim), sorted(ylim)   # an inverted axis gives its limits high to low
+    for x, y, color, name in points:
+        if not (finite(x) and finite(y)):
+            continue
+        cx, cy = min(max(x, xlim[0]), xlim[1]), min(max(y, ylim[0]), ylim[1])
+        if (cx, cy) == (x, y):
+            continue
+        sym = ">" if x > xlim[1] else "<" if x < xlim[0] else "^" if y > ylim[1] else "v"
+        ax.plot([cx], [cy], marker=sym, color=color, markersize=10, clip_on=False, zorder=6, ls="none")
+        value = {"xy": f"({fmt(x)}, {fmt(y)})", "x": fmt(x), "y": fmt(y)}[show]
+        right = sym == ">" or (sym in "^v" and cx > sum(xlim) / 2)
+        offset = (-9 if right else 9, 8 if sym != "^" else -8)
+        ax.annotate(f"{name}: {value}" if show != "xy" else f"{name}\n{value}", (cx, cy), xytext=offset,
+                    textcoords="offset points", ha="right" if right else "left",
+                    va="bottom" if sym != "^" else "top", fontsize=8, color=color)
+        out.append(f"{name} at {value}")
+    return out
+
+
+def finite(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
@@ -234,15 +285,15 @@ def cut_intervals(cells, metric: str, limits, name) -> list[str]:
     out = []
     for c in cells:
         lo, hi = c.get(f"{metric}_lo"), c.get(f"{metric}_hi")
-        if (_finite(lo) and lo < limits[0]) or (_finite(hi) and hi > limits[1]):
+        if (finite(lo) and lo < limits[0]) or (finite(hi) and hi > limits[1]):
             out.append(f"{name(c)} [{fmt(lo)}, {fmt(hi)}]")
     return out
 
 
 def error_halves(cells, metric: str):
     """Asymmetric error-bar lengths (below, above) of `metric`; a missing interval draws no bar."""
-    below = [c[metric] - c[f"{metric}_lo"] if _finite(c.get(f"{metric}_lo")) else 0.0 for c in cells]
-    above = [c[f"{metric}_hi"] - c[metric] if _finite(c.get(f"{metric}_hi")) else 0.0 for c in cells]
+    below = [c[metric] - c[f"{metric}_lo"] if finite(c.get(f"{metric}_lo")) else 0.0 for c in cells]
+    above = [c[f"{metric}_hi"] - c[metric] if finite(c.get(f"{metric}_hi")) else 0.0 for c in cells]
     return [below, above]
 
 
@@ -278,7 +329,8 @@ def layout_problems(fig) -> list[str]:
     for i, (lg, box) in enumerate(boxes):
         for ax in fig.axes:
             if ax.bbox.overlaps(box):
-                problems.append(f"a legend ({_legend_name(lg)}) overlaps the axes '{ax.get_title() or ax.get_ylabel()}'")
+                where = ax.get_title() or ax.get_ylabel()
+                problems.append(f"a legend ({_legend_name(lg)}) overlaps the axes '{where}'")
         for other, obox in boxes[i + 1:]:
             if box.overlaps(obox):
                 problems.append(f"legends {_legend_name(lg)} and {_legend_name(other)} overlap")
