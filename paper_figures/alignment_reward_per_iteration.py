@@ -59,26 +59,13 @@ def figure(task):
     common.legend_outside(axes[0][-1], title="sampler")
     fig.suptitle(f"{task.name}: true reward and win rate per DPO iteration")
     note = common.ci_note(table) + "; points of one iteration dodged sideways"
-    common.footnote(fig, "\n".join([note] + [_wrap(n) for n in notes]))
+    common.footnote(fig, "\n".join([note] + [common.wrap(n, 150) for n in notes]))
     return fig
 
 
-def _wrap(text: str, width: int = 150) -> str:
-    import textwrap
-
-    return textwrap.fill(text, width)
-
 
 def make(tasks, out_dir, notes=None):
-    fit = common.pipeline_tasks(tasks, selection=False)
-    if not fit:
-        raise common.MissingLogs("no alignment pipeline sampler run", COMMAND)
-    names = common.stems(NAME, [t.name for t in fit])
-    paths = []
-    with common.house_style():
-        for t in fit:
-            paths += common.save(figure(t), out_dir, names[t.name], notes)
-    return paths
+    return common.pipeline_figures(NAME, COMMAND, tasks, False, figure, out_dir, notes)
 
 
 @exit_on_config_error

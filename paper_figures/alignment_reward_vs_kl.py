@@ -66,26 +66,13 @@ def figure(task):
         note += "\npoints beyond the axes, drawn at the edge (KL, reward): " + "; ".join(outside)
     if cut:
         note += "\nbars cut at the axes: " + "; ".join(cut)
-    common.footnote(fig, _wrap(note))
+    common.footnote(fig, common.wrap(note))
     return fig
 
 
-def _wrap(text: str, width: int = 120) -> str:
-    import textwrap
-
-    return "\n".join(textwrap.fill(line, width) for line in text.split("\n"))
-
 
 def make(tasks, out_dir, notes=None):
-    fit = common.pipeline_tasks(tasks, selection=False)
-    if not fit:
-        raise common.MissingLogs("no alignment pipeline sampler run", COMMAND)
-    names = common.stems(NAME, [t.name for t in fit])
-    paths = []
-    with common.house_style():
-        for t in fit:
-            paths += common.save(figure(t), out_dir, names[t.name], notes)
-    return paths
+    return common.pipeline_figures(NAME, COMMAND, tasks, False, figure, out_dir, notes)
 
 
 @exit_on_config_error

@@ -225,6 +225,13 @@ def footnote(fig, text: str) -> None:
     fig.text(0.5, 0.0, text, ha="center", va="top", fontsize=9, color="0.3", wrap=False)
 
 
+def wrap(text: str, width: int = 120) -> str:
+    """Each line of `text` filled to `width` characters (long footnotes)."""
+    import textwrap
+
+    return "\n".join(textwrap.fill(line, width) for line in text.split("\n"))
+
+
 def robust_limits(centres, lows, highs, stretch: float = 0.6, pad: float = 0.06, floor: float | None = None,
                   fence: float = 3.0) -> tuple[float, float]:
     """Axis limits for points with intervals that keep the bulk readable: centres beyond `fence` interquartile
@@ -314,6 +321,21 @@ def house_style():
 def new_figure(nrows: int, ncols: int, width: float, height: float, **kw):
     """A figure with constrained layout (call inside house_style())."""
     return plt.subplots(nrows, ncols, figsize=(width, height), squeeze=False, layout="constrained", **kw)
+
+
+def pipeline_figures(figure: str, command: str, tasks, selection: bool, draw, out_dir, notes=None) -> list[Path]:
+    """draw(task) -> Figure for each pipeline task of sampler runs (selection=False) or of selection-method runs
+    made with --label (selection=True), saved as figure(.png/.pdf) or figure__<task>."""
+    fit = pipeline_tasks(tasks, selection=selection)
+    if not fit:
+        what = "selection run (made with --label)" if selection else "sampler run"
+        raise MissingLogs(f"no alignment pipeline {what}", command)
+    names = stems(figure, [t.name for t in fit])
+    paths = []
+    with house_style():
+        for t in fit:
+            paths += save(draw(t), out_dir, names[t.name], notes)
+    return paths
 
 
 # ------------------------------------------------------------------------------------------- layout check

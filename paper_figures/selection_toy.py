@@ -90,15 +90,7 @@ def figure(task):
 
 
 def make(tasks, out_dir, notes=None):
-    fit = common.pipeline_tasks(tasks, selection=True)
-    if not fit:
-        raise common.MissingLogs("no alignment pipeline selection run (made with --label)", COMMAND)
-    names = common.stems(NAME, [t.name for t in fit])
-    paths = []
-    with common.house_style():
-        for t in fit:
-            paths += common.save(figure(t), out_dir, names[t.name], notes)
-    return paths
+    return common.pipeline_figures(NAME, COMMAND, tasks, True, figure, out_dir, notes)
 
 
 @exit_on_config_error
