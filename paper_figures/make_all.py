@@ -144,11 +144,8 @@ def write_tables(tasks, folder: Path, report: Report) -> None:
     else:
         report.skipped.append((f"{TABLES}/alignment_iterations", str(common.MissingLogs(
             "no alignment pipeline run", PIPELINE_COMMAND))))
-    try:
-        from analysis.leaderboard import leaderboard, to_csv, to_markdown
-    except ImportError as e:
-        report.skipped.append((f"{TABLES}/leaderboard", f"analysis.leaderboard is not available ({e})"))
-        return
+    from analysis.leaderboard import leaderboard, to_csv, to_markdown
+
     rows = leaderboard(tasks, metrics=None, ci="t")
     if rows:
         write("leaderboard", to_markdown(rows), to_csv(rows))

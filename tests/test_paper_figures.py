@@ -147,12 +147,10 @@ def test_make_all_makes_every_figure_and_table(made):
         assert image.shape[0] > 300 and image.shape[1] > 600 and image.std() > 0.05, name  # drawn, not blank
         assert f"  {png}" in stdout and f"  {pdf}" in stdout
     tables = out / "tables"
-    expected = {"convergence.md", "convergence.csv", "alignment_iterations.md", "alignment_iterations.csv"}
-    if importlib.util.find_spec("analysis.leaderboard") is not None:
-        expected |= {"leaderboard.md", "leaderboard.csv"}
-        assert "### toy: reward_mean" in (tables / "leaderboard.md").read_text()
-    else:
-        assert "tables/leaderboard: analysis.leaderboard is not available" in stdout
+    expected = {"convergence.md", "convergence.csv", "alignment_iterations.md", "alignment_iterations.csv",
+                "leaderboard.md", "leaderboard.csv"}
+    board = (tables / "leaderboard.md").read_text()
+    assert "### toy: reward_mean" in board and "### offline (flip=0.2) / linear: value_gap" in board
     assert {p.name for p in tables.iterdir()} == expected    # no temporary files left either
     assert sorted(p.name for p in out.iterdir()) == sorted(
         [f"{n}.{s}" for n in FIGURES for s in ("png", "pdf")] + ["tables"])
