@@ -67,6 +67,15 @@ def test_kinds_tasks_and_newest_duplicate(tmp_path):
     assert by["toy"].kind == "pipeline" and by["toy"].methods == ["online"]
 
 
+def test_unreadable_run_json_is_a_problem_and_the_rest_loads(tmp_path):
+    write_run(tmp_path / "good", "bandit/examples/tabular.py", {}, tabular_rows("unif", "exact", {0: [1.0]}))
+    bad = write_run(tmp_path / "bad", "bandit/examples/tabular.py", {}, tabular_rows("unif", "exact", {1: [1.0]}))
+    (bad / "run.json").write_text('{"config": {},\n  "command": [oops]}')
+    tasks, problems = load_tasks([tmp_path])
+    assert [t.name for t in tasks] == ["tabular"] and [r["seed"] for r in tasks[0].rows] == [0]
+    assert len(problems) == 1 and problems[0].file == str(bad / "run.json") and problems[0].line == 2
+
+
 # ------------------------------------------------------------------------------------------------ curves
 
 def test_curve_geometric_mean_and_t_band_on_log_axes(tmp_path):
