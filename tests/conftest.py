@@ -21,3 +21,22 @@ def sharp_toy_model(seed: int = 0, size: str = "tiny", scale: float = 8.0):
     with torch.no_grad():
         model.get_input_embeddings().weight.mul_(scale)
     return model
+
+
+# A pipeline recipe small enough for tests: the tiny toy policy, the oracle reward, 12 prompts per iteration,
+# 6-token responses (tests/test_alignment_pipeline.py, tests/test_paper_figures.py).
+TINY_PIPELINE_RECIPE = """
+policy: toy:tiny
+reward: toy-oracle
+prompts: toy:24
+prompts_per_iteration: 12
+eval_prompts: toy:16
+generate: {num_responses: 4, max_new_tokens: 6, batch_size: 12, device: cpu}
+annotate: {rule: max_min}
+train: {lr: 0.01, epochs: EPOCHS, batch_size: 4, max_length: 64, device: cpu}
+evaluate: {max_new_tokens: 6, batch_size: 16, device: cpu, export: none}
+"""
+
+
+def tiny_pipeline_recipe(epochs: int = 1, extra: str = "") -> str:
+    return TINY_PIPELINE_RECIPE.replace("EPOCHS", str(epochs)) + extra

@@ -11,28 +11,18 @@ from pathlib import Path
 import pytest
 
 from alignment.pipeline import main
+from conftest import tiny_pipeline_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
 REQUIRED = {"iteration", "sampler", "seed", "step", "reward_mean", "reward_ci", "win_rate", "win_rate_ci", "kl",
             "kl_ci", "num_pairs", "ties_dropped"}
 
-RECIPE = """
-policy: toy:tiny
-reward: toy-oracle
-prompts: toy:24
-prompts_per_iteration: 12
-eval_prompts: toy:16
-generate: {num_responses: 4, max_new_tokens: 6, batch_size: 12, device: cpu}
-annotate: {rule: max_min}
-train: {lr: 0.01, epochs: EPOCHS, batch_size: 4, max_length: 64, device: cpu}
-evaluate: {max_new_tokens: 6, batch_size: 16, device: cpu, export: none}
-"""
 
 
 def _recipe(tmp_path, epochs=1, extra="") -> str:
     path = tmp_path / "recipe.yaml"
-    path.write_text(RECIPE.replace("EPOCHS", str(epochs)) + extra)
+    path.write_text(tiny_pipeline_recipe(epochs, extra))
     return str(path)
 
 
@@ -154,7 +144,7 @@ def _fails(argv, words, tmp_path):
     ("prompt_template: 'no placeholder'\n", ["--prompt-template"]),
 ])
 def test_bad_recipe_fails_before_any_work(tmp_path, extra, words):
-    text = RECIPE.replace("EPOCHS", "1")
+    text = tiny_pipeline_recipe()
     for key in ("generate", "annotate", "train", "evaluate"):  # a later section of the same name replaces the first
         if extra.startswith(key + ":"):
             text = "\n".join(l for l in text.splitlines() if not l.startswith(key + ":"))

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import tiny_pipeline_recipe
 from paper_figures import FIGURES, common, make_all
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,17 +33,6 @@ COMMANDS = {"alignment_reward_vs_kl": "bash alignment/scripts/toy.sh",
 
 TINY_BANDIT = ["--seeds", "2", "--iters", "5", "--num-samples", "64", "--no-plots"]
 TINY_OFFLINE = ["--seeds", "2", "--steps", "6", "--dataset", "96", "--batch", "8", "--no-plots"]
-RECIPE = """
-policy: toy:tiny
-reward: toy-oracle
-prompts: toy:24
-prompts_per_iteration: 12
-eval_prompts: toy:16
-generate: {num_responses: 4, max_new_tokens: 6, batch_size: 12, device: cpu}
-annotate: {rule: max_min}
-train: {lr: 0.01, epochs: 1, batch_size: 4, max_length: 64, device: cpu}
-evaluate: {max_new_tokens: 6, batch_size: 16, device: cpu, export: none}
-"""
 
 
 def _pipeline(argv, monkeypatch):
@@ -74,7 +64,7 @@ def logs(tmp_path_factory):
         recipes = root / "recipes"
         recipes.mkdir()
         for name in ("toy", "toy_selection"):   # the task of a pipeline run is its recipe's file name
-            (recipes / f"{name}.yaml").write_text(RECIPE)
+            (recipes / f"{name}.yaml").write_text(tiny_pipeline_recipe())
         prefs = root / "prefs.jsonl"
         prefs.write_text("".join(json.dumps(
             {"id": f"q{i}", "prompt": f"write about food in {i % 3 + 1} sentences :",
