@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import copy
 import gc
-import random
 import statistics
 import sys
 import tempfile
@@ -39,24 +38,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench_alignment import dpo_pairs  # benchmarks/bench_alignment.py, beside this script: the same toy pairs
+
 VARIANTS = ("none", "random_subset", "sams")
-
-
-def pairs(n: int, seed: int = 0) -> list[dict]:
-    """n toy preference pairs: two demonstration-like responses per ToyTask prompt, the better one by the true
-    reward as chosen."""
-    from alignment.toy import ToyTask, true_reward
-
-    task = ToyTask(seed)
-    rng = random.Random(f"{seed}/bench_sams")
-    rows = []
-    for r in task.prompts(n):
-        a, b = (" " + task.demonstration(r["prompt"], rng) for _ in range(2))
-        ra, rb = true_reward(r["prompt"], a), true_reward(r["prompt"], b)
-        if rb > ra:
-            a, b, ra, rb = b, a, rb, ra
-        rows.append({"prompt": r["prompt"], "chosen": a, "rejected": b, "chosen_reward": ra, "rejected_reward": rb})
-    return rows
 
 
 def build_model(spec: str, tokenizer, seed: int = 0):
@@ -170,7 +154,7 @@ def run(a) -> dict:
     dtype = getattr(torch, a.dtype)
     init = build_model(a.model, tokenizer).to(device, dtype)
     ref = copy.deepcopy(init).eval()
-    rows = pairs(a.steps * a.batch_size)
+    rows = dpo_pairs(a.steps * a.batch_size)
     steps = {v: [] for v in VARIANTS}
     sched = []
     with tempfile.TemporaryDirectory(prefix="bench_sams.") as tmp:
