@@ -6,7 +6,7 @@ Pair rules (one pair per prompt; chosen = the higher reward):
     max_min        the highest- vs the lowest-reward response (on equal rewards, the first in list order)
     random         two distinct responses (positions) drawn uniformly at random
     mixed_max_min  with probability p max_min, else random.
-                   mixp variant: when a prompt's responses carry both fused components ("mix+"/"mix-" or
+                   mix_p variant: when a prompt's responses carry both fused components ("mix+"/"mix-" or
                    "mixseq+"/"mixseq-") and on-policy ones ("policy"), the rule instead picks the fused
                    responses with probability p, else the on-policy ones, and applies max_min within them
                    ("ref" responses then take no part). Without components, or without both kinds,
@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
+from bandit.vocabulary import PAIR_SAMPLER, normalise
 from alignment.data import GENERATIONS_FILE, PREFERENCES_FILE, load_generations, write_jsonl
 from runlog import ConfigError, RunDir, arg, check_name, check_out, exit_on_config_error, parse_dataclass, read_run
 
@@ -52,7 +53,7 @@ class Args:
                       "(or an alignment.reward_model run folder) or a Hub name", metavar="SPEC")
     rule: str = arg("max_min", "pair rule: max_min (highest vs lowest reward), random (a random pair), "
                     "mixed_max_min (max_min with probability p, else random; fused vs on-policy responses "
-                    "for mixp generations)", choices=list(RULES))
+                    "for mix_p generations)", choices=list(RULES))
     p: float = arg(0.7, "mixed_max_min: probability of the max_min pick (or of the fused responses), in [0, 1]")
     flip: float = arg(0.0, "label noise: swap each pair's chosen and rejected with this probability (simulated annotator "
                       "errors, e.g. 0.2; the rewards stay with their responses, rows get flipped: true)")
@@ -65,7 +66,7 @@ class Args:
 
 
 class Pick(NamedTuple):
-    """A pair by position in the prompt's responses; how: max_min, random, fused or policy (mixp groups)."""
+    """A pair by position in the prompt's responses; how: max_min, random, fused or policy (mix_p groups)."""
     chosen: int
     rejected: int
     how: str
@@ -220,7 +221,7 @@ def _generation_sampler(spec: str):
         config = read_run(run_dir).get("config", {})
     except (OSError, ValueError, AttributeError):
         return None
-    return config.get("sampler") if isinstance(config, dict) else None
+    return normalise(config.get("sampler"), PAIR_SAMPLER) if isinstance(config, dict) else None  # older runs: aliases
 
 
 def resolve(args: Args) -> str:

@@ -1,31 +1,33 @@
-"""Generate K responses per prompt with a generation sampler: offline, online, gshf, mixp, mixp_seq.
+"""Generate K responses per prompt with a generation sampler: offline, on_policy, gshf, mix_p, mix_p_seq, borda.
 
-    python -m alignment.generate --sampler mixp                        # SFT'd toy model, toy:64 train prompts
+    python -m alignment.generate --sampler mix_p                       # SFT'd toy model, toy:64 train prompts
     python -m alignment.generate --policy toy:small --sampler gshf     # a random-init toy model, no SFT needed
-    accelerate launch -m alignment.generate --policy ORG/MODEL --prompts ORG/DATA --sampler mixp --device auto
+    accelerate launch -m alignment.generate --policy ORG/MODEL --prompts ORG/DATA --sampler mix_p --device auto
     python -m alignment.generate --backend vllm --policy runs/.../model --ref ORG/MODEL --sampler gshf
 
-Samplers (components are the labels of the responses in each row):
+Samplers (their names and aliases: `python -m bandit.vocabulary`; components are the labels of the responses
+in each row):
     offline    K responses from pi_ref                                    "ref"
-    online     K responses from pi                                        "policy"
+    on_policy  K responses from pi (alias online)                         "policy"
     gshf       K/2 from pi_ref, K/2 from pi                               "ref", "policy"
-    mixp       per-token fused logits, K/2 from (1+a) l_pi - a l_ref      "mix+"
+    mix_p      per-token fused logits, K/2 from (1+a) l_pi - a l_ref      "mix+"
                and K/2 from (1-a) l_pi + a l_ref (a = --alpha)            "mix-"
-    mixp_seq   sequence-level Mix-P: M candidates from pi, K/2 resampled  "mixseq+"
+    mix_p_seq  sequence-level Mix-P: M candidates from pi, K/2 resampled  "mixseq+"
                with weights (pi/pi_ref)^{+a}, K/2 with (pi/pi_ref)^{-a}   "mixseq-"
     borda      AE-Borda (alignment/borda.py): K/2 from pi and K/2 from     "policy", "ref"
                pi_ref per candidate prompt; keeps the --borda-keep fraction of the prompts whose best Borda
                score is most uncertain (MC dropout), each with one pair: its best optimistic policy response
                and a random reference response
---mixp-online-pair adds one on-policy pair (2 more responses from pi, "policy") to each mixp / mixp_seq
-row; the annotation's pair rule later picks the fused pair or the on-policy pair.
+--mixp-online-pair adds one on-policy pair (2 more responses from pi, "policy") to each mix_p / mix_p_seq
+row; the annotation's pair rule later picks the fused pair or the on-policy pair. Aliases (online, mixp,
+mixp_seq, ...) are accepted and the canonical name is what the run records.
 
-mixp fuses two models token by token, which only the Hugging Face backend (--backend hf, CPU or GPU)
+mix_p fuses two models token by token, which only the Hugging Face backend (--backend hf, CPU or GPU)
 can do: each model keeps its own KV cache and is fed one new token per step (alignment/decoding.py).
-vLLM (--backend vllm, GPU nodes, `pip install -r requirements_vllm.txt`) runs offline, online, gshf and
-mixp_seq; asking it for mixp is an error, never a silent substitute.
+vLLM (--backend vllm, GPU nodes, `pip install -r requirements_vllm.txt`) runs offline, on_policy, gshf and
+mix_p_seq; asking it for mix_p is an error, never a silent substitute.
 
-mixp_seq details: the M candidates (--num-candidates, default 4K) are drawn from pi with the sampling
+mix_p_seq details: the M candidates (--num-candidates, default 4K) are drawn from pi with the sampling
 settings; log pi(y|x) and log pi_ref(y|x) are the models' own (temperature 1) sequence log-probs, EOS
 included. Each fused component keeps K/2 distinct candidates, drawn without replacement with probability
 proportional to (pi/pi_ref)^{+-a} (Gumbel-top-k), so the kept responses follow q(y) (pi/pi_ref)^{+-a},
@@ -62,11 +64,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from alignment.models import model_source
+from bandit.vocabulary import PAIR_SAMPLER, canonical, names
 from runlog import ConfigError, RunDir, arg, check_name, check_out, exit_on_config_error, parse_dataclass
 
-SAMPLERS = ("offline", "online", "gshf", "mixp", "mixp_seq", "borda")
-VLLM_SAMPLERS = ("offline", "online", "gshf", "mixp_seq")  # borda scores with MC dropout: HF only
-PAIRED = ("gshf", "mixp", "mixp_seq", "borda")  # K is split in two halves
+SAMPLERS = names(PAIR_SAMPLER, "alignment")  # offline, on_policy, gshf, mix_p, mix_p_seq, borda
+VLLM_SAMPLERS = ("offline", "on_policy", "gshf", "mix_p_seq")  # borda scores with MC dropout: HF only
+PAIRED = ("gshf", "mix_p", "mix_p_seq", "borda")  # K is split in two halves
 COMPONENTS = ("ref", "policy", "mix+", "mix-", "mixseq+", "mixseq-")
 DEFAULT_POLICY = "runs/alignment/sft/toy/model"
 ONLINE_PAIR = 2  # responses from pi added by --mixp-online-pair
@@ -82,11 +85,12 @@ class Args:
     ref: str | None = arg(None, "the reference model pi_ref (default: the same as --policy)")
     prompts: str = arg("toy:64", "prompts: toy:N, a .json/.jsonl/.parquet file of {id, prompt} rows, or a Hub dataset")
     split: str = arg("train", "split of the toy task or of a Hub dataset")
-    sampler: str = arg("online", "generation sampler", choices=list(SAMPLERS))
-    num_responses: int = arg(4, "responses per prompt K (even for gshf, mixp, mixp_seq: K/2 per component)")
+    sampler: str = arg("on_policy", "generation sampler: " + ", ".join(SAMPLERS) + " (or an alias: online, mixp, "
+                       "mixp_seq, ...; python -m bandit.vocabulary)")
+    num_responses: int = arg(4, "responses per prompt K (even for gshf, mix_p, mix_p_seq: K/2 per component)")
     alpha: float = arg(0.5, "Mix-P strength a: fused logits (1+a) l_pi - a l_ref and (1-a) l_pi + a l_ref")
-    mixp_online_pair: bool = arg(False, "mixp / mixp_seq: add an on-policy pair (2 responses from pi) to each row")
-    num_candidates: int | None = arg(None, "mixp_seq: candidates M drawn from pi per prompt (default: 4 K)")
+    mixp_online_pair: bool = arg(False, "mix_p / mix_p_seq: add an on-policy pair (2 responses from pi) to each row")
+    num_candidates: int | None = arg(None, "mix_p_seq: candidates M drawn from pi per prompt (default: 4 K)")
     borda_keep: float = arg(0.5, "borda: fraction of the candidate prompts kept (largest Borda-score uncertainty)")
     borda_beta: float = arg(0.1, "borda: beta of the implicit reward beta log(pi / pi_ref)")
     borda_gamma: float = arg(2.0, "borda: optimism, in standard deviations over the dropout passes")
@@ -97,7 +101,7 @@ class Args:
     max_new_tokens: int = arg(64, "most tokens generated per response")
     batch_size: int | None = arg(None, "prompts per batch (default: 16 with --backend hf, all with vllm)")
     seed: int = arg(0, "random seed of the draws (toy:N prompts and toy:SIZE models do not depend on it)")
-    backend: str = arg("hf", "hf: transformers on CPU or GPU; vllm: GPU nodes, not mixp", choices=["hf", "vllm"])
+    backend: str = arg("hf", "hf: transformers on CPU or GPU; vllm: GPU nodes, not mix_p", choices=["hf", "vllm"])
     device: str = arg("auto", "torch device for --backend hf: auto (this process's accelerator, else cpu), cpu, cuda, cuda:N")
     dtype: str = arg("auto", "model dtype", choices=["auto", "float32", "bfloat16", "float16"])
     vllm_gpu_memory: float = arg(0.85, "--backend vllm: fraction of GPU memory for vLLM, shared by its engines")
@@ -112,16 +116,16 @@ class Plan:
     components: list            # [(component, responses per prompt)]
     policy: str | None          # model specs; None when the sampler does not use that model
     ref: str | None
-    candidates: int | None      # mixp_seq: M
+    candidates: int | None      # mix_p_seq: M
     batch_size: int | None
     name: str
 
 
 def component_plan(sampler: str, k: int, online_pair: bool = False) -> list[tuple[str, int]]:
     half = k // 2
-    plan = {"offline": [("ref", k)], "online": [("policy", k)], "gshf": [("ref", half), ("policy", half)],
+    plan = {"offline": [("ref", k)], "on_policy": [("policy", k)], "gshf": [("ref", half), ("policy", half)],
             "borda": [("policy", half), ("ref", half)],
-            "mixp": [("mix+", half), ("mix-", half)], "mixp_seq": [("mixseq+", half), ("mixseq-", half)]}[sampler]
+            "mix_p": [("mix+", half), ("mix-", half)], "mix_p_seq": [("mixseq+", half), ("mixseq-", half)]}[sampler]
     if online_pair:
         plan = plan + [("policy", ONLINE_PAIR)]
     return plan
@@ -153,8 +157,7 @@ def _finite(name: str, value, low=None, high=None, low_open=False, integer=False
 
 def resolve(args: Args) -> Plan:
     """Check every argument before anything is loaded or written; ConfigError names the bad flag."""
-    if args.sampler not in SAMPLERS:
-        raise ConfigError(f"--sampler: unknown sampler {args.sampler!r}; known: {', '.join(SAMPLERS)}")
+    args.sampler = canonical(args.sampler, PAIR_SAMPLER, "alignment", "--sampler")
     k = args.num_responses
     _finite("num-responses", k, low=1, integer=True)
     if args.sampler in PAIRED and k % 2:
@@ -175,24 +178,24 @@ def resolve(args: Args) -> Plan:
         _finite("borda-dropout", args.borda_dropout, low=0)
         if args.borda_dropout >= 1:
             raise ConfigError(f"--borda-dropout: must be below 1, got {args.borda_dropout}")
-    if args.mixp_online_pair and args.sampler not in ("mixp", "mixp_seq"):
-        raise ConfigError(f"--mixp-online-pair: applies to mixp and mixp_seq only, not {args.sampler}")
+    if args.mixp_online_pair and args.sampler not in ("mix_p", "mix_p_seq"):
+        raise ConfigError(f"--mixp-online-pair: applies to mix_p and mix_p_seq only, not {args.sampler}")
     candidates = None
-    if args.num_candidates is not None and args.sampler != "mixp_seq":
-        raise ConfigError(f"--num-candidates: applies to mixp_seq only, not {args.sampler}")
-    if args.sampler == "mixp_seq":
+    if args.num_candidates is not None and args.sampler != "mix_p_seq":
+        raise ConfigError(f"--num-candidates: applies to mix_p_seq only, not {args.sampler}")
+    if args.sampler == "mix_p_seq":
         candidates = args.num_candidates if args.num_candidates is not None else 4 * k
         _finite("num-candidates", candidates, low=1, integer=True)
         if candidates < k // 2:
-            raise ConfigError(f"--num-candidates: each mixp_seq component keeps K/2 = {k // 2} distinct candidates, "
+            raise ConfigError(f"--num-candidates: each mix_p_seq component keeps K/2 = {k // 2} distinct candidates, "
                               f"so M must be at least {k // 2}, got {candidates}")
     if args.backend == "vllm":
         if args.sampler == "borda":
             raise ConfigError("--sampler: borda scores responses with Monte Carlo dropout of the policy, which needs "
                               "the model in this process; use --backend hf")
         if args.sampler not in VLLM_SAMPLERS:
-            raise ConfigError("--sampler: mixp fuses the logits of two models token by token, which vLLM cannot do; "
-                              "use --backend hf (CPU or GPU), or --sampler mixp_seq (the sequence-level variant, "
+            raise ConfigError("--sampler: mix_p fuses the logits of two models token by token, which vLLM cannot do; "
+                              "use --backend hf (CPU or GPU), or --sampler mix_p_seq (the sequence-level variant, "
                               "which vLLM runs)")
         if args.device not in ("auto", "cuda"):
             raise ConfigError(f"--device: --backend vllm places the models itself on the GPU; leave --device auto "

@@ -1,6 +1,6 @@
 """Iterative online DPO: per iteration generate -> annotate -> train -> evaluate, resumable at any moment.
 
-    python -m alignment.pipeline --config alignment/configs/toy.yaml --sampler mixp --iterations 3 --seed 0
+    python -m alignment.pipeline --config alignment/configs/toy.yaml --sampler mix_p --iterations 3 --seed 0
     python -m alignment.pipeline --config alignment/configs/safe_rlhf.yaml --sampler gshf --dry-run
 
 Iteration t (1..N) draws its prompts (the t-th chunk of --prompts, `prompts_per_iteration` each), generates
@@ -52,8 +52,9 @@ from pathlib import Path
 from runlog import (
     ConfigError, arg, atomic_write_json, atomic_write_text, check_out, exit_on_config_error, parse_dataclass)
 from runlog.rundir import dumps
+from bandit.vocabulary import PAIR_SAMPLER, canonical, names, normalise
 
-SAMPLERS = ("offline", "online", "gshf", "mixp", "mixp_seq", "borda")
+SAMPLERS = names(PAIR_SAMPLER, "alignment")
 STAGES = ("generate", "annotate", "select", "train", "evaluate")
 MODULES = {"generate": "alignment.generate", "annotate": "alignment.annotate", "select": "alignment.select",
            "train": "alignment.train_dpo", "evaluate": "alignment.evaluate"}
@@ -71,10 +72,12 @@ METRIC_KEYS = ("reward_mean", "reward_ci", "win_rate", "win_rate_ci", "kl", "kl_
 class Args:
     config: str | None = arg(None, "YAML recipe (alignment/configs/*.yaml): these keys plus one section per stage "
                              "(generate, annotate, train, evaluate) of that module's flags (required)", metavar="YAML")
-    sampler: str = arg("online", "generation sampler (alignment.generate)", choices=list(SAMPLERS))
+    sampler: str = arg("on_policy", "generation sampler (alignment.generate): " + ", ".join(SAMPLERS) + " or an alias "
+                       "(online, mixp, ...); recorded by its canonical name")
     preferences: str | None = arg(None, "offline regime: train every iteration on this fixed preference set (an "
                                   "annotate run folder or a file) instead of generating and annotating new pairs")
-    label: str | None = arg(None, "the run's name in reports (default: the sampler), e.g. the selection method")
+    label: str | None = arg(None, "the run's name in reports (default: the sampler), e.g. the selection method; "
+                                "a method name's alias (full, none) is recorded by its canonical name (all)")
     iterations: int = arg(3, "DPO iterations after the initial evaluation")
     seed: int = arg(0, "seed of every stage (iteration t's generation and training use seed and t)")
     out: str | None = arg(None, "output folder of this run (default: runs/alignment/pipeline/SAMPLER-seedSEED)")
@@ -189,8 +192,7 @@ def resolve(args: Args) -> Plan:
 
     if not args.config:
         raise ConfigError("--config: required: a YAML recipe such as alignment/configs/toy.yaml")
-    if args.sampler not in SAMPLERS:
-        raise ConfigError(f"--sampler: unknown sampler {args.sampler!r}; known: {', '.join(SAMPLERS)}")
+    args.sampler = canonical(args.sampler, PAIR_SAMPLER, "alignment", "--sampler")
     if "{prompt}" not in args.prompt_template:
         raise ConfigError(f"--prompt-template: must contain {{prompt}} where the prompt goes, got {args.prompt_template!r}")
     if not args.prompt_field:
@@ -221,6 +223,8 @@ def resolve(args: Args) -> Plan:
     # each stage parses and checks its own flags now, so a bad value fails before hours of work
     if args.label is not None and (not args.label.strip() or "/" in args.label):
         raise ConfigError(f"--label: {args.label!r} must be a plain name")
+    if args.label is not None:
+        args.label = normalise(args.label)
     if args.preferences is not None:
         from alignment.data import load_preferences
 
@@ -243,8 +247,7 @@ def _changes(args: Args) -> dict:
     changes = {stage: [] for stage in STAGES}
     for sampler, stages in (args.per_sampler or {}).items():
         where = f"--config: {args.config!r} per_sampler"
-        if sampler not in SAMPLERS:
-            raise ConfigError(f"{where}: unknown sampler {sampler!r}; known: {', '.join(SAMPLERS)}")
+        sampler = canonical(sampler, PAIR_SAMPLER, "alignment", where)
         if not isinstance(stages, dict) or any(k not in STAGES or not isinstance(v, dict) for k, v in stages.items()):
             raise ConfigError(f"{where}: {sampler}: must map stage names ({', '.join(STAGES)}) to flag settings")
         if sampler == args.sampler:

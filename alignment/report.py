@@ -1,7 +1,7 @@
 """Report of pipeline runs: a sampler x iteration table of reward, win rate and KL, and a reward-vs-KL figure.
 
     python -m alignment.report runs/alignment/pipeline
-    python -m alignment.report runs/toy/online-seed0 runs/toy/mixp-seed0 ... --figure runs/toy/reward_vs_kl.png \\
+    python -m alignment.report runs/toy/on_policy-seed0 runs/toy/mix_p-seed0 ... --figure runs/toy/reward_vs_kl.png \\
         --csv runs/toy/report.csv --markdown runs/toy/report.md
 
 Runs: each argument is a pipeline run folder (alignment.pipeline's OUT: metrics.jsonl and pipeline.json), or a
@@ -38,6 +38,7 @@ import textwrap
 from collections import defaultdict
 from pathlib import Path
 
+from bandit.vocabulary import normalise
 from analysis.style import SAMPLER_MARKERS, sampler_colors, sampler_key, save_figure
 from runlog import ArgParser, ConfigError, atomic_write_text, exit_on_config_error
 
@@ -191,7 +192,8 @@ class _Run:
         recipe = _read_pipeline(path)
         self.metrics = _read_metrics(path)
         first = self.metrics[min(self.metrics)] if self.metrics else {}
-        self.sampler = recipe.get("label") or recipe.get("sampler", first.get("sampler"))  # label: e.g. a method
+        # label: e.g. a selection method; older runs' aliases (online, mixp, full) become canonical names
+        self.sampler = normalise(recipe.get("label") or recipe.get("sampler", first.get("sampler")))
         self.seed = recipe.get("seed", first.get("seed"))
         if not isinstance(self.sampler, str) or not self.sampler:
             raise ConfigError(f"{path / PIPELINE_FILE}: no 'sampler' (a name) in the recipe or the metrics")

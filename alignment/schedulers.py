@@ -4,7 +4,7 @@ offline regime; alignment.train_dpo --selector).
 Every selector sees a *candidate batch* (the --batch-size pairs per device that the data loader yields, gathered
 over all processes: the global candidate batch of n pairs) and keeps K = keep_count(n, --select-ratio) of them.
 
-    none            every pair (TRL's DPOTrainer unchanged)
+    all             every pair (TRL's DPOTrainer unchanged)
     random_subset   a uniformly random K (the control of sams: the same loss normalisation, so a difference between
                     the two is the scheduler's, not the gradient scale's)
     sams            SamS (Huang et al., "Adaptive Batch-Wise Sample Scheduling for Direct Preference
@@ -41,7 +41,7 @@ from torch import nn
 # K of n candidates: n * ratio rounded half up, at least 1 (shared with alignment.select)
 from alignment.selection import keep_count  # noqa: F401  (re-exported for callers of this module)
 
-SELECTORS = ("none", "random_subset", "sams", "us", "ae")
+SELECTORS = ("all", "random_subset", "sams", "us", "ae")  # canonical names (bandit/vocabulary.py)
 IN_BATCH = ("random_subset", "sams")  # masked loss over TRL's full forward
 PER_STEP = ("us", "ae")  # score first, then train on the selected slice
 SAMS_MODES = ("topk", "softmax")

@@ -18,7 +18,8 @@ exactly: TRL's forward passes, metrics and distributed code stay untouched.
 Batch selection (--selector; alignment/schedulers.py has the details): each batch the data loader yields is a
 *candidate batch* (batch-size pairs per process; n over all processes) of which K = keep_count(n, --select-ratio)
 pairs get gradient, the loss being sum over the selected pairs of their DPO (or rev_kl) loss / K:
-    none            every pair: TRL's loss as it is (the default; the code path of before the selectors)
+    all             every pair: TRL's loss as it is (the default; aliases none, full; the code path of before the
+                    selectors)
     random_subset   a random K; sams's control, with exactly its loss normalisation
     sams            SamS (Huang et al., NeurIPS 2025): an exploitation and an exploration MLP score each pair from
                     the policy's pooled final hidden states and margin; top K (--sams-mode topk) or K sampled from
@@ -60,6 +61,7 @@ import torch
 
 from alignment.models import model_source
 from alignment.schedulers import SAMS_MODES, SELECTORS, check_ratio
+from bandit.vocabulary import SELECTOR, canonical
 from runlog import ConfigError, RunDir, arg, check_name, check_out, exit_on_config_error, parse_dataclass
 
 LOSSES = ("sigmoid", "rev_kl")
@@ -100,9 +102,9 @@ class Args:
     dtype: str = arg("float32", "weights' dtype; on a GPU that has bf16 the forward passes run under bf16 autocast "
                      "either way", choices=["float32", "bfloat16"])
     seed: int = arg(0, "seed of the training order and of TRL / transformers")
-    selector: str = arg("none", "which pairs of each batch get gradient (alignment/schedulers.py): none (all), "
+    selector: str = arg("all", "which pairs of each batch get gradient (alignment/schedulers.py): all (alias none), "
                         "random_subset (a random K: sams's control), sams (SamS scheduler, Huang et al. 2025), us / ae "
-                        "(uncertainty sampling / active exploration from Monte Carlo dropout)", choices=list(SELECTORS))
+                        "(uncertainty sampling / active exploration from Monte Carlo dropout)")
     select_ratio: float = arg(0.5, "selectors: the fraction K / n of each global candidate batch (n = batch-size x "
                               "processes pairs) that gets gradient, K rounded half up, at least 1")
     sams_mode: str = arg("topk", "sams: keep the K best scores (topk, the paper's text) or draw K without replacement "
@@ -185,12 +187,11 @@ def make_trainer_class():
         selector other than none, each training batch is a candidate batch of which K pairs get gradient
         (alignment/schedulers.py); evaluation always uses every pair."""
 
-        def __init__(self, *args, soft_labels: bool = False, selector: str = "none", select_ratio: float = 0.5,
+        def __init__(self, *args, soft_labels: bool = False, selector: str = "all", select_ratio: float = 0.5,
                      sams_mode: str = "topk", sams_pretrain_steps: int = 0, sams_hidden: int = 128,
                      sams_lr: float = 1e-3, sams_explore_weight: float = 0.1, passes: int = 5, dropout: float = 0.05,
                      gamma: float = 2.0, **kwargs):
-            if selector not in sch.SELECTORS:
-                raise ConfigError(f"--selector: unknown selector {selector!r}; known: {', '.join(sch.SELECTORS)}")
+            selector = canonical(selector, SELECTOR, "alignment", "--selector", allowed=sch.SELECTORS)
             self.soft_labels = soft_labels
             self.selector, self.select_ratio, self.sams_pretrain_steps = selector, select_ratio, sams_pretrain_steps
             self.passes, self.dropout, self.gamma = passes, dropout, gamma
@@ -201,7 +202,7 @@ def make_trainer_class():
                     raise ConfigError("--loss: rev_kl builds on TRL's plain sigmoid loss; remove loss_type, ld_alpha, "
                                       "use_weighting and f_divergence_type from the recipe's dpo: mapping")
                 self.data_collator = _WithTargets(self.data_collator)
-            if selector != "none" and (self.loss_types != ["sigmoid"] or self.ld_alpha is not None
+            if selector != "all" and (self.loss_types != ["sigmoid"] or self.ld_alpha is not None
                                        or self.use_weighting or self.f_divergence_type != "reverse_kl"):
                 raise ConfigError("--selector: the selectors rebuild TRL's plain sigmoid (or rev_kl) loss per pair; "
                                   "remove loss_type, ld_alpha, use_weighting and f_divergence_type from the recipe's "
@@ -250,7 +251,7 @@ def make_trainer_class():
             return result, (chosen, rejected, ref_chosen, ref_rejected), (hidden[0] if features else None)
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            if self.selector != "none" and self.model.training and not return_outputs:
+            if self.selector != "all" and self.model.training and not return_outputs:
                 return self._selected_loss(model, inputs)
             target = inputs.pop("target", None)
             if not self.soft_labels:
@@ -551,8 +552,7 @@ def resolve(args: Args) -> torch.device:
 def check_selector(args: Args) -> None:
     from alignment.sft import check_positive
 
-    if args.selector not in SELECTORS:
-        raise ConfigError(f"--selector: unknown selector {args.selector!r}; known: {', '.join(SELECTORS)}")
+    args.selector = canonical(args.selector, SELECTOR, "alignment", "--selector", allowed=SELECTORS)
     if not check_ratio(args.select_ratio):
         raise ConfigError(f"--select-ratio: must be in (0, 1], got {args.select_ratio}")
     if args.sams_mode not in SAMS_MODES:
@@ -575,7 +575,7 @@ def check_selector(args: Args) -> None:
 
 def selector_kwargs(args: Args) -> dict:
     """The SamplerDPOTrainer keywords of the selector flags (none: no keywords, the plain trainer)."""
-    if args.selector == "none":
+    if args.selector == "all":
         return {}
     return dict(selector=args.selector, select_ratio=args.select_ratio, sams_mode=args.sams_mode,
                 sams_pretrain_steps=args.sams_pretrain_steps, sams_hidden=args.sams_hidden, sams_lr=args.sams_lr,
@@ -614,7 +614,7 @@ def train(policy, ref, tokenizer, rows: list[dict], args: Args, run, device: tor
     ref.eval()
     policy.train()
     data = training_rows(rows, args.loss, args.margin_scale)
-    if args.selector != "none":  # named in every metrics row
+    if args.selector != "all":  # named in every metrics row
         log_extra = (log_extra or {}) | {"selector": args.selector} | (
             {"sams_mode": args.sams_mode} if args.selector == "sams" else {})
     log_cb, quiet = make_callbacks(run, args.seed, "train_dpo", extra=log_extra)
@@ -635,7 +635,7 @@ def train(policy, ref, tokenizer, rows: list[dict], args: Args, run, device: tor
     summary = {"steps": trainer.state.global_step, "num_pairs": len(data), "train_loss_mean": result.metrics.get("train_loss"),
                "final_loss": last.get("loss"), "final_reward_accuracy": last.get("rewards/accuracies"),
                "final_reward_margin": last.get("rewards/margins"), "train_runtime_s": result.metrics.get("train_runtime")}
-    if args.selector != "none":
+    if args.selector != "all":
         summary |= {"selector": args.selector, "final_select_loss": last.get("select/loss"),
                     "final_select_margin": last.get("select/margin")} | (trainer.pretrain_summary or {})
     return trainer, summary
@@ -691,7 +691,7 @@ def main(argv=None):
     scratch = Path(args.out) / f".{args.name}.trainer"  # shared by the processes; removed at the end
     with (RunDir(args.out, args.name, config, [args.seed]) if state.is_main_process else nullcontext()) as run:
         if state.is_main_process:
-            selecting = "" if args.selector == "none" else f", selector {args.selector} (ratio {args.select_ratio})"
+            selecting = "" if args.selector == "all" else f", selector {args.selector} (ratio {args.select_ratio})"
             print(f"train_dpo: {policy_src} ({num_params / 1e6:.2f}M parameters), {len(rows)} pairs, loss {args.loss}, "
                   f"beta {args.beta}{selecting}, {state.num_processes} process(es) on {device}")
         trainer, summary = train(policy, ref, tokenizer, rows, args, run or _NoRun(), device, scratch)

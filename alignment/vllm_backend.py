@@ -3,13 +3,13 @@
 vLLM is imported only here and only when --backend vllm is chosen; without it the command stops with
 one line telling the user to `pip install -r requirements_vllm.txt` (GPU nodes only), exit code 2.
 
-What vLLM runs: offline, online and gshf (plain sampling from pi_ref and/or pi) and mixp_seq (M
+What vLLM runs: offline, on_policy and gshf (plain sampling from pi_ref and/or pi) and mix_p_seq (M
 candidates sampled from pi, then both models score them: each engine computes the prompt log-probs of
 prompt + response, and the sum over the response tokens, EOS included, is log pi_m(y | x); the
 resampling is generate.py's, shared with the HF backend). vLLM cannot fuse two models' logits token by
-token, so mixp is refused before anything is loaded (generate.resolve).
+token, so mix_p is refused before anything is loaded (generate.resolve).
 
-One engine per distinct model: when --ref names another model than --policy (gshf, mixp_seq), two
+One engine per distinct model: when --ref names another model than --policy (gshf, mix_p_seq), two
 engines share the GPU, each with half of --vllm-gpu-memory. Prompts go in as token ids (tokenized by
 generate.py exactly as for the HF backend) and responses come back as token ids, decoded by the same
 tokenizer, so both backends write the same row format. Each request (prompt) has its own seed, derived

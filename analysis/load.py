@@ -11,6 +11,10 @@ JSON, or JSON that is not an object) and every unreadable `run.json` becomes a `
 file and line. With `strict=True` the first problem is raised instead, as a `LoadError`.
 Blank lines are ignored (they carry nothing, and a trailing newline is normal).
 
+Method names: the `sampler`, `selector` and `label` of every row are written back as their canonical names
+(bandit/vocabulary.py), so logs written with older names (online, mixp, none, full, the bandit's `unif`
+selector) compare with new ones.
+
 Folder discovery: a path that is a run folder is loaded as is; any other folder is searched
 recursively for run folders, skipping hidden folders (names starting with "."). The search stops at
 a run folder: the stage runs nested inside a pipeline run (iter_*/generate, ...) are its parts, not
@@ -26,7 +30,10 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bandit.vocabulary import PAIR_SAMPLER, SELECTOR, normalise
+
 RUN_FILE = "run.json"
+METHOD_KEYS = (("sampler", PAIR_SAMPLER), ("selector", SELECTOR), ("label", None))  # columns that name a method
 METRICS_FILE = "metrics.jsonl"
 _GLOB_CHARS = set("*?[")
 
@@ -163,6 +170,9 @@ def _metric_rows(metrics_file: Path, base: dict, report) -> list[dict]:
             if not isinstance(obj, dict):
                 report(Problem(str(metrics_file), lineno, f"expected a JSON object, got {type(obj).__name__}"))
                 continue
+            for key, family in METHOD_KEYS:
+                if key in obj:
+                    obj[key] = normalise(obj[key], family)
             rows.append({**base, **obj, "run": base["run"]})
     return rows
 

@@ -79,6 +79,8 @@ def task_names(infos: list[RunInfo]) -> dict[str, str]:
 
 
 def method_of(row: dict) -> str:
+    """The method a row's run compares: its selector (a selection run), else its --label, else its sampler. Names
+    are canonical already (load_runs writes aliases back as canonical names)."""
     for key in ("selector", "label", "sampler"):
         if row.get(key) is not None:
             return str(row[key])

@@ -1,10 +1,11 @@
-"""One visual language for every figure of the project: a fixed colour and marker per sampler, one font
+"""One visual language for every figure of the project: a fixed colour and marker per method, one font
 setup, and atomic PNG/PDF saving.
 
 Colours come from seaborn's "colorblind" palette (hex codes spelled out, so importing this needs no seaborn).
-The pipeline's samplers and the bandit samplers of the same construction share a colour, so bandit and LLM
-figures read alike: offline = unif (both responses from pi_ref, uniform in the bandit), online = on_policy,
-gshf = gshf, mixp = mix_p; mixp_seq, mix_r and mix_p_star have their own.
+Keys are the canonical method names (bandit/vocabulary.py; analysis.load writes older names back as these), and
+the legend order is the registry's. The pipeline's samplers and the bandit samplers of the same construction
+share a colour, so bandit and LLM figures read alike: offline = unif (both responses from pi_ref, uniform in the
+bandit), on_policy, gshf, mix_p; mix_p_seq, mix_r and mix_p_star have their own.
 """
 from __future__ import annotations
 
@@ -12,16 +13,17 @@ import os
 import tempfile
 from pathlib import Path
 
-# legend and table order: baselines first, the registry's order after (pipeline and bandit names interleaved)
-SAMPLER_ORDER = ("offline", "unif", "online", "on_policy", "gshf", "mix_r", "mixp", "mix_p", "mix_p_star", "mixp_seq",
-                 "full", "random_subset", "reward_gap", "reward_gap_step", "us", "ae", "sams", "borda")
+from bandit.vocabulary import METHODS
+
+# legend and table order: the vocabulary's (pair samplers, baselines first, then the selectors)
+SAMPLER_ORDER = tuple(m.name for m in METHODS)
 
 SAMPLER_COLORS = {
     "offline": "#949494", "unif": "#949494",          # grey: the baseline
-    "online": "#0173b2", "on_policy": "#0173b2",      # blue
+    "on_policy": "#0173b2",                           # blue
     "gshf": "#029e73",                                # green
-    "mixp": "#d55e00", "mix_p": "#d55e00",            # vermillion
-    "mixp_seq": "#de8f05",                            # orange
+    "mix_p": "#d55e00",                               # vermillion
+    "mix_p_seq": "#de8f05",                           # orange
     "mix_r": "#cc78bc",                               # pink
     "mix_p_star": "#ca9161",                          # tan
     "borda": "#56b4e9",                               # sky blue (online AE-Borda, both packages)
@@ -29,13 +31,13 @@ SAMPLER_COLORS = {
 # The selection methods (offline regime) are drawn in figures of their own, so they reuse the palette, distinct
 # among themselves: the baselines grey (all data) and black (random_subset, SamS's control).
 SAMPLER_COLORS |= {
-    "full": "#949494", "random_subset": "#000000", "sams": "#cc78bc", "us": "#0173b2", "ae": "#029e73",
+    "all": "#949494", "random_subset": "#000000", "sams": "#cc78bc", "us": "#0173b2", "ae": "#029e73",
     "reward_gap": "#d55e00", "reward_gap_step": "#de8f05",
 }
 OTHER_COLORS = ("#fbafe4", "#ece133")  # the palette's unused rest, in turn, for samplers not named above
-SAMPLER_MARKERS = {"offline": "o", "unif": "o", "online": "s", "on_policy": "s", "gshf": "^", "mixp": "D",
-                   "mix_p": "D", "mixp_seq": "v", "mix_r": "P", "mix_p_star": "X", "borda": "*",
-                   "full": "o", "random_subset": "s", "sams": "^", "us": "v", "ae": "D", "reward_gap": "X",
+SAMPLER_MARKERS = {"offline": "o", "unif": "o", "on_policy": "s", "gshf": "^", "mix_p": "D", "mix_p_seq": "v",
+                   "mix_r": "P", "mix_p_star": "X", "borda": "*",
+                   "all": "o", "random_subset": "s", "sams": "^", "us": "v", "ae": "D", "reward_gap": "X",
                    "reward_gap_step": "P"}
 
 # font sizes shared by every figure (matplotlib.pyplot.rc_context(RC))

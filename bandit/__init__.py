@@ -1,5 +1,6 @@
 """Preference bandits for studying DPO samplers (DESIGN.md section 3).
 
+    vocabulary.py the project's method names (both packages and analysis read it; plain data, no torch)
     envs.py      tabular and linear environments, batched over seeds
     samplers.py  the sampler registry: log-weights over ordered pairs (y, y')
     dpo.py       exact and empirical DPO gradients, pair sampling, step rules
@@ -7,10 +8,19 @@
     runner.py    the vectorised simulation loop with divergence handling
     experiment.py, plots.py  what the example scripts share: CLI, logs, figures, summary
     offline.py   the offline regime: a fixed labelled dataset, uncertainty widths, one DPO step per selection
-    selectors.py the selector registry (unif, random_subset, reward_gap, reward_gap_step, us, ae, sams, borda)
-"""
-from bandit.envs import TabularEnv, LinearEnv
-from bandit.samplers import SAMPLERS, get_sampler, sampler_weights
-from bandit.runner import simulate, Trajectory
+    selectors.py the selector registry (all, random_subset, reward_gap, reward_gap_step, us, ae, sams, borda)
 
-__all__ = ["TabularEnv", "LinearEnv", "SAMPLERS", "get_sampler", "sampler_weights", "simulate", "Trajectory"]
+The names below are loaded on first use, so `import bandit.vocabulary` does not import torch.
+"""
+import importlib
+
+_EXPORTS = {"TabularEnv": "bandit.envs", "LinearEnv": "bandit.envs", "SAMPLERS": "bandit.samplers",
+            "get_sampler": "bandit.samplers", "sampler_weights": "bandit.samplers", "simulate": "bandit.runner",
+            "Trajectory": "bandit.runner"}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'bandit' has no attribute {name!r}")

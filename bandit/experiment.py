@@ -13,7 +13,8 @@ from tqdm.auto import tqdm
 
 from bandit.metrics import METRICS, convergence_order, iterations_to, noise_floor, optimal_value
 from bandit.runner import simulate
-from bandit.samplers import SAMPLERS, get_sampler
+from bandit.samplers import DEFAULT_SAMPLERS, SAMPLERS
+from bandit.vocabulary import PAIR_SAMPLER, canonical_list
 from runlog import ConfigError, RunDir, arg, atomic_write_json, check_name, check_out
 
 # The paper's settings (Shi, Zhou, Du, ICLR 2025): exact lr 10 for 100 iterations, empirical lr 0.05 for 3000.
@@ -27,7 +28,9 @@ QUADRATIC = 1.8  # a fitted order at least this counts as quadratic
 class BanditArgs:
     setting: str = arg("both", "exact: expected loss under the sampler; empirical: num-samples labelled pairs per step",
                        choices=["exact", "empirical", "both"])
-    samplers: str = arg(",".join(SAMPLERS), f"comma-separated sampler names, from: {', '.join(SAMPLERS)}")
+    samplers: str = arg(",".join(DEFAULT_SAMPLERS), f"comma-separated sampler names, from: {', '.join(SAMPLERS)} "
+                        "(aliases accepted, e.g. online, mixp; logs use the canonical names: "
+                        "python -m bandit.vocabulary)")
     seeds: int = arg(20, "number of seeds; each seed is its own reward draw (the empirical setting's sampling "
                      "noise is one stream per run, sampler and setting)")
     seed: int = arg(0, "first seed: the run uses seeds seed, seed+1, ..., seed+seeds-1")
@@ -75,13 +78,7 @@ def resolve_device(name: str) -> torch.device:
 
 def resolve(args: BanditArgs, defaults: dict = PAPER) -> Plan:
     """Check every argument before anything is written; raise ConfigError naming the bad field."""
-    samplers = [s.strip() for s in args.samplers.split(",") if s.strip()]
-    if not samplers:
-        raise ConfigError(f"--samplers: give at least one of {', '.join(SAMPLERS)}")
-    for s in samplers:
-        get_sampler(s)
-    if len(set(samplers)) != len(samplers):
-        raise ConfigError(f"--samplers: a sampler is listed twice in {args.samplers!r}")
+    samplers = canonical_list(args.samplers, PAIR_SAMPLER, "bandit", "--samplers", allowed=tuple(SAMPLERS))
     for name in ("seeds", "num_samples", "actions", "contexts"):
         _positive(name.replace("_", "-"), getattr(args, name), integer=True)
     if args.actions < 2:

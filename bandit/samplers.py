@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from runlog import ConfigError
+from bandit.vocabulary import PAIR_SAMPLER, canonical
 
 
 @dataclass
@@ -54,6 +54,12 @@ def unif(s: PairState) -> torch.Tensor:
     return torch.ones(s.h.shape + s.h.shape[-1:], dtype=s.h.dtype, device=s.h.device)
 
 
+def offline(s: PairState) -> torch.Tensor:
+    # both responses from pi_ref: unif when pi_ref is uniform (the default)
+    ref = s.log_ref.exp()
+    return outer(ref, ref)
+
+
 def on_policy(s: PairState) -> torch.Tensor:
     pi = s.log_pi.exp()
     return outer(pi, pi)
@@ -82,14 +88,14 @@ def mix_p_star(s: PairState) -> torch.Tensor:
     return torch.exp(logw - logw.amax((-1, -2), keepdim=True))
 
 
-SAMPLERS = {f.__name__: f for f in (unif, on_policy, gshf, mix_r, mix_p, mix_p_star)}
+SAMPLERS = {f.__name__: f for f in (offline, unif, on_policy, gshf, mix_r, mix_p, mix_p_star)}
+# what the entry points run by default: the paper's six (offline equals unif under the default uniform pi_ref)
+DEFAULT_SAMPLERS = ("unif", "on_policy", "gshf", "mix_r", "mix_p", "mix_p_star")
 
 
-def get_sampler(name: str):
-    try:
-        return SAMPLERS[name]
-    except KeyError:
-        raise ConfigError(f"--samplers: unknown sampler {name!r}; known: {', '.join(SAMPLERS)}") from None
+def get_sampler(name: str, field: str = "--samplers"):
+    """The weight function of a sampler, by canonical name or alias (bandit/vocabulary.py)."""
+    return SAMPLERS[canonical(name, PAIR_SAMPLER, "bandit", field, allowed=tuple(SAMPLERS))]
 
 
 def sampler_weights(name: str, s: PairState) -> torch.Tensor:

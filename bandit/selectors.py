@@ -7,9 +7,9 @@ every step and only their choice differs.
 
 | name | regime | each step |
 |---|---|---|
-| unif | offline | B pairs uniformly from the whole dataset (all data, no selection) |
+| all | offline | B pairs uniformly from the whole dataset (all data, no selection) |
 | random_subset | offline | a random B of a uniform candidate batch of B / sams_ratio: SamS's control |
-| reward_gap | offline | one-shot (Qi et al.): a selection model trained by DPO on all N pairs (the `unif` run's final policy) scores every pair by its signed gap Dh = h(y_w) - h(y_l); the round(ratio N) smallest are kept once; then B uniformly from that subset |
+| reward_gap | offline | one-shot (Qi et al.): a selection model trained by DPO on all N pairs (the `all` run's final policy) scores every pair by its signed gap Dh = h(y_w) - h(y_l); the round(ratio N) smallest are kept once; then B uniformly from that subset |
 | reward_gap_step | offline | per-step variant: the B smallest signed gaps of a candidate batch of B / ratio, scored with the current policy |
 | us | offline | uncertainty sampling: the B widest pairs (pair width) of B / ratio candidates |
 | ae | offline | active exploration: the B pairs of B / ratio candidates with the widest optimistic-minus-pessimistic best implicit reward |
@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from bandit.envs import DTYPE
+from bandit.vocabulary import PAIR_SAMPLER, SELECTOR, canonical, normalise
 from bandit.offline import (Batch, OfflineSim, candidates_for, gather_actions, gather_features, kept_count,
                             margins, selected_loss)
 from runlog import ConfigError
@@ -53,7 +54,8 @@ def top_mask(score: torch.Tensor, k: int, largest: bool = True) -> torch.Tensor:
 
 
 class Selector:
-    name = ""
+    name = ""               # the canonical name (bandit/vocabulary.py)
+    stream = None           # the name of its random stream, when not `name`
     regime = "offline"
     per_step_stats = True   # count flipped / misordered pairs among kept and dropped candidates each step
 
@@ -70,10 +72,11 @@ class Selector:
         """After the DPO step: m0, m1 are the candidates' margins before and after it."""
 
 
-class Unif(Selector):
+class All(Selector):
     """All data: B pairs uniformly from the dataset each step (distinct within a step)."""
 
-    name = "unif"
+    name = "all"
+    stream = "unif"  # its random stream keeps the name this selector had before, so its numbers do not move
     per_step_stats = False
 
     def batch(self, sim):
@@ -104,8 +107,8 @@ class RewardGap(Selector):
     """One-shot difficulty selection (Qi et al.): keep the round(ratio N) pairs with the smallest gap of a
     DPO model trained on all data, then train from pi_ref on minibatches of B from the kept subset.
 
-    The selection model is trained with the `unif` selector's loop and random stream (same steps, batch
-    and lr), so it is the `unif` run's final policy; sim.info["selection_pairs"] records the N labels
+    The selection model is trained with the `all` selector's loop and random stream (same steps, batch
+    and lr), so it is the `all` run's final policy; sim.info["selection_pairs"] records the N labels
     it read (not counted in pairs_used, which counts the labels the trained policy reads).
     """
 
@@ -120,8 +123,8 @@ class RewardGap(Selector):
 
     def setup(self, sim):
         make = sim.make_generator or (lambda name: sim.generator)
-        sel = OfflineSim(sim.env, sim.data, sim.steps, sim.batch, sim.lr, make("unif"), flip=sim.flip, lam=sim.lam)
-        sel.run(Unif(self.cfg))
+        sel = OfflineSim(sim.env, sim.data, sim.steps, sim.batch, sim.lr, make(All.stream), flip=sim.flip, lam=sim.lam)
+        sel.run(All(self.cfg))
         keep = self.select(sim, sel.h)
         k = int(keep[0].sum())
         if k < sim.batch:
@@ -365,14 +368,19 @@ class Borda(Selector):
         return Batch(g(x), g(yw), g(yl), keep)
 
 
-SELECTORS = {c.name: c for c in (Unif, RandomSubset, RewardGap, RewardGapStep, US, AE, SamS, Borda)}
+SELECTORS = {c.name: c for c in (All, RandomSubset, RewardGap, RewardGapStep, US, AE, SamS, Borda)}
+
+
+def canonical_selector(name: str, field: str = "--selectors") -> str:
+    """A selector's canonical name (aliases accepted: bandit/vocabulary.py). borda is a pair sampler in the
+    vocabulary: the online baseline these runs compare the selectors with."""
+    if normalise(name, PAIR_SAMPLER) in SELECTORS:
+        return normalise(name, PAIR_SAMPLER)
+    return canonical(name, SELECTOR, "bandit", field, allowed=tuple(SELECTORS))
 
 
 def get_selector(name: str):
-    try:
-        return SELECTORS[name]
-    except KeyError:
-        raise ConfigError(f"--selectors: unknown selector {name!r}; known: {', '.join(SELECTORS)}") from None
+    return SELECTORS[canonical_selector(name)]
 
 
 def make_selector(name: str, cfg: SelectorConfig | None = None) -> Selector:

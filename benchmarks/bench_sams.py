@@ -3,7 +3,7 @@
 Three trainers, each alignment.train_dpo's SamplerDPOTrainer with dpo_config's settings, on the same toy preference
 pairs, from deep copies of one policy init (and one explicit reference), the same candidate batch of --batch-size
 pairs per step:
-    none            plain DPO: TRL's loss over every pair of the batch
+    all             plain DPO: TRL's loss over every pair of the batch
     random_subset   TRL's forward and backward over the whole batch, the loss masked to a random K (its forward
                     hooks, per-pair losses and selection: the masking machinery alone)
     sams            the same plus the SamS scheduler: pooled final hidden states as features, the exploitation and
@@ -11,7 +11,7 @@ pairs per step:
 The three run in threads that take turns one optimizer step at a time (so that load from other programs hits them
 alike, step by step); a step (forward and backward passes, optimizer step) is timed from the trainer's
 on_step_begin to its on_step_end, synchronising the GPU, steps 2..N. One warm-up round, then --repeats rounds
-rotating who steps first; the table gives each one's median step over all rounds. The aim: sams / none <= 1.10
+rotating who steps first; the table gives each one's median step over all rounds. The aim: sams / all <= 1.10
 (at most 10% overhead).
 The time SamS spends inside its scheduler (scoring, choosing, updating) is shown apart.
 
@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_alignment import dpo_pairs  # benchmarks/bench_alignment.py, beside this script: the same toy pairs
 
-VARIANTS = ("none", "random_subset", "sams")
+VARIANTS = ("all", "random_subset", "sams")  # train_dpo --selector values
 
 
 def build_model(spec: str, tokenizer, seed: int = 0):
@@ -141,7 +141,7 @@ class Turns:
 
 def run(a) -> dict:
     """Time the three trainers; returns {"steps": {variant: [seconds per step]}, "median_s": {...},
-    "sams_overhead": sams / none - 1, "random_subset_overhead": ..., "scheduler_median_s": ...}."""
+    "sams_overhead": sams / all - 1, "random_subset_overhead": ..., "scheduler_median_s": ...}."""
     import torch
     from datasets import disable_progress_bars
 
@@ -186,8 +186,8 @@ def run(a) -> dict:
             gc.collect()
     med = {v: statistics.median(s) for v, s in steps.items()}
     return {"model": a.model, "device": str(device), "batch_size": a.batch_size, "ratio": a.ratio,
-            "steps": steps, "median_s": med, "sams_overhead": med["sams"] / med["none"] - 1,
-            "random_subset_overhead": med["random_subset"] / med["none"] - 1,
+            "steps": steps, "median_s": med, "sams_overhead": med["sams"] / med["all"] - 1,
+            "random_subset_overhead": med["random_subset"] / med["all"] - 1,
             "scheduler_median_s": statistics.median(sched) if sched else None,
             "num_params": sum(p.numel() for p in init.parameters())}
 
@@ -195,10 +195,10 @@ def run(a) -> dict:
 def print_table(res: dict) -> None:
     print(f"SamS step against a plain DPO step: {res['model']} ({res['num_params'] / 1e6:.2f}M parameters) on "
           f"{res['device']}, candidate batch {res['batch_size']} pairs, K = ratio {res['ratio']}")
-    print(f"{'variant':<15} {'median step ms':>15} {'vs none':>9} {'steps timed':>12}")
+    print(f"{'variant':<15} {'median step ms':>15} {'vs all':>9} {'steps timed':>12}")
     for v in VARIANTS:
         m = res["median_s"][v]
-        print(f"{v:<15} {m * 1e3:>15.2f} {m / res['median_s']['none']:>9.3f} {len(res['steps'][v]):>12}")
+        print(f"{v:<15} {m * 1e3:>15.2f} {m / res['median_s']['all']:>9.3f} {len(res['steps'][v]):>12}")
     if res["scheduler_median_s"] is not None:
         print(f"inside the SamS scheduler (score, choose, update): {res['scheduler_median_s'] * 1e3:.2f} ms per step")
     verdict = "yes" if res["sams_overhead"] <= 0.10 else "no"

@@ -1,6 +1,6 @@
 """Selection methods on the toy task (pipeline runs made with --label on one offline preference set): the final
 iteration's true reward and KL per method, 95% CI bars over seeds and each seed's value, methods in the house
-order, the "full" baseline (all pairs) as a reference line with its CI as a band; a figure per such task.
+order, the "all" baseline (all pairs) as a reference line with its CI as a band; a figure per such task.
 
     python paper_figures/selection_toy.py --runs runs/ --out paper_figures/out/
 """
@@ -14,7 +14,7 @@ from runlog import exit_on_config_error
 NAME = "selection_toy"
 COMMAND = "bash alignment/scripts/toy_selection.sh"
 PANELS = ("reward_mean", "kl")
-BASELINE = "full"
+BASELINE = "all"
 
 
 def final_cells(rows) -> list[dict]:

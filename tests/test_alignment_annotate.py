@@ -245,7 +245,7 @@ def test_smoke_main_toy_oracle(tmp_path, capsys):
         assert r["chosen"] == " " + g["responses"][hi]  # a toy response is joined to its prompt with a space
     assert [r["id"] for r in rows] == ["a", "c"]  # b is a tie, d has one response
     (metrics,) = read_jsonl(path / "metrics.jsonl")
-    assert metrics["sampler"] == "online" and metrics["rule"] == "max_min" and metrics["seed"] == 0
+    assert metrics["sampler"] == "on_policy" and metrics["rule"] == "max_min" and metrics["seed"] == 0
     assert metrics["step"] == 0
     assert (metrics["prompts"], metrics["pairs"], metrics["ties_dropped"], metrics["too_few_responses"]) == (4, 2, 1, 1)
     assert metrics["mean_chosen_reward"] == pytest.approx(sum(r["chosen_reward"] for r in rows) / 2)

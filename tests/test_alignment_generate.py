@@ -64,9 +64,9 @@ def test_offline_draws_from_ref_only(models):
 
 
 def test_online_draws_from_policy_only(models):
-    a, *_ = run_batch("online", models["pi"], models["ref"])
-    b, *_ = run_batch("online", models["pi"], models["ref2"])
-    c, *_ = run_batch("online", models["pi2"], models["ref"])
+    a, *_ = run_batch("on_policy", models["pi"], models["ref"])
+    b, *_ = run_batch("on_policy", models["pi"], models["ref2"])
+    c, *_ = run_batch("on_policy", models["pi2"], models["ref"])
     assert a == b and a != c
     assert all(row["components"] == ["policy"] * 4 for row in a)
 
@@ -84,9 +84,9 @@ def test_gshf_ref_half_from_ref_and_policy_half_from_policy(models):
 
 def test_mixp_depends_on_both_models_and_uses_the_fused_logits(models):
     pi, ref = models["pi"], models["ref"]
-    a, backend, plan, args, rows = run_batch("mixp", pi, ref)
+    a, backend, plan, args, rows = run_batch("mix_p", pi, ref)
     assert all(row["components"] == ["mix+", "mix+", "mix-", "mix-"] for row in a)
-    for other in (run_batch("mixp", models["pi2"], ref)[0], run_batch("mixp", pi, models["ref2"])[0]):
+    for other in (run_batch("mix_p", models["pi2"], ref)[0], run_batch("mix_p", pi, models["ref2"])[0]):
         assert by_component(a, "mix+") != by_component(other, "mix+")
         assert by_component(a, "mix-") != by_component(other, "mix-")
     # each component is exactly the fused sampler with its weights, under the batch's seed
@@ -103,26 +103,26 @@ def test_mixp_depends_on_both_models_and_uses_the_fused_logits(models):
 
 def test_mixp_with_pi_equal_to_ref_is_on_policy_sampling(models):
     """Both fusions of a model with itself are that model: one forward per token, pi's own draws."""
-    a, backend, plan, args, rows = run_batch("mixp", models["pi"], models["pi"])
+    a, backend, plan, args, rows = run_batch("mix_p", models["pi"], models["pi"])
     ids = encode_prompts(TOK, rows)
     d = backend.draw(ids, "policy", 2, batch_seed(0, "mix+", rows[0]["id"], len(rows)))
     assert by_component(a, "mix+") == [[TOK.decode(t, skip_special_tokens=True) for t in ts] for ts in d.tokens]
 
 
 def test_mixp_online_pair_adds_two_policy_responses(models):
-    a, backend, plan, args, rows = run_batch("mixp", models["pi"], models["ref"], mixp_online_pair=True)
+    a, backend, plan, args, rows = run_batch("mix_p", models["pi"], models["ref"], mixp_online_pair=True)
     assert all(row["components"] == ["mix+", "mix+", "mix-", "mix-", "policy", "policy"] for row in a)
     # the pair is on-policy: pi's own draws, whatever the reference model
     d = backend.draw(encode_prompts(TOK, rows), "policy", 2, batch_seed(0, "policy", rows[0]["id"], len(rows)))
     assert by_component(a, "policy") == [[TOK.decode(t, skip_special_tokens=True) for t in ts] for ts in d.tokens]
-    b, *_ = run_batch("mixp", models["pi"], models["ref2"], mixp_online_pair=True)
+    b, *_ = run_batch("mix_p", models["pi"], models["ref2"], mixp_online_pair=True)
     assert by_component(a, "policy") == by_component(b, "policy")
     assert by_component(a, "mix+") != by_component(b, "mix+")
 
 
 def test_mixp_seq_resamples_policy_candidates_by_the_ratio(models):
     pi, ref = models["pi"], models["ref"]
-    a, backend, plan, args, rows = run_batch("mixp_seq", pi, ref, num_candidates=8)
+    a, backend, plan, args, rows = run_batch("mix_p_seq", pi, ref, num_candidates=8)
     assert all(row["components"] == ["mixseq+", "mixseq+", "mixseq-", "mixseq-"] for row in a)
     ids = encode_prompts(TOK, rows)
     seed = batch_seed(0, "candidates", rows[0]["id"], len(rows))
@@ -145,7 +145,7 @@ def test_mixp_seq_resamples_policy_candidates_by_the_ratio(models):
                 want = sum(float(lp[len(s) - 1 + t, tok]) for t, tok in enumerate(y))
                 assert cand.logprobs[i][j][m] == pytest.approx(want, abs=1e-4)
     # another ref: same candidates, other importance weights, so (with these sharp models) other picks
-    b, *_ = run_batch("mixp_seq", pi, models["ref2"], num_candidates=8)
+    b, *_ = run_batch("mix_p_seq", pi, models["ref2"], num_candidates=8)
     assert a != b
 
 
@@ -153,7 +153,7 @@ def test_mixp_seq_resamples_policy_candidates_by_the_ratio(models):
 
 @pytest.mark.parametrize("sampler", [s for s in SAMPLERS if s != "borda"])  # borda keeps a subset: its own tests
 def test_main_writes_the_run(tmp_path, sampler):
-    extra = ["--mixp-online-pair"] if sampler == "mixp" else []
+    extra = ["--mixp-online-pair"] if sampler == "mix_p" else []
     path = main(TINY + ["--sampler", sampler, "--num-responses", "2", "--out", str(tmp_path)] + extra)
     assert path == tmp_path / sampler
     assert sorted(p.name for p in path.iterdir()) == ["generations.jsonl", "metrics.jsonl", "run.json"]
@@ -185,7 +185,7 @@ def test_default_policy_is_the_sft_run(tmp_path, monkeypatch):
     toy.build_model(TOK, "tiny", seed=7).save_pretrained(folder)
     TOK.save_pretrained(folder)
     path = main(["--prompts", "toy:2", "--max-new-tokens", "4", "--num-responses", "2"])
-    assert path == Path("runs/alignment/generate/online")
+    assert path == Path("runs/alignment/generate/on_policy")
     run = json.loads((path / "run.json").read_text())
     assert run["config"]["resolved"]["policy"] == "runs/alignment/sft/toy/model"
     assert len(read_jsonl(path / "generations.jsonl")) == 2
@@ -208,9 +208,9 @@ def test_prompt_file_with_messages_uses_the_chat_template(tmp_path):
 
 BAD = [
     (["--sampler", "gshf", "--num-responses", "3"], "--num-responses"),
-    (["--sampler", "mixp", "--num-responses", "0"], "--num-responses"),
-    (["--sampler", "mixp", "--alpha", "0"], "--alpha"),
-    (["--sampler", "mixp", "--alpha", "nan"], "--alpha"),
+    (["--sampler", "mix_p", "--num-responses", "0"], "--num-responses"),
+    (["--sampler", "mix_p", "--alpha", "0"], "--alpha"),
+    (["--sampler", "mix_p", "--alpha", "nan"], "--alpha"),
     (["--top-p", "0"], "--top-p"),
     (["--top-p", "1.5"], "--top-p"),
     (["--temperature", "-1"], "--temperature"),
@@ -219,10 +219,10 @@ BAD = [
     (["--batch-size", "0"], "--batch-size"),
     (["--seed", "-1"], "--seed"),
     (["--sampler", "bogus"], "--sampler"),
-    (["--sampler", "mixp", "--backend", "vllm"], "--sampler"),
-    (["--sampler", "online", "--mixp-online-pair"], "--mixp-online-pair"),
-    (["--sampler", "online", "--num-candidates", "4"], "--num-candidates"),
-    (["--sampler", "mixp_seq", "--num-candidates", "1"], "--num-candidates"),
+    (["--sampler", "mix_p", "--backend", "vllm"], "--sampler"),
+    (["--sampler", "on_policy", "--mixp-online-pair"], "--mixp-online-pair"),
+    (["--sampler", "on_policy", "--num-candidates", "4"], "--num-candidates"),
+    (["--sampler", "mix_p_seq", "--num-candidates", "1"], "--num-candidates"),
     (["--policy", "toy:huge"], "--policy"),
     (["--sampler", "gshf", "--ref", "./no/such/model"], "--ref"),
     (["--prompts", "missing.jsonl"], "--prompts"),
@@ -247,7 +247,7 @@ def _expect_exit2(argv, flag, capsys, tmp_path):
 def test_bad_input_one_line_exit_2_nothing_written(argv, flag, capsys, tmp_path):
     err = _expect_exit2(argv if "--policy" in argv else ["--policy", "toy:tiny"] + argv, flag, capsys, tmp_path)
     if "vllm" in argv:
-        assert "--backend hf" in err and "mixp_seq" in err
+        assert "--backend hf" in err and "mix_p_seq" in err
 
 
 def test_missing_default_policy_says_run_sft_first(capsys, tmp_path, monkeypatch):
@@ -275,7 +275,7 @@ def test_cuda_requested_without_a_gpu(capsys, tmp_path):
 
 def test_vllm_missing_is_one_clear_line(capsys, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "vllm", None)  # `import vllm` raises ImportError
-    for sampler in ("online", "gshf", "mixp_seq"):
+    for sampler in ("on_policy", "gshf", "mix_p_seq"):
         err = _expect_exit2(["--policy", "toy:tiny", "--backend", "vllm", "--sampler", sampler], "--backend",
                             capsys, tmp_path)
         assert "pip install -r requirements_vllm.txt" in err and "GPU nodes only" in err
@@ -347,13 +347,13 @@ def test_vllm_backend_plumbing_with_a_stand_in(tmp_path, monkeypatch):
     assert all(set(r) == ROW_KEYS for r in rows)
     # EOS counted in num_tokens as with the HF backend: a finished response has fewer than 40 tokens
     assert any(n < 40 for r in rows for n in r["num_tokens"])
-    path = main(argv + ["--sampler", "mixp_seq", "--num-candidates", "4"])
+    path = main(argv + ["--sampler", "mix_p_seq", "--num-candidates", "4"])
     rows = read_jsonl(path / "generations.jsonl")
     assert [r["components"] for r in rows] == [["mixseq+", "mixseq+", "mixseq-", "mixseq-"]] * 3
     # the scores: prompt log-probs summed over the response (EOS included) = the models' sequence log-probs
     from alignment.vllm_backend import VLLMBackend
 
-    args = Args(backend="vllm", policy="toy:tiny", ref="toy:small", sampler="mixp_seq", max_new_tokens=40)
+    args = Args(backend="vllm", policy="toy:tiny", ref="toy:small", sampler="mix_p_seq", max_new_tokens=40)
     backend = VLLMBackend(resolve(args), args)
     ids = encode_prompts(backend.tok, toy.ToyTask(0).prompts(2))
     d = backend.draw_scored(ids, 3, seed=5)
@@ -423,10 +423,25 @@ def test_two_processes_under_torchrun_shard_and_gather(tmp_path):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("sampler", ["mixp", "mixp_seq", "gshf"])
+@pytest.mark.parametrize("sampler", ["mix_p", "mix_p_seq", "gshf"])
 def test_cuda_run(tmp_path, sampler):
     path = main(["--policy", "toy:tiny", "--ref", "toy:small", "--prompts", "toy:6", "--max-new-tokens", "8",
                  "--sampler", sampler, "--device", "cuda", "--batch-size", "4", "--out", str(tmp_path)])
     rows = read_jsonl(path / "generations.jsonl")
     assert len(rows) == 6 and all(set(r) == ROW_KEYS and len(r["responses"]) == 4 for r in rows)
     assert json.loads((path / "run.json").read_text())["config"]["device"] == "cuda"
+
+
+def test_an_alias_runs_as_its_canonical_sampler(tmp_path):
+    # mixp is the seed repository's name of mix_p (bandit/vocabulary.py): the same run, the same file
+    a = main(TINY + ["--sampler", "mix_p", "--num-responses", "2", "--out", str(tmp_path / "a")])
+    b = main(TINY + ["--sampler", "mixp", "--num-responses", "2", "--out", str(tmp_path / "b")])
+    assert a.name == b.name == "mix_p"
+    assert (a / "generations.jsonl").read_bytes() == (b / "generations.jsonl").read_bytes()
+    assert json.loads((b / "run.json").read_text())["config"]["sampler"] == "mix_p"
+
+
+def test_unknown_or_bandit_only_sampler_lists_the_known_ones(capsys, tmp_path):
+    for name, says in (("nope", "unknown sampler 'nope'"), ("mix_r", "bandit-only")):
+        err = _expect_exit2(["--policy", "toy:tiny", "--sampler", name], "--sampler", capsys, tmp_path)
+        assert says in err and "on_policy (or online)" in err and "mix_p (or mixp)" in err, err

@@ -32,10 +32,10 @@ def _lines(path: Path) -> list[dict]:
 
 def test_iterations_chain_with_fixed_reference(tmp_path):
     out = tmp_path / "run"
-    main(["--config", _recipe(tmp_path), "--sampler", "mixp", "--iterations", "2", "--seed", "3", "--out", str(out)])
+    main(["--config", _recipe(tmp_path), "--sampler", "mix_p", "--iterations", "2", "--seed", "3", "--out", str(out)])
     rows = _lines(out / "metrics.jsonl")
     assert [r["iteration"] for r in rows] == [0, 1, 2]
-    assert all(REQUIRED <= set(r) and r["sampler"] == "mixp" and r["seed"] == 3 for r in rows)
+    assert all(REQUIRED <= set(r) and r["sampler"] == "mix_p" and r["seed"] == 3 for r in rows)
     assert rows[0]["kl"] == 0 and rows[0]["num_pairs"] == 0  # iteration 0: the initial policy itself
     assert rows[1]["kl"] > 0 and rows[2]["kl"] > 0
     for t in (1, 2):
@@ -56,14 +56,14 @@ def test_iterations_chain_with_fixed_reference(tmp_path):
     assert json.loads((out / "run.json").read_text())["finished"] is not None
 
 
-@pytest.mark.parametrize("sampler", ["offline", "online", "gshf", "borda"])
+@pytest.mark.parametrize("sampler", ["offline", "on_policy", "gshf", "borda"])
 def test_each_sampler_runs_an_iteration(tmp_path, sampler):
     out = tmp_path / sampler
     main(["--config", _recipe(tmp_path), "--sampler", sampler, "--iterations", "1", "--out", str(out)])
     rows = _lines(out / "metrics.jsonl")
     assert [r["iteration"] for r in rows] == [0, 1] and rows[1]["num_pairs"] > 0
     comps = {c for r in _lines(out / "iter_1" / "generate" / "generations.jsonl") for c in r["components"]}
-    assert comps == {"offline": {"ref"}, "online": {"policy"}, "gshf": {"ref", "policy"}, "borda": {"ref", "policy"}}[sampler]
+    assert comps == {"offline": {"ref"}, "on_policy": {"policy"}, "gshf": {"ref", "policy"}, "borda": {"ref", "policy"}}[sampler]
     if sampler == "borda":  # half of the 12 candidate prompts kept, one pair each
         assert rows[1]["num_pairs"] <= 6 and len(_lines(out / "iter_1" / "generate" / "generations.jsonl")) == 6
 
@@ -119,7 +119,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
 
 def test_dry_run_prints_every_command_and_writes_nothing(tmp_path, capsys):
     out = tmp_path / "dry"
-    main(["--config", _recipe(tmp_path), "--sampler", "mixp", "--iterations", "2", "--out", str(out), "--dry-run"])
+    main(["--config", _recipe(tmp_path), "--sampler", "mix_p", "--iterations", "2", "--out", str(out), "--dry-run"])
     lines = [l for l in capsys.readouterr().out.splitlines() if not l.startswith("#")]
     modules = [l.split(" -m ")[1].split()[0] for l in lines]
     assert modules == ["alignment.evaluate"] + ["alignment.generate", "alignment.annotate", "alignment.train_dpo",
@@ -155,14 +155,14 @@ def test_bad_recipe_fails_before_any_work(tmp_path, extra, words):
 
 def test_another_recipe_into_the_same_out_is_refused(tmp_path):
     out = tmp_path / "run"
-    main(["--config", _recipe(tmp_path), "--sampler", "online", "--iterations", "1", "--out", str(out)])
+    main(["--config", _recipe(tmp_path), "--sampler", "on_policy", "--iterations", "1", "--out", str(out)])
     before = (out / "metrics.jsonl").read_text()
     _fails(["--config", _recipe(tmp_path), "--sampler", "offline", "--iterations", "1", "--out", str(out)],
            ["--out", "sampler", "--fresh"], tmp_path)
     assert (out / "metrics.jsonl").read_text() == before
     # more iterations extend the finished run: iteration 1 is not redone
     stamp = (out / "iter_1" / "train.done").read_text()
-    main(["--config", _recipe(tmp_path), "--sampler", "online", "--iterations", "2", "--out", str(out)])
+    main(["--config", _recipe(tmp_path), "--sampler", "on_policy", "--iterations", "2", "--out", str(out)])
     assert (out / "iter_1" / "train.done").read_text() == stamp
     assert [r["iteration"] for r in _lines(out / "metrics.jsonl")] == [0, 1, 2]
 
@@ -171,12 +171,12 @@ def test_per_sampler_settings_and_overrides_reach_the_stages(tmp_path, capsys):
     recipe = _recipe(tmp_path, extra="per_sampler:\n  mixp: {generate: {mixp_online_pair: true}, "
                                       "annotate: {rule: mixed_max_min, p: 0.7}}\n")
     commands = {}
-    for sampler in ("mixp", "gshf"):
+    for sampler in ("mix_p", "gshf"):
         main(["--config", recipe, "--sampler", sampler, "--iterations", "1", "--out", str(tmp_path / sampler),
               "--dry-run", "--override", "train.lr=0.5 evaluate.temperature=0.2 generate.batch_size=null"])
         lines = [l.split() for l in capsys.readouterr().out.splitlines() if not l.startswith("#")]
         commands[sampler] = {l[l.index("-m") + 1].split(".")[1]: l for l in lines[1:]}
-    mixp, gshf = commands["mixp"], commands["gshf"]
+    mixp, gshf = commands["mix_p"], commands["gshf"]
     assert "--mixp-online-pair" in mixp["generate"] and "--mixp-online-pair" not in gshf["generate"]
     assert mixp["annotate"][mixp["annotate"].index("--rule") + 1] == "mixed_max_min"
     assert gshf["annotate"][gshf["annotate"].index("--rule") + 1] == "max_min"
@@ -194,7 +194,7 @@ def test_per_sampler_settings_and_overrides_reach_the_stages(tmp_path, capsys):
     ("", "lr=3", ["--override", "STAGE.KEY=VALUE"]),
 ])
 def test_bad_per_sampler_or_override(tmp_path, extra, override, words):
-    _fails(["--config", _recipe(tmp_path, extra=extra), "--sampler", "mixp", "--override", override,
+    _fails(["--config", _recipe(tmp_path, extra=extra), "--sampler", "mix_p", "--override", override,
             "--out", str(tmp_path / "o")], words, tmp_path)
     assert not (tmp_path / "o").exists()
 
@@ -205,14 +205,14 @@ def test_offline_regime_trains_on_a_fixed_set_and_reports_its_label(tmp_path):
              "rejected": " the sad .", "chosen_reward": 1.0, "rejected_reward": -1.0} for i in range(12)]
     prefs.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "off"
-    main(["--config", _recipe(tmp_path), "--preferences", str(prefs), "--label", "full", "--iterations", "2",
+    main(["--config", _recipe(tmp_path), "--preferences", str(prefs), "--label", "all", "--iterations", "2",
           "--out", str(out)])
     for t in (1, 2):
         assert sorted(p.name for p in (out / f"iter_{t}").iterdir() if p.is_dir()) == ["evaluate", "train"]
         train = json.loads((out / f"iter_{t}" / "train" / "run.json").read_text())
         assert train["config"]["preferences"] == str(prefs) and train["summary"]["num_pairs"] == 12
     lines = _lines(out / "metrics.jsonl")
-    assert [r["label"] for r in lines] == ["full"] * 3 and lines[1]["num_pairs"] == 12
+    assert [r["label"] for r in lines] == ["all"] * 3 and lines[1]["num_pairs"] == 12
     from alignment.report import find_runs, load_table
 
-    assert {r["sampler"] for r in load_table(find_runs([str(out)]))} == {"full"}
+    assert {r["sampler"] for r in load_table(find_runs([str(out)]))} == {"all"}

@@ -15,7 +15,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = ("safe_rlhf", "iterative_prompt")
-SAMPLERS = ("offline", "online", "gshf", "mixp")
+SAMPLERS = ("offline", "on_policy", "gshf", "mix_p")
 ITERATIONS = 3
 STAGE_MODULES = {"generate": "alignment.generate", "annotate": "alignment.annotate", "train": "alignment.train_dpo",
                  "evaluate": "alignment.evaluate"}
@@ -158,7 +158,7 @@ def test_recipe_loads_and_holds_the_papers_settings(name):
         assert (a["rule"], a["p"]) == ("mixed_max_min", 0.7) and t["margin_scale"] == 1
         # Mix-P's on-policy pair [code], for mixp and its sequence-level variant only (an error for the others)
         pair = {"generate": {"mixp_online_pair": True}}
-        assert r["per_sampler"] == {"mixp": pair, "mixp_seq": pair}
+        assert r["per_sampler"] == {"mix_p": pair, "mix_p_seq": pair}
         check_section(pipeline._stage_args_class("generate"), pair["generate"], f"{name}:per_sampler")
         assert t["batch_size"] * t.get("grad_accum", 1) * 8 == 32
 
@@ -222,7 +222,7 @@ def test_dry_run_prints_every_stage_of_every_iteration(runs, name):
             if stage == "generate":
                 assert (_flag(c, "--sampler"), _flag(c, "--num-responses"), _flag(c, "--max-new-tokens"),
                         _flag(c, "--temperature"), _flag(c, "--backend")) == (sampler, "2", "128", "0.7", "hf")
-                assert ("--mixp-online-pair" in c) == (name == "iterative_prompt" and sampler == "mixp")  # per_sampler
+                assert ("--mixp-online-pair" in c) == (name == "iterative_prompt" and sampler == "mix_p")  # per_sampler
             if stage == "annotate":
                 rule = ("mixed_max_min", "0.7") if name == "iterative_prompt" else ("max_min", None)
                 assert (_flag(c, "--rule"), _flag(c, "--p")) == rule
@@ -244,20 +244,20 @@ def test_vllm_backend_on_request(runs):
     assert sorted(pipelines) == sorted(SAMPLERS)
     for sampler, p in pipelines.items():
         assert _flag(p, "--config") == "alignment/configs/safe_rlhf.yaml"
-        assert _flag(p, "--override") == (None if sampler == "mixp" else VLLM_OVERRIDE)
+        assert _flag(p, "--override") == (None if sampler == "mix_p" else VLLM_OVERRIDE)
     by_sampler = _by_sampler(res["stdout"])
     for sampler, cmds in by_sampler.items():
         gen = [c for c in cmds if _stage(c) == "generate"]
         assert len(gen) == ITERATIONS
         for c in gen:
-            if sampler == "mixp":  # logit fusion: the hf backend, launched per GPU, with the recipe's batch size
+            if sampler == "mix_p":  # logit fusion: the hf backend, launched per GPU, with the recipe's batch size
                 assert shlex.join(c).startswith(ZERO3) and _flag(c, "--backend") == "hf"
                 assert _flag(c, "--batch-size") == "32"
             else:  # vLLM runs as one process (no accelerate launch) and batches all prompts itself
                 assert c[0] == sys.executable and _flag(c, "--backend") == "vllm" and "--batch-size" not in c
         assert all(shlex.join(c).startswith(ZERO3) and _flag(c, "--config") == "alignment/configs/safe_rlhf.yaml"
                    for c in cmds if _stage(c) == "train")
-    assert res["stderr"].count("mixp keeps hf") == 1
+    assert res["stderr"].count("mix_p keeps hf") == 1
     assert _wrote_nothing(res)
 
 
@@ -267,14 +267,14 @@ def test_iterative_prompt_mixp_seq_under_vllm_keeps_its_online_pair(runs):
     assert res["rc"] == 0, res["stderr"]
     (p,) = _pipelines(res["stdout"]).values()
     assert (_flag(p, "--sampler"), _flag(p, "--config"), _flag(p, "--override")) == \
-        ("mixp_seq", "alignment/configs/iterative_prompt.yaml", VLLM_OVERRIDE)
+        ("mix_p_seq", "alignment/configs/iterative_prompt.yaml", VLLM_OVERRIDE)
     cmds = _commands(res["stdout"])
     assert len(cmds) == 1 + 4 * ITERATIONS
     gen = [c for c in cmds if _stage(c) == "generate"]
     assert len(gen) == ITERATIONS
-    assert all(c[0] == sys.executable and _flag(c, "--sampler") == "mixp_seq" and _flag(c, "--backend") == "vllm"
+    assert all(c[0] == sys.executable and _flag(c, "--sampler") == "mix_p_seq" and _flag(c, "--backend") == "vllm"
                and "--batch-size" not in c and "--mixp-online-pair" in c for c in gen)
-    assert "mixp keeps hf" not in res["stderr"]
+    assert "mix_p keeps hf" not in res["stderr"]
     assert _wrote_nothing(res)
 
 

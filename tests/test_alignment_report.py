@@ -15,18 +15,19 @@ import pytest
 from scipy import stats
 
 from alignment import report
+from runlog import ConfigError
 from analysis import style
 
 ROOT = Path(__file__).resolve().parents[1]
-SAMPLERS = ("online", "mixp")        # alphabetical order would put mixp first; the report's order is online, mixp
+SAMPLERS = ("on_policy", "mix_p")        # alphabetical order would put mix_p first; the report's order is on_policy, mix_p
 SEEDS = (0, 1)
 ITERATIONS = (0, 1, 2)
-GAIN = {"online": 0.8, "mixp": 1.3, "offline": 0.2, "gshf": 1.0, "mixp_seq": 1.1, "zeta": 0.5, "alpha": 0.6}
+GAIN = {"on_policy": 0.8, "mix_p": 1.3, "online": 0.8, "mixp": 1.3, "offline": 0.2, "gshf": 1.0, "mix_p_seq": 1.1, "zeta": 0.5, "alpha": 0.6}
 
 
 def values(sampler: str, seed: int, t: int) -> dict:
     """Per-prompt reward, win, kl of one evaluation (4 prompts). Iteration 0 is the same for every sampler."""
-    if (sampler, t) == ("online", 1):
+    if (sampler, t) == ("on_policy", 1):
         reward = [1.0, 2.0, 3.0, 4.0] if seed == 0 else [2.0, 3.0, 4.0, 5.0]
     else:
         reward = [round(-2 + GAIN[sampler] * t + 0.25 * seed + d, 6) for d in (0.0, 1.5, -1.0, 0.75)]
@@ -66,11 +67,11 @@ def write_run(folder: Path, sampler: str, seed: int, iterations=ITERATIONS) -> P
 
 @pytest.fixture
 def runs(tmp_path) -> Path:
-    """root/online/seedS (two levels down) and root/mixp-seedS (one level down)."""
+    """root/on_policy/seedS (two levels down) and root/mix_p-seedS (one level down)."""
     root = tmp_path / "runs"
     for seed in SEEDS:
-        write_run(root / "online" / f"seed{seed}", "online", seed)
-        write_run(root / f"mixp-seed{seed}", "mixp", seed)
+        write_run(root / "on_policy" / f"seed{seed}", "on_policy", seed)
+        write_run(root / f"mix_p-seed{seed}", "mix_p", seed)
     return root
 
 
@@ -86,13 +87,13 @@ def test_find_runs_one_and_two_levels_down_deduplicated(runs, tmp_path):
     (runs / "notes" / "metrics.jsonl").write_text("{}\n")          # no pipeline.json: not a run
     write_run(runs / "deep" / "a" / "b", "gshf", 0)                 # three levels down: not searched
     write_run(runs / ".tmp-half-written", "gshf", 1)                # hidden: skipped
-    expected = {runs / "online" / "seed0", runs / "online" / "seed1", runs / "mixp-seed0", runs / "mixp-seed1"}
+    expected = {runs / "on_policy" / "seed0", runs / "on_policy" / "seed1", runs / "mix_p-seed0", runs / "mix_p-seed1"}
     assert set(report.find_runs([runs])) == expected
-    assert len(report.find_runs([runs / "mixp-seed0", runs, runs / "online"])) == 4   # each run once
-    assert report.find_runs([runs / "online"]) == [runs / "online" / "seed0", runs / "online" / "seed1"]
-    assert report.find_runs([runs / "mixp-seed1"]) == [runs / "mixp-seed1"]
+    assert len(report.find_runs([runs / "mix_p-seed0", runs, runs / "on_policy"])) == 4   # each run once
+    assert report.find_runs([runs / "on_policy"]) == [runs / "on_policy" / "seed0", runs / "on_policy" / "seed1"]
+    assert report.find_runs([runs / "mix_p-seed1"]) == [runs / "mix_p-seed1"]
     # the iter_T/evaluate folders inside a run hold a metrics.jsonl, but a run is not searched inside
-    assert report.find_runs([runs / "mixp-seed1" / "metrics.jsonl"]) == [runs / "mixp-seed1"]
+    assert report.find_runs([runs / "mix_p-seed1" / "metrics.jsonl"]) == [runs / "mix_p-seed1"]
 
 
 def test_find_runs_errors_name_the_argument(tmp_path):
@@ -107,7 +108,7 @@ def test_find_runs_errors_name_the_argument(tmp_path):
 
 def test_pooled_mean_and_t_interval_by_hand(runs):
     rows = report.load_table(report.find_runs([runs]))
-    row = row_of(rows, "online", 1)
+    row = row_of(rows, "on_policy", 1)
     # rewards: seed 0 [1, 2, 3, 4], seed 1 [2, 3, 4, 5]; pooled n = 8, mean 3, squared deviations sum to 12
     assert row["seeds"] == 2 and row["n"] == 8 and row["seed_list"] == [0, 1]
     assert row["ci_method"] == "pooled"
@@ -130,58 +131,58 @@ def test_every_cell_matches_scipy(runs):
                 seed_means = [np.mean(v) for v in per_seed]
                 assert row[name + "_seed_min"] == pytest.approx(min(seed_means), abs=1e-12)
                 assert row[name + "_seed_max"] == pytest.approx(max(seed_means), abs=1e-12)
-    assert row_of(rows, "mixp", 0)["kl"] == 0.0 and row_of(rows, "mixp", 0)["kl_ci"] == 0.0
+    assert row_of(rows, "mix_p", 0)["kl"] == 0.0 and row_of(rows, "mix_p", 0)["kl_ci"] == 0.0
 
 
 def test_pooled_interval_is_not_the_combined_seed_cis(runs):
     """With evaluations present the per-prompt values decide, not metrics.jsonl's *_ci."""
     for seed in SEEDS:
-        path = runs / f"mixp-seed{seed}" / "metrics.jsonl"
+        path = runs / f"mix_p-seed{seed}" / "metrics.jsonl"
         lines = [json.loads(x) for x in path.read_text().splitlines()]
         path.write_text("".join(json.dumps(dict(x, reward_ci=50.0)) + "\n" for x in lines))
-    row = row_of(report.load_table(report.find_runs([runs])), "mixp", 2)
-    assert row["reward_ci"] == pytest.approx(t_interval(values("mixp", 0, 2)["reward"]
-                                                        + values("mixp", 1, 2)["reward"])[1])
+    row = row_of(report.load_table(report.find_runs([runs])), "mix_p", 2)
+    assert row["reward_ci"] == pytest.approx(t_interval(values("mix_p", 0, 2)["reward"]
+                                                        + values("mix_p", 1, 2)["reward"])[1])
 
 
 def test_fallback_without_evaluations_combines_reported_cis(runs):
-    (runs / "mixp-seed1" / "iter_2" / "evaluate" / "evaluations.jsonl").unlink()
-    metrics = [json.loads(x) for x in (runs / "mixp-seed0" / "metrics.jsonl").read_text().splitlines()]
+    (runs / "mix_p-seed1" / "iter_2" / "evaluate" / "evaluations.jsonl").unlink()
+    metrics = [json.loads(x) for x in (runs / "mix_p-seed0" / "metrics.jsonl").read_text().splitlines()]
     metrics[2].update(reward_mean=1.0, reward_ci=0.3)
-    (runs / "mixp-seed0" / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
-    metrics = [json.loads(x) for x in (runs / "mixp-seed1" / "metrics.jsonl").read_text().splitlines()]
+    (runs / "mix_p-seed0" / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
+    metrics = [json.loads(x) for x in (runs / "mix_p-seed1" / "metrics.jsonl").read_text().splitlines()]
     metrics[2].update(reward_mean=2.0, reward_ci=0.4)
-    (runs / "mixp-seed1" / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
+    (runs / "mix_p-seed1" / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
     rows = report.load_table(report.find_runs([runs]))
-    row = row_of(rows, "mixp", 2)
+    row = row_of(rows, "mix_p", 2)
     assert row["ci_method"] == "seed_ci"
     assert row["reward"] == pytest.approx(1.5)
     assert row["reward_ci"] == pytest.approx(0.25)          # sqrt(0.3^2 + 0.4^2) / 2
     assert (row["reward_seed_min"], row["reward_seed_max"]) == pytest.approx((1.0, 2.0))
     assert row["n"] == 8                                    # the seeds' num_prompts
-    assert row_of(rows, "mixp", 1)["ci_method"] == "pooled"
+    assert row_of(rows, "mix_p", 1)["ci_method"] == "pooled"
     text = report.format_table(rows)
-    mixp_2 = [x for x in text.splitlines() if x.startswith("mixp ") and x.split()[1] == "2"]
-    assert len(mixp_2) == 1 and "8*" in mixp_2[0] and "1.500 +- 0.250" in mixp_2[0]
+    mix_p_2 = [x for x in text.splitlines() if x.startswith("mix_p ") and x.split()[1] == "2"]
+    assert len(mix_p_2) == 1 and "8*" in mix_p_2[0] and "1.500 +- 0.250" in mix_p_2[0]
     assert "sqrt(sum ci^2) / k" in text
 
 
 def test_seeds_count_follows_each_iteration(runs):
-    path = runs / "online" / "seed1" / "metrics.jsonl"
+    path = runs / "on_policy" / "seed1" / "metrics.jsonl"
     path.write_text("".join(x + "\n" for x in path.read_text().splitlines()[:2]))   # seed 1 stopped after iter 1
     rows = report.load_table(report.find_runs([runs]))
-    row = row_of(rows, "online", 2)
+    row = row_of(rows, "on_policy", 2)
     assert row["seeds"] == 1 and row["seed_list"] == [0] and row["n"] == 4
-    assert row["reward"] == pytest.approx(np.mean(values("online", 0, 2)["reward"]))
-    assert row_of(rows, "online", 1)["seeds"] == 2
+    assert row["reward"] == pytest.approx(np.mean(values("on_policy", 0, 2)["reward"]))
+    assert row_of(rows, "on_policy", 1)["seeds"] == 2
 
 
 def test_sampler_order(tmp_path):
-    for sampler in ("zeta", "mixp_seq", "alpha", "offline", "gshf", "mixp", "online"):
+    for sampler in ("zeta", "mix_p_seq", "alpha", "offline", "gshf", "mix_p", "on_policy"):
         write_run(tmp_path / sampler, sampler, 0, iterations=(0, 1))
     rows = report.load_table(report.find_runs([tmp_path]))
     order = list(dict.fromkeys(r["sampler"] for r in rows))
-    assert order == ["offline", "online", "gshf", "mixp", "mixp_seq", "alpha", "zeta"]
+    assert order == ["offline", "on_policy", "gshf", "mix_p", "mix_p_seq", "alpha", "zeta"]
 
 
 def test_plain_table_is_aligned_and_states_the_method(runs):
@@ -192,10 +193,10 @@ def test_plain_table_is_aligned_and_states_the_method(runs):
     assert len(data) == len(SAMPLERS) * len(ITERATIONS)
     positions = {tuple(i for i in range(len(x)) if x.startswith("+-", i)) for x in data}
     assert len(positions) == 1 and len(next(iter(positions))) == 3       # "+-" in the same columns on every line
-    mean, ci = t_interval(values("online", 0, 2)["kl"] + values("online", 1, 2)["kl"])
-    online_2 = [x for x in data if x.split()[:2] == ["online", "2"]][0]
-    assert f"{mean:.3f} +- {ci:.3f}" in online_2
-    assert "2.500..3.500" in [x for x in data if x.split()[:2] == ["online", "1"]][0]   # the seed range
+    mean, ci = t_interval(values("on_policy", 0, 2)["kl"] + values("on_policy", 1, 2)["kl"])
+    on_policy_2 = [x for x in data if x.split()[:2] == ["on_policy", "2"]][0]
+    assert f"{mean:.3f} +- {ci:.3f}" in on_policy_2
+    assert "2.500..3.500" in [x for x in data if x.split()[:2] == ["on_policy", "1"]][0]   # the seed range
     assert lines[0].split()[:4] == ["sampler", "iter", "seeds", "n"]
     assert "t_{0.975,n-1}" in text and "seeds x prompts" in text and "min..max" in text
     assert "sqrt(sum ci^2)" not in text                                 # no fallback row here
@@ -215,7 +216,7 @@ def test_cli_writes_table_markdown_csv_and_figure(runs, tmp_path, capsys):
     assert set(table[1].replace("|", "").replace("-", "").replace(":", "")) <= {" ", ""}   # the separator row
     body = [[c.strip() for c in x.strip("|").split("|")] for x in table[2:]]
     assert [(b[0], int(b[1])) for b in body] == [(s, t) for s in SAMPLERS for t in ITERATIONS]
-    assert "| online | 1 | 2 | 8 | 3.000 ± 1.095 | 2.500..3.500 |" in "\n".join(table)
+    assert "| on_policy | 1 | 2 | 8 | 3.000 ± 1.095 | 2.500..3.500 |" in "\n".join(table)
     assert any("t_{0.975,n-1}" in x for x in md)
 
     with open(out / "t.csv") as f:
@@ -250,18 +251,18 @@ def test_figure_draws_each_sampler_in_its_colour(runs, tmp_path):
 
 
 def test_sampler_colors():
-    names = ("offline", "online", "gshf", "mixp", "mixp_seq", "unif", "on_policy", "mix_r", "mix_p", "mix_p_star")
+    names = ("offline", "on_policy", "gshf", "mix_p", "mix_p_seq", "unif", "on_policy", "mix_r", "mix_p", "mix_p_star")
     assert set(names) <= set(style.SAMPLER_COLORS)
-    pipeline = [style.SAMPLER_COLORS[s] for s in ("offline", "online", "gshf", "mixp", "mixp_seq")]
+    pipeline = [style.SAMPLER_COLORS[s] for s in ("offline", "on_policy", "gshf", "mix_p", "mix_p_seq")]
     bandit = [style.SAMPLER_COLORS[s] for s in ("unif", "on_policy", "gshf", "mix_r", "mix_p", "mix_p_star")]
     assert len(set(pipeline)) == 5 and len(set(bandit)) == 6
-    colors = style.sampler_colors(["online", "zeta", "alpha"])
-    assert colors["online"] == style.SAMPLER_COLORS["online"]
+    colors = style.sampler_colors(["on_policy", "zeta", "alpha"])
+    assert colors["on_policy"] == style.SAMPLER_COLORS["on_policy"]
     assert len(set(colors.values())) == 3 and not {colors["zeta"], colors["alpha"]} & set(pipeline)
 
 
 def _metrics_path(runs: Path) -> Path:
-    return runs / "mixp-seed1" / "metrics.jsonl"
+    return runs / "mix_p-seed1" / "metrics.jsonl"
 
 
 def _corrupt_metrics(runs: Path, line: str) -> None:
@@ -274,18 +275,18 @@ BAD = {
     "no runs": (lambda runs, tmp: [str(runs), str((tmp / "empty").mkdir() or tmp / "empty")],
                 ["empty", "holds no pipeline run"]),
     "malformed metrics line": (lambda runs, tmp: _corrupt_metrics(runs, '{"iteration": 1, "reward_mean": ') or [str(runs)],
-                               ["mixp-seed1/metrics.jsonl line 2", "not valid JSON"]),
+                               ["mix_p-seed1/metrics.jsonl line 2", "not valid JSON"]),
     "metrics line without iteration": (lambda runs, tmp: _corrupt_metrics(runs, '{"reward_mean": 1}') or [str(runs)],
-                                       ["mixp-seed1/metrics.jsonl line 2", "'iteration'"]),
+                                       ["mix_p-seed1/metrics.jsonl line 2", "'iteration'"]),
     "metrics value not a number": (
         lambda runs, tmp: _corrupt_metrics(runs, '{"iteration": 1, "reward_mean": "high", "win_rate": 0.5, "kl": 0}')
-        or [str(runs)], ["mixp-seed1/metrics.jsonl line 2", "'reward_mean'"]),
+        or [str(runs)], ["mix_p-seed1/metrics.jsonl line 2", "'reward_mean'"]),
     "malformed evaluations line": (
-        lambda runs, tmp: (runs / "online/seed0/iter_2/evaluate/evaluations.jsonl").write_text(
+        lambda runs, tmp: (runs / "on_policy/seed0/iter_2/evaluate/evaluations.jsonl").write_text(
             '{"reward": 1, "win": 1, "kl": 0}\n{"reward": null, "win": 1, "kl": 0}\n') and [str(runs)],
-        ["online/seed0/iter_2/evaluate/evaluations.jsonl line 2", "'reward'"]),
+        ["on_policy/seed0/iter_2/evaluate/evaluations.jsonl line 2", "'reward'"]),
     "same sampler and seed twice": (
-        lambda runs, tmp: [str(runs), str(write_run(tmp / "copy", "online", 1))], ["'online' seed 1"]),
+        lambda runs, tmp: [str(runs), str(write_run(tmp / "copy", "on_policy", 1))], ["'on_policy' seed 1"]),
     "figure not a png": (lambda runs, tmp: [str(runs), "--figure", str(tmp / "out" / "fig.jpg")], ["--figure", ".png"]),
 }
 
@@ -321,3 +322,14 @@ def test_subprocess_help_and_exit_2(tmp_path):
     assert res.stderr.splitlines() == [f"python -m alignment.report: error: RUNS: {str(tmp_path / 'nope')!r} "
                                        f"does not exist"]
     assert not (tmp_path / "t.csv").exists()
+
+
+def test_older_runs_names_are_read_as_canonical(tmp_path):
+    # runs written before the vocabulary (bandit/vocabulary.py) named on_policy "online" and mix_p "mixp"
+    write_run(tmp_path / "a", "online", 0, iterations=(0, 1))
+    write_run(tmp_path / "b", "mixp", 0, iterations=(0, 1))
+    rows = report.load_table(report.find_runs([tmp_path]))
+    assert list(dict.fromkeys(r["sampler"] for r in rows)) == ["on_policy", "mix_p"]
+    write_run(tmp_path / "c", "on_policy", 0, iterations=(0, 1))  # the same sampler and seed under its new name
+    with pytest.raises(ConfigError, match="both sampler 'on_policy' seed 0"):
+        report.load_table(report.find_runs([tmp_path]))

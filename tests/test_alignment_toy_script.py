@@ -31,15 +31,15 @@ def test_toy_script_smoke(tmp_path):
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     with open(out / "table.csv") as f:
         rows = list(csv.DictReader(f))
-    assert {(row["sampler"], row["iteration"]) for row in rows} == {(s, i) for s in ("offline", "mixp") for i in "01"}
+    assert {(row["sampler"], row["iteration"]) for row in rows} == {(s, i) for s in ("offline", "mix_p") for i in "01"}
     assert all(row["seeds"] == "2" for row in rows)
     assert (out / "reward_vs_kl.png").stat().st_size > 10_000 and (out / "reward_vs_kl.pdf").exists()
-    for s in ("offline", "mixp"):
+    for s in ("offline", "mix_p"):
         for seed in (0, 1):
             assert (out / "pipeline" / f"{s}-seed{seed}" / "iter_1" / "train" / "model").is_dir()
     # a second run finds everything done: no stage runs again
-    stamp = (out / "pipeline" / "mixp-seed1" / "iter_1" / "train.done").read_text()
+    stamp = (out / "pipeline" / "mix_p-seed1" / "iter_1" / "train.done").read_text()
     r = run()
     assert r.returncode == 0, r.stderr[-2000:]
-    assert (out / "pipeline" / "mixp-seed1" / "iter_1" / "train.done").read_text() == stamp
+    assert (out / "pipeline" / "mix_p-seed1" / "iter_1" / "train.done").read_text() == stamp
     assert r.stdout.count("iteration 1/1") == 4

@@ -64,7 +64,7 @@ def test_kinds_tasks_and_newest_duplicate(tmp_path):
     fixed = by["tabular (step=fixed)"]
     assert sorted((r["seed"], r["param_diff"]) for r in fixed.rows) == [(0, 1.0), (0, 2.0), (1, 1.5), (1, 3.0)]
     assert len(fixed.notes) == 1 and str(tmp_path / "b") in fixed.notes[0]
-    assert by["toy"].kind == "pipeline" and by["toy"].methods == ["online"]
+    assert by["toy"].kind == "pipeline" and by["toy"].methods == ["on_policy"]  # an older log's alias, mapped
 
 
 def test_unreadable_run_json_is_a_problem_and_the_rest_loads(tmp_path):
@@ -194,7 +194,7 @@ def test_leaderboard_higher_is_better_and_welch_without_shared_seeds(tmp_path):
     write_run(tmp_path / "p", "alignment/pipeline.py", {"config": "toy.yaml"}, rows)
     tasks, _ = load_tasks([tmp_path])
     board = [r for r in leaderboard(tasks, metrics=["reward_mean"])]
-    assert [r["method"] for r in board] == ["mixp", "offline"]
+    assert [r["method"] for r in board] == ["mix_p", "offline"]  # mixp: an older name, logged as mix_p now
     assert board[1]["test"] == "welch"
     assert board[1]["p"] == pytest.approx(stats.ttest_ind([1, 2, 3], [0, 0.5, 0.4], equal_var=False).pvalue)
     assert board[0]["at"] == "final iteration 1"

@@ -66,7 +66,7 @@ def sim_for(env, data, batch=2, lr=0.1, steps=3, seed=0, **kw):
 # ------------------------------------------------------------------------------------------- registry
 
 def test_registry_names():
-    assert list(SELECTORS) == ["unif", "random_subset", "reward_gap", "reward_gap_step", "us", "ae", "sams", "borda"]
+    assert list(SELECTORS) == ["all", "random_subset", "reward_gap", "reward_gap_step", "us", "ae", "sams", "borda"]
     assert {n for n, c in SELECTORS.items() if c.regime == "online"} == {"borda"}
 
 
@@ -456,7 +456,7 @@ def test_every_selector_runs_and_unif_learns(kind):
             make_selector(name, SelectorConfig(ratio=0.25)))
         assert res.metrics.shape == (31, len(METRICS), 2) and np.isfinite(res.metrics).all(), name
         assert (np.diff(res.pairs_used, axis=0) >= 0).all()
-        if name == "unif":
+        if name == "all":
             vg = res.series("value_gap")
             assert (vg[-1] < 0.7 * vg[0]).all()
 

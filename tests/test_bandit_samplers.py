@@ -10,7 +10,7 @@ from runlog import ConfigError
 
 DT = torch.float64
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
-SYMMETRIC = ["unif", "on_policy", "gshf", "mix_r", "mix_p", "mix_p_star"]
+SYMMETRIC = ["offline", "unif", "on_policy", "gshf", "mix_r", "mix_p", "mix_p_star"]
 
 
 def make_state(B=3, E=2, A=5, beta=3.0, seed=0, requires_grad=False):
@@ -26,7 +26,7 @@ def make_state(B=3, E=2, A=5, beta=3.0, seed=0, requires_grad=False):
     return PairState(log_pi, log_ref, h, r)
 
 
-def test_registry_has_the_six_samplers():
+def test_registry_has_the_six_samplers_and_offline():
     assert set(SAMPLERS) == set(SYMMETRIC)
 
 
@@ -77,6 +77,7 @@ def _expected3(name):
         for j in range(3):
             dr, dh = R3[i] - R3[j], h[i] - h[j]
             W[i, j] = {
+                "offline": ref[i] * ref[j],
                 "unif": 1.0,
                 "on_policy": pi[i] * pi[j],
                 "gshf": ref[i] * pi[j] + pi[i] * ref[j],
@@ -86,7 +87,7 @@ def _expected3(name):
     return W / W.sum()
 
 
-@pytest.mark.parametrize("name", ["unif", "on_policy", "gshf", "mix_r", "mix_p"])
+@pytest.mark.parametrize("name", ["offline", "unif", "on_policy", "gshf", "mix_r", "mix_p"])
 def test_closed_forms_A3(name):
     w = sampler_weights(name, _state3()).numpy()
     np.testing.assert_allclose(w, _expected3(name), rtol=1e-12, atol=0)
@@ -181,3 +182,11 @@ def test_unknown_sampler_is_config_error_listing_names():
         assert name in msg
     with pytest.raises(ConfigError):
         sampler_weights("nope", make_state())
+
+
+def test_aliases_name_the_canonical_sampler():
+    # the seed repositories' names (bandit/vocabulary.py) are the same weight functions
+    assert get_sampler("online") is get_sampler("on_policy") and get_sampler("mixp") is get_sampler("mix_p")
+    assert get_sampler("vanilla") is get_sampler("offline") is get_sampler("ref")
+    with pytest.raises(ConfigError, match="not available here"):
+        get_sampler("mixp_seq")  # an LLM-only pair sampler

@@ -21,8 +21,8 @@ REPO = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
 BANDIT_SAMPLERS = ("unif", "on_policy", "gshf", "mix_r", "mix_p", "mix_p_star")
 SELECTORS = ("unif", "random_subset", "reward_gap", "reward_gap_step", "us", "ae", "sams", "borda")
-PIPELINE_SAMPLERS = ("offline", "online")
-LABELS = ("full", "random_subset")
+PIPELINE_SAMPLERS = ("offline", "on_policy")
+LABELS = ("all", "random_subset")
 # which methods each figure draws, from the logs below
 DRAWN = {"tabular_exact": BANDIT_SAMPLERS, "tabular_empirical": BANDIT_SAMPLERS, "linear_bandit": BANDIT_SAMPLERS,
          "offline_selection": SELECTORS, "alignment_reward_vs_kl": PIPELINE_SAMPLERS,
@@ -79,7 +79,7 @@ def logs(tmp_path_factory):
                                "--iterations", "2", "--out", str(runs / "alignment" / "toy" / f"{sampler}-seed{seed}")],
                               mp)
             for label in LABELS:
-                override = "" if label == "full" else f"train.selector={label} train.select_ratio=0.5"
+                override = "" if label == "all" else f"train.selector={label} train.select_ratio=0.5"
                 for seed in (0, 1):
                     _pipeline(["--config", str(recipes / "toy_selection.yaml"), "--preferences", str(prefs),
                                "--label", label, "--seed", str(seed), "--iterations", "1", "--override", override,
@@ -177,8 +177,8 @@ def test_each_method_is_drawn_in_its_fixed_colour(made, figure):
     image = _image(made[0] / f"{figure}.png")
     for method in DRAWN[figure]:
         assert _pixels(image, SAMPLER_COLORS[method]) > 40, (figure, method)
-    if figure.startswith("alignment"):   # colours follow the sampler, not the palette's order: gshf, mixp absent
-        for absent in ("gshf", "mixp"):
+    if figure.startswith("alignment"):   # colours follow the sampler, not the palette's order: gshf, mix_p absent
+        for absent in ("gshf", "mix_p"):
             assert _pixels(image, SAMPLER_COLORS[absent]) == 0, (figure, absent)
     if figure == "selection_toy":        # us (blue), sams (pink) are not in these logs
         for absent in ("us", "sams"):

@@ -2,7 +2,7 @@
 # AE-DPO / US-DPO offline (Mehta et al.): SFT on the first pretrain_fraction 0.3 of an HH-style preference set, then
 # DPO on the rest where every step trains on the 1/3 of a candidate batch with the largest active-exploration width
 # (ae) or Monte Carlo dropout uncertainty (us) (alignment/configs/active.yaml). DPO on one node of 8 GPUs (ZeRO-3).
-#   bash alignment/scripts/active.sh [--dry-run] [--method ae|us|random_subset|none] [--seed N] [--out DIR]
+#   bash alignment/scripts/active.sh [--dry-run] [--method ae|us|random_subset|all] [--seed N] [--out DIR]
 #       [--model M] [-- TRAIN_DPO FLAGS]
 # Options: --help. Shared machinery: alignment/scripts/offline_recipe.sh.
 set -euo pipefail
@@ -28,7 +28,7 @@ resume.
   --dry-run          check every command with its own module's parser and checks and print it; run, load and
                      write nothing (no GPU, model or dataset needed)
   --method M         ae (default: active exploration), us (uncertainty sampling), random_subset (a random 1/3 of
-                     every candidate batch) or none (DPO on every pair)
+                     every candidate batch) or all (DPO on every pair; alias none)
   --seed N           seed of the DPO run (default 0)
   --out DIR          output folder (default runs/alignment/active)
   --model M          the model to SFT (default: the recipe's, openai-community/gpt2-large)
@@ -69,7 +69,8 @@ while [[ $# -gt 0 ]]; do
         *) die "unknown argument '$1' (see --help)" ;;
     esac
 done
-check_choice --method "$METHOD" ae us random_subset none
+[[ "$METHOD" == none || "$METHOD" == full ]] && METHOD=all  # aliases of the canonical name
+check_choice --method "$METHOD" ae us random_subset all
 check_uint --seed "$SEED"
 [[ -z "$NPROC" ]] || check_pos --num-processes "$NPROC"
 QLORA_FLAGS=()

@@ -22,19 +22,19 @@ usage() {
 usage: $SCRIPT [--dry-run] [--sampler S] [--seed N] [--out DIR] [--backend hf|vllm] [-- PIPELINE FLAGS]
 
 Runs python -m alignment.pipeline --config $CONFIG --sampler S --seed N --out DIR/S-seedN
-for S in offline online gshf mixp (or just --sampler S), then python -m alignment.report DIR.
+for S in offline on_policy gshf mix_p (or just --sampler S), then python -m alignment.report DIR.
 A sampler's own settings are in the recipe's per_sampler: section.
 A finished stage is never rerun: run the same command again to resume.
 
   --dry-run        resolve and check every stage's flags and print the commands; run, load and write nothing
                    (no GPU, model or dataset needed)
-  --sampler S      one sampler: offline, online, gshf, mixp or mixp_seq (default: the four of the paper)
+  --sampler S      one sampler: offline, on_policy, gshf, mix_p or mix_p_seq, or an alias (default: the paper's four)
   --seed N         seed of every stage (default 0)
   --out DIR        output folder (default runs/alignment/$NAME)
   --backend B      generation backend: hf (default) or vllm (also: env BACKEND). vllm applies to offline,
-                   online, gshf and mixp_seq, as the pipeline flag
+                   on_policy, gshf and mix_p_seq, as the pipeline flag
                    --override "$VLLM_OVERRIDE";
-                   mixp fuses logits token by token and always uses hf.
+                   mix_p fuses logits token by token and always uses hf.
   -- FLAGS         pass the remaining flags to alignment.pipeline, e.g. -- --fresh, or
                    -- --launch 'accelerate launch --config_file alignment/configs/zero3.yaml --num_processes 4';
                    an --override here is joined after the script's own (its items win)
@@ -44,7 +44,7 @@ EOF
 }
 
 DRY_RUN=0
-SAMPLERS=(offline online gshf mixp)
+SAMPLERS=(offline on_policy gshf mix_p)
 SEED=0
 OUT="runs/alignment/$NAME"
 BACKEND="${BACKEND:-hf}"
@@ -62,12 +62,15 @@ while [[ $# -gt 0 ]]; do
         *) echo "$NAME.sh: error: unknown argument '$1' (see --help)" >&2; exit 2 ;;
     esac
 done
-case "${SAMPLERS[0]}" in
-    offline|online|gshf|mixp|mixp_seq) ;;
-    *) echo "$NAME.sh: error: --sampler: unknown sampler '${SAMPLERS[0]}';" \
-            "known: offline, online, gshf, mixp, mixp_seq" >&2
-       exit 2 ;;
-esac
+for i in "${!SAMPLERS[@]}"; do  # canonical names (aliases accepted); borda has recipes of its own
+    SAMPLERS[i]=$("$PYTHON" -m bandit.vocabulary --sampler "${SAMPLERS[i]}" 2>&1) \
+        || { echo "$NAME.sh: error: ${SAMPLERS[i]#*error: }" >&2; exit 2; }
+    case "${SAMPLERS[i]}" in
+        offline|on_policy|gshf|mix_p|mix_p_seq) ;;
+        *) echo "$NAME.sh: error: --sampler: ${SAMPLERS[i]} has no recipe here; known: offline, on_policy, gshf, mix_p, mix_p_seq" >&2
+           exit 2 ;;
+    esac
+done
 [[ "$SEED" =~ ^[0-9]+$ ]] || { echo "$NAME.sh: error: --seed: must be an integer >= 0, got '$SEED'" >&2; exit 2; }
 [[ "$BACKEND" == hf || "$BACKEND" == vllm ]] || {
     echo "$NAME.sh: error: --backend: must be hf or vllm, got '$BACKEND'" >&2; exit 2; }
@@ -100,8 +103,8 @@ show() {
 for S in "${SAMPLERS[@]}"; do
     OVERRIDE=""
     if [[ "$BACKEND" == vllm ]]; then
-        if [[ "$S" == mixp ]]; then
-            echo "# mixp fuses two models' logits token by token, which only the hf backend can do: mixp keeps hf" >&2
+        if [[ "$S" == mix_p ]]; then
+            echo "# mix_p fuses two models' logits token by token, which only the hf backend can do: mix_p keeps hf" >&2
         else
             OVERRIDE="$VLLM_OVERRIDE"
         fi

@@ -2,7 +2,7 @@
 # SamS (Huang et al., NeurIPS 2025): offline DPO on an UltraFeedback-style preference set where a scheduler keeps
 # half of every batch (alignment/configs/sams.yaml, the paper's per-model beta and lr), or its random_subset control.
 # One node of 8 x 80 GB GPUs (DeepSpeed ZeRO-3).
-#   bash alignment/scripts/sams.sh [--dry-run] [--model llama3|mistral|gemma2] [--selector sams|random_subset|none]
+#   bash alignment/scripts/sams.sh [--dry-run] [--model llama3|mistral|gemma2] [--selector sams|random_subset|all]
 #       [--seed N] [--out DIR] [-- TRAIN_DPO FLAGS]
 # Options: --help. Shared machinery: alignment/scripts/offline_recipe.sh.
 set -euo pipefail
@@ -28,7 +28,7 @@ A finished stage is never rerun: run the same command again to resume.
   --model M          llama3 (default: Meta-Llama-3-8B-Instruct, beta 0.01, lr 1e-6), mistral (Mistral-7B-Instruct-
                      v0.2, 0.01, 5e-7) or gemma2 (gemma-2-9b-it, 0.01, 5e-7): the recipe's models: section
   --selector S       sams (default), random_subset (the control: a random half of every batch, the same loss
-                     normalisation) or none (DPO on every pair)
+                     normalisation) or all (DPO on every pair; alias none)
   --seed N           seed of the training run (default 0)
   --out DIR          output folder (default runs/alignment/sams)
   --config YAML      the recipe (default alignment/configs/sams.yaml)
@@ -71,7 +71,8 @@ while [[ $# -gt 0 ]]; do
         *) die "unknown argument '$1' (see --help)" ;;
     esac
 done
-check_choice --selector "$SELECTOR" sams random_subset none
+[[ "$SELECTOR" == none || "$SELECTOR" == full ]] && SELECTOR=all  # aliases of the canonical name
+check_choice --selector "$SELECTOR" sams random_subset all
 check_uint --seed "$SEED"
 [[ -z "$NPROC" ]] || check_pos --num-processes "$NPROC"
 [[ -f "$CONFIG" ]] || die "--config: no such file '$CONFIG'"

@@ -8,7 +8,7 @@
 #    reward model -> DPO -> evaluate with the true reward) for each sampler and seed, JOBS runs at a time.
 # 3. A table (sampler x iteration: true reward, win rate against the initial policy, KL, with 95% CIs) and a
 #    reward-vs-KL figure: OUT/table.md, OUT/table.csv, OUT/reward_vs_kl.png (and .pdf).
-# Environment: SAMPLERS (default "offline online gshf mixp"), SEEDS (default "0 1 2"), JOBS (default 2);
+# Environment: SAMPLERS (default "offline on_policy gshf mix_p"; aliases accepted), SEEDS (default "0 1 2"), JOBS (default 2);
 # RECIPE (default alignment/configs/toy.yaml), SFT_FLAGS, RM_FLAGS, PIPELINE_FLAGS: extra flags of each stage.
 # Rerunning the script resumes: finished stages are kept, a killed run continues where it stopped.
 set -euo pipefail
@@ -18,7 +18,8 @@ if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then
 fi
 cd "$(dirname "$0")/../.."
 OUT=${1:-runs/alignment/toy}
-SAMPLERS=${SAMPLERS:-"offline online gshf mixp"}
+SAMPLERS=${SAMPLERS:-"offline on_policy gshf mix_p"}
+SAMPLERS=$(for s in $SAMPLERS; do python -m bandit.vocabulary --sampler "$s" || exit 2; done | tr "\n" " ")
 SEEDS=${SEEDS:-"0 1 2"}
 JOBS=${JOBS:-2}
 export RECIPE=${RECIPE:-alignment/configs/toy.yaml} PIPELINE_FLAGS=${PIPELINE_FLAGS:-}

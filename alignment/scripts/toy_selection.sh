@@ -6,11 +6,11 @@
 # 1. The SFT toy policy (kept if present), then one offline preference set: 2 responses per prompt from the SFT
 #    policy, labelled by the true reward, FLIP (default 0.2) of the labels swapped.
 # 2. DPO on that set (alignment/configs/toy_selection.yaml, alignment.pipeline in its offline regime), per seed:
-#      full           all pairs
+#      all            all pairs (alias full)
 #      random_subset  a random RATIO of every batch            (train.selector; same loss normalisation as sams)
 #      sams           SamS: the scheduler's top RATIO of every batch
 #      us, ae         the RATIO of every candidate batch with the largest MC-dropout uncertainty / AE width
-#      reward_gap     one-shot: the RATIO of pairs with the smallest implicit-reward gap under the "full" model
+#      reward_gap     one-shot: the RATIO of pairs with the smallest implicit-reward gap under the "all" model
 # 3. A table (method: true reward, win rate against the SFT policy, KL, 95% CIs) and a reward-vs-KL figure:
 #    OUT/table.md, OUT/table.csv, OUT/selection.png (and .pdf); what reward_gap kept: OUT/runs/reward_gap-seed*/.
 # Environment: METHODS, SEEDS (default "0 1"), JOBS (default 2), FLIP, RATIO (default 0.5), NUM_PROMPTS (default
@@ -22,7 +22,8 @@ if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then
 fi
 cd "$(dirname "$0")/../.."
 OUT=${1:-runs/alignment/toy_selection}
-METHODS=${METHODS:-"full random_subset sams us ae reward_gap"}
+METHODS=${METHODS:-"all random_subset sams us ae reward_gap"}
+METHODS=$(for m in $METHODS; do python -m bandit.vocabulary --selector "$m" || exit 2; done | tr "\n" " ")
 SEEDS=${SEEDS:-"0 1"}
 JOBS=${JOBS:-2}
 FLIP=${FLIP:-0.2}
@@ -50,11 +51,11 @@ grep -h "pairs" "$OUT/logs/data.log" 2>/dev/null | head -1 || true
 run_one() {
     local m=$1 seed=$2 override=""
     case "$m" in
-        full) ;;
+        all) ;;
         random_subset|sams|us|ae) override="train.selector=$m train.select_ratio=$RATIO" ;;
         reward_gap) override="select.method=reward_gap select.ratio=$RATIO select.beta=0.5 \
-select.policy=$OUT/runs/full-seed$seed/iter_1/train" ;;
-        *) echo "unknown method $m (known: full random_subset sams us ae reward_gap)" >&2; return 2 ;;
+select.policy=$OUT/runs/all-seed$seed/iter_1/train" ;;
+        *) echo "unknown method $m (known: all random_subset sams us ae reward_gap)" >&2; return 2 ;;
     esac
     python -m alignment.pipeline --config "$RECIPE" $PIPELINE_FLAGS --preferences "$OUT/data/annotate" \
         --policy "$OUT/sft/toy/model" --label "$m" --seed "$seed" --out "$OUT/runs/$m-seed$seed" \
@@ -67,8 +68,8 @@ export OUT
 echo "== 2/3 DPO per method {$METHODS} and seed {$SEEDS}, $JOBS at a time"
 first=$(for m in $METHODS; do [[ $m == reward_gap ]] || for s in $SEEDS; do echo "$m $s"; done; done)
 [[ -z "$first" ]] || echo "$first" | xargs -P "$JOBS" -L 1 bash -c 'run_one "$0" "$1"'
-if [[ " $METHODS " == *" reward_gap "* ]]; then  # its selection model is the full run's
-    for s in $SEEDS; do [[ -d "$OUT/runs/full-seed$s/iter_1/train" ]] || run_one full "$s"; done
+if [[ " $METHODS " == *" reward_gap "* ]]; then  # its selection model is the all run's
+    for s in $SEEDS; do [[ -d "$OUT/runs/all-seed$s/iter_1/train" ]] || run_one all "$s"; done
     for s in $SEEDS; do echo "reward_gap $s"; done | xargs -P "$JOBS" -L 1 bash -c 'run_one "$0" "$1"'
 fi
 

@@ -4,9 +4,9 @@ Each seed draws a dataset of N labelled pairs once from a behaviour sampler at p
 --flip optional); every selector then runs --steps steps from pi_ref, each step choosing B = --batch
 pairs and taking one DPO gradient step (fixed --lr) on their mean loss. Selectors (bandit/selectors.py):
 
-  unif             all data: B pairs uniformly from the dataset
+  all              all data: B pairs uniformly from the dataset (alias unif, none, full)
   random_subset    a random B of B / sams-ratio uniform candidates (SamS's control: same loss normalisation)
-  reward_gap       one-shot (Qi et al.): a DPO model trained on all N pairs (the unif run's final policy)
+  reward_gap       one-shot (Qi et al.): a DPO model trained on all N pairs (the all run's final policy)
                    scores each pair by its signed implicit-reward gap; the round(ratio N) smallest are
                    kept, and the policy trains on minibatches of B from them
   reward_gap_step  per-step variant: the B smallest gaps, under the current policy, of B / ratio candidates
@@ -23,7 +23,7 @@ the pairs trained on so far (every use); the tabular bandit uses label counts, w
 
     python bandit/examples/offline.py                        # both bandits, all selectors, 20 seeds (~1-2 min)
     python bandit/examples/offline.py --flip 0.2             # 20% of labels flipped
-    python bandit/examples/offline.py --env linear --selectors unif,us,ae --abs
+    python bandit/examples/offline.py --env linear --selectors all,us,ae --abs
 
 Writes runs/bandit/offline/<name>/{run.json, metrics.jsonl, summary.json, <env>.png/.pdf}; metrics rows
 have the tabular runner's keys (setting = offline | online, sampler = the selector) plus env, selector,
@@ -46,17 +46,18 @@ from bandit.experiment import resolve_device
 from bandit.metrics import METRICS
 from bandit.offline import OfflineSim, candidates_for, kept_count, make_dataset
 from bandit.samplers import SAMPLERS
-from bandit.selectors import SELECTORS, SelectorConfig, get_selector, make_selector
+from bandit.vocabulary import PAIR_SAMPLER, canonical
+from bandit.selectors import SELECTORS, SelectorConfig, canonical_selector, make_selector
 from runlog import (
     ConfigError, RunDir, arg, atomic_write_json, check_name, check_out, exit_on_config_error, parse_dataclass)
 
 DESCRIPTION = (
     "Offline regime of DESIGN.md section 3: each seed draws N labelled pairs once; every selector then runs "
     "--steps steps from pi_ref, each keeping B = --batch pairs and taking one DPO step (fixed --lr) on their "
-    "mean loss. Selectors: unif = B uniform pairs of the whole dataset; random_subset = a random B of "
+    "mean loss. Selectors: all = B uniform pairs of the whole dataset; random_subset = a random B of "
     "B/sams-ratio uniform candidates (SamS's control, same loss normalisation); reward_gap = one-shot (Qi et "
     "al.): the round(ratio N) pairs with the smallest signed implicit-reward gap under a DPO model trained on "
-    "all N pairs (the unif run's final policy), then minibatches of B from them; reward_gap_step = the B "
+    "all N pairs (the all run's final policy), then minibatches of B from them; reward_gap_step = the B "
     "smallest gaps, under the current policy, of B/ratio candidates; us = the B widest pairs of B/ratio "
     "candidates; ae = the B pairs of B/ratio candidates with the widest optimistic-minus-pessimistic best "
     "implicit reward; sams = exploitation + exploration MLPs (EE-Net) keep the top B of B/sams-ratio "
@@ -85,8 +86,8 @@ class Args:
     beta: float = arg(3.0, "DPO beta")
     dataset: int = arg(2048, "N: labelled pairs in each seed's fixed dataset")
     behaviour: str = arg("unif", "sampler that draws the dataset's pairs, evaluated at pi = pi_ref (ties y = y' "
-                         "excluded); with a uniform pi_ref every sampler but mix_r is uniform there",
-                         choices=list(SAMPLERS))
+                         "excluded); with a uniform pi_ref every sampler but mix_r is uniform there; from: "
+                         + ", ".join(SAMPLERS))
     flip: float = arg(0.0, "label-flip noise: each label (dataset and borda's fresh pairs) is swapped with this "
                       "probability, e.g. 0.2")
     ratio: float = arg(0.1, "keep fraction in (0, 1]: reward_gap keeps round(ratio N) pairs; reward_gap_step, us, "
@@ -137,13 +138,14 @@ def _finite(v) -> bool:
 
 def resolve(args: Args) -> Plan:
     """Check every argument before anything is written; raise ConfigError naming the bad field."""
-    selectors = [s.strip() for s in args.selectors.split(",") if s.strip()]
-    if not selectors:
+    args.behaviour = canonical(args.behaviour, PAIR_SAMPLER, "bandit", "--behaviour", allowed=tuple(SAMPLERS))
+    items = [s.strip() for s in args.selectors.split(",") if s.strip()]
+    if not items:
         raise ConfigError(f"--selectors: give at least one of {', '.join(SELECTORS)}")
-    for s in selectors:
-        get_selector(s)
-    if len(set(selectors)) != len(selectors):
-        raise ConfigError(f"--selectors: a selector is listed twice in {args.selectors!r}")
+    selectors = [canonical_selector(s) for s in items]
+    for s in set(selectors):
+        if selectors.count(s) > 1:
+            raise ConfigError(f"--selectors: selector {s} is listed twice in {args.selectors!r}")
     for flag in ("seeds", "steps", "batch", "dataset", "contexts", "dim", "borda_samples", "sams_hidden"):
         v = getattr(args, flag)
         _check(v >= 1, flag.replace("_", "-"), "an integer >= 1", v)
@@ -325,7 +327,7 @@ def main(argv=None):
             for sel in plan.selectors:
                 pbar.set_description(f"{kind}/{sel}")
                 selector = make_selector(sel, plan.cfg)
-                sim = OfflineSim(env, data, args.steps, args.batch, plan.lr[kind], make_gen(sel), make_gen,
+                sim = OfflineSim(env, data, args.steps, args.batch, plan.lr[kind], make_gen(selector.stream or sel), make_gen,
                                  flip=args.flip, lam=args.lam)
                 res = sim.run(selector, pbar=pbar)
                 run.log_lines(metric_lines(kind, sel, selector.regime, args.flip, plan.seeds, res))
