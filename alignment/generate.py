@@ -5,8 +5,8 @@
     accelerate launch -m alignment.generate --policy ORG/MODEL --prompts ORG/DATA --sampler mix_p --device auto
     python -m alignment.generate --backend vllm --policy runs/.../model --ref ORG/MODEL --sampler gshf
 
-Samplers (their names and aliases: `python -m bandit.vocabulary`; components are the labels of the responses
-in each row):
+Samplers (their names and aliases: `python -m bandit.vocabulary`). Each is a product-mixture spec of bandit/spec.py
+(`sampler_spec`): its tilts are the components, whose labels the responses of each row carry:
     offline    K responses from pi_ref                                    "ref"
     on_policy  K responses from pi (alias online)                         "policy"
     gshf       K/2 from pi_ref, K/2 from pi                               "ref", "policy"
@@ -21,6 +21,9 @@ in each row):
 --mixp-online-pair adds one on-policy pair (2 more responses from pi, "policy") to each mix_p / mix_p_seq
 row; the annotation's pair rule later picks the fused pair or the on-policy pair. Aliases (online, mixp,
 mixp_seq, ...) are accepted and the canonical name is what the run records.
+
+--temperature T samples every component at temperature T: the spec's tilts with their pi and pi_ref
+coefficients divided by T (PairSpec.at_temperature), exactly for one-token responses.
 
 mix_p fuses two models token by token, which only the Hugging Face backend (--backend hf, CPU or GPU)
 can do: each model keeps its own KV cache and is fed one new token per step (alignment/decoding.py).
@@ -64,6 +67,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from alignment.models import model_source
+from bandit.spec import POLICY, REF, SPECS, Branch, PairSpec, Tilt, mix_p_llm
 from bandit.vocabulary import PAIR_SAMPLER, canonical, names
 from runlog import ConfigError, RunDir, arg, check_name, check_out, exit_on_config_error, parse_dataclass
 
@@ -121,25 +125,47 @@ class Plan:
     name: str
 
 
-def component_plan(sampler: str, k: int, online_pair: bool = False) -> list[tuple[str, int]]:
-    half = k // 2
-    plan = {"offline": [("ref", k)], "on_policy": [("policy", k)], "gshf": [("ref", half), ("policy", half)],
-            "borda": [("policy", half), ("ref", half)],
-            "mix_p": [("mix+", half), ("mix-", half)], "mix_p_seq": [("mixseq+", half), ("mixseq-", half)]}[sampler]
-    if online_pair:
-        plan = plan + [("policy", ONLINE_PAIR)]
-    return plan
+def sampler_spec(sampler: str, alpha: float = 0.5) -> PairSpec:
+    """The product-mixture spec (bandit/spec.py) a generation sampler realises. Its tilts are the components
+    drawn: by per-token fused decoding (exact for one-token responses), or for mix_p_seq by sequence-level
+    resampling of candidates from pi. The bandit computes the same spec's exact pair weight (spec_weights)."""
+    if sampler in ("mix_p", "mix_p_seq"):
+        return mix_p_llm(alpha, name=sampler)
+    if sampler == "borda":  # candidates from pi and pi_ref; the Borda scores then keep prompts and pick the pair
+        return PairSpec("borda", (Branch(POLICY, REF, 1.0),))
+    return SPECS[sampler]
+
+
+def _label(sampler: str, index: int, tilt: Tilt) -> str:
+    """A component's name in generations.jsonl: ref, policy, or mix+/mix- (fused), mixseq+/mixseq- (resampled)."""
+    if tilt in (REF, POLICY):
+        return "ref" if tilt == REF else "policy"
+    return ("mix" if sampler == "mix_p" else "mixseq") + ("+" if index == 0 else "-")
+
+
+def component_tilts(sampler: str, alpha: float = 0.5, online_pair: bool = False) -> dict[str, Tilt]:
+    """Component label -> the tilt its responses are drawn from. online_pair adds the on-policy spec's tilt, whose
+    pair the annotation mixes in (annotate --rule mixed_max_min --p)."""
+    tilts = {_label(sampler, i, t): t for i, t in enumerate(sampler_spec(sampler, alpha).tilts)}
+    return tilts | ({"policy": POLICY} if online_pair else {})
+
+
+def component_plan(sampler: str, k: int, online_pair: bool = False, alpha: float = 0.5) -> list[tuple[str, int]]:
+    """[(component, responses per prompt)]: K split evenly over the spec's tilts, plus the on-policy pair."""
+    tilts = component_tilts(sampler, alpha)
+    plan = [(c, k // len(tilts)) for c in tilts]
+    return plan + ([("policy", ONLINE_PAIR)] if online_pair else [])
 
 
 def component_weights(component: str, alpha: float) -> dict[str, float]:
-    """Model key -> weight of its logits in the component's per-token fusion."""
-    return {"ref": {"ref": 1.0}, "policy": {"policy": 1.0},
-            "mix+": {"policy": 1.0 + alpha, "ref": -alpha}, "mix-": {"policy": 1.0 - alpha, "ref": alpha}}[component]
+    """Model key -> weight of its logits in the per-token fusion that draws the component's tilt."""
+    tilt = {"ref": REF, "policy": POLICY} | component_tilts("mix_p", alpha)
+    return tilt[component].logit_weights()
 
 
 def component_models(component: str) -> tuple[str, ...]:
     """The models a component's responses depend on."""
-    return ("policy", "ref") if component.startswith("mixseq") else tuple(component_weights(component, 1.0))
+    return ("policy", "ref") if component.startswith("mixseq") else tuple(component_weights(component, 0.5))
 
 
 def _finite(name: str, value, low=None, high=None, low_open=False, integer=False):
@@ -204,7 +230,7 @@ def resolve(args: Args) -> Plan:
     name = args.name or args.sampler
     check_name(name)
 
-    components = component_plan(args.sampler, k, args.mixp_online_pair)
+    components = component_plan(args.sampler, k, args.mixp_online_pair, args.alpha)
     uses = {m for c, _ in components for m in component_models(c)}
     policy = args.policy
     if policy is None and ("policy" in uses or args.ref is None):
@@ -519,6 +545,7 @@ def main(argv=None):
     if plan.sampler == "borda":
         summary |= {"borda_candidates": candidates, "borda_kept": len(rows)}
     config = dataclasses.asdict(args) | {"resolved": {"policy": plan.policy, "ref": plan.ref, "name": plan.name,
+                                                         "spec": dataclasses.asdict(sampler_spec(plan.sampler, args.alpha)),
                                                          "components": plan.components, "candidates": plan.candidates,
                                                          "batch_size": bs, "processes": state.num_processes}}
     with RunDir(args.out, plan.name, config, [args.seed]) as run:

@@ -97,13 +97,13 @@ def mix_p_llm(alpha: float = 0.5, p: float = 1.0, name: str = "mix_p") -> PairSp
     return PairSpec(name, (fused,) if p == 1.0 else (fused, Branch(POLICY, POLICY, 1.0 - p)))
 
 
-# The named samplers that are product mixtures. mix_p_star (a capped weight) is not one: bandit only.
+# The named samplers that are product mixtures (mix_p_star's capped weight is not one: bandit only).
 # Branch order matters only for the last bit of the bandit's floating-point sums.
-SPECS = {s.name: s for s in (
-    PairSpec("offline", (Branch(REF, REF, 1.0),)),
-    PairSpec("unif", (Branch(UNIFORM, UNIFORM, 1.0),)),
-    PairSpec("on_policy", (Branch(POLICY, POLICY, 1.0),)),
-    PairSpec("gshf", (Branch(REF, POLICY, 1.0),)),
-    PairSpec("mix_r", (Branch(Tilt(r=1.0), Tilt(r=-1.0)), Branch(UNIFORM, UNIFORM))),
-    PairSpec("mix_p", (Branch(Tilt(h=1.0), Tilt(h=-1.0)), Branch(UNIFORM, UNIFORM))),
-)}
+offline = PairSpec("offline", (Branch(REF, REF, 1.0),))             # both responses from pi_ref
+unif = PairSpec("unif", (Branch(UNIFORM, UNIFORM, 1.0),))           # uniform over pairs
+on_policy = PairSpec("on_policy", (Branch(POLICY, POLICY, 1.0),))   # both from pi
+gshf = PairSpec("gshf", (Branch(REF, POLICY, 1.0),))                # one from pi_ref, one from pi
+mix_r = PairSpec("mix_r", (Branch(Tilt(r=1.0), Tilt(r=-1.0)), Branch(UNIFORM, UNIFORM)))  # 2 + e^Dr + e^-Dr
+mix_p = PairSpec("mix_p", (Branch(Tilt(h=1.0), Tilt(h=-1.0)), Branch(UNIFORM, UNIFORM)))  # 2 + e^Dh + e^-Dh
+
+SPECS = {s.name: s for s in (offline, unif, on_policy, gshf, mix_r, mix_p)}

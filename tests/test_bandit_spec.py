@@ -63,6 +63,24 @@ def test_spec_weights_are_the_closed_forms_bit_for_bit(name, seed, scale):
     assert torch.equal(sampler_weights(name, s), closed / closed.sum((-1, -2), keepdim=True))
 
 
+@pytest.mark.parametrize("name", ["mix_r", "mix_p"])
+def test_general_path_is_the_closed_form_too(name):
+    # the Mix samplers run a one-product closed form; the general evaluation of the same spec gives the same bits
+    s = state(seed=7, scale=30.0)
+    assert torch.equal(spec_weights(SPECS[name], s, closed_forms=False), CLOSED[name](s))
+
+
+def test_natural_mixture_by_hand():
+    # q_b proportional to Z_P Z_Q: sum of the unnormalised products, symmetrised
+    spec = PairSpec("x", (Branch(Tilt(h=1.0), Tilt(h=-1.0)), Branch(UNIFORM, UNIFORM), Branch(POLICY, Tilt(r=0.5))))
+    s = state(B=1, E=1, A=5, seed=8)
+    h, pi, r = s.h[0, 0].numpy(), s.log_pi[0, 0].exp().numpy(), s.r[0, 0].numpy()
+    m = np.exp(h[:, None] - h[None, :]) + 1.0 + np.outer(pi, np.exp(0.5 * r))
+    want = m + m.T
+    w = spec_weights(spec, s)
+    np.testing.assert_allclose((w / w.sum()).numpy()[0, 0], want / want.sum(), rtol=1e-12)
+
+
 def _np_tilt(c_pi, c_ref, log_pi, log_ref):
     x = c_pi * log_pi + c_ref * log_ref
     return np.exp(x - x.max()) / np.exp(x - x.max()).sum()
