@@ -22,7 +22,7 @@ Writes OUT/NAME/preferences.jsonl, rows {"id", "prompt", "chosen", "rejected", "
 "rejected_reward", "responses", "rewards"}: TRL's DPOTrainer fields plus the scores. For a plain-text
 prompt, chosen/rejected are the completions as TRL reads them (it trains on prompt + chosen): a response
 gets one leading space when neither it nor the prompt has whitespace at the join, so prompt + chosen is the
-text the reward scored (alignment.rewards.join_text); `responses` keeps the generated texts unchanged. For a
+text the reward scored (alignment.core.rewards.join_text); `responses` keeps the generated texts unchanged. For a
 conversational prompt they are [{"role": "assistant", "content": response}]. Also run.json (config and the
 summary) and metrics.jsonl (one row: counts, mean chosen / rejected reward, mean gap, pick counts).
 """
@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from bandit.vocabulary import PAIR_SAMPLER, normalise
-from alignment.data import GENERATIONS_FILE, PREFERENCES_FILE, load_generations, write_jsonl
+from alignment.core.data import GENERATIONS_FILE, PREFERENCES_FILE, load_generations, write_jsonl
 from runlog import ConfigError, RunDir, arg, check_name, check_out, exit_on_config_error, parse_dataclass, read_run
 
 RULES = ("max_min", "random", "mixed_max_min")
@@ -190,7 +190,7 @@ def score_all(reward, rows: list[dict], batch_size: int, field: str = "--reward"
 def check_reward_inputs(reward, rows: list[dict], field: str = "--reward") -> None:
     """What the reward cannot score, found before any scoring: a ConfigError naming the row."""
     if getattr(reward, "name", None) == "toy-oracle":
-        from alignment.toy import parse_prompt
+        from alignment.core.toy import parse_prompt
 
         for i, row in enumerate(rows):
             try:
@@ -254,8 +254,8 @@ def format_summary(s: dict) -> str:
 def main(argv=None) -> Path:
     args = parse_dataclass(Args, argv, description=__doc__.split("\n\n")[0])
     name = resolve(args)
-    from alignment.models import resolve_device
-    from alignment.rewards import load_reward
+    from runlog import resolve_device
+    from alignment.core.rewards import load_reward
 
     device = resolve_device(args.device)
     rows = load_generations(args.generations)

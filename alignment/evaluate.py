@@ -73,8 +73,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-# TASK_SEED: toy:N prompts are ToyTask(0)'s and toy:SIZE models seed-0 inits, whatever --seed (as in generate)
-from alignment.generate import TASK_SEED, _finite, batch_seed
+from alignment.core.toy import TASK_SEED
+from alignment.generation.backend import batch_seed
+from runlog import check_number
 from alignment.report import mean_ci  # one t-interval for the evaluation and the report
 from runlog import (
     ConfigError, RunDir, arg, atomic_write_json, check_name, check_out, exit_on_config_error, parse_dataclass)
@@ -105,12 +106,12 @@ class EvalConfig:
 
 def check_config(cfg: EvalConfig) -> None:
     """ConfigError naming the flag of the first bad setting."""
-    _finite("temperature", cfg.temperature, low=0)
-    _finite("top-p", cfg.top_p, low=0, high=1, low_open=True)
-    _finite("max-new-tokens", cfg.max_new_tokens, low=1, integer=True)
-    _finite("kl-samples", cfg.kl_samples, low=1, integer=True)
-    _finite("batch-size", cfg.batch_size, low=1, integer=True)
-    _finite("seed", cfg.seed, low=0, integer=True)
+    check_number("temperature", cfg.temperature, low=0)
+    check_number("top-p", cfg.top_p, low=0, high=1, low_open=True)
+    check_number("max-new-tokens", cfg.max_new_tokens, low=1, integer=True)
+    check_number("kl-samples", cfg.kl_samples, low=1, integer=True)
+    check_number("batch-size", cfg.batch_size, low=1, integer=True)
+    check_number("seed", cfg.seed, low=0, integer=True)
 
 
 @dataclass
@@ -169,7 +170,7 @@ class Plan:
 
 def resolve(args: Args) -> Plan:
     """Check every flag before anything is loaded or written; ConfigError names the bad flag."""
-    from alignment.models import model_source
+    from alignment.core.models import model_source
 
     if not args.policy or not args.policy.strip():
         raise ConfigError("--policy: required; give a model folder, a run folder holding model/, a Hub name "
@@ -180,7 +181,7 @@ def resolve(args: Args) -> Plan:
     check_config(cfg)
     exports = parse_exports(args.export)
     if args.device != "auto":
-        from alignment.models import resolve_device
+        from runlog import resolve_device
 
         resolve_device(args.device)  # an unknown device, or cuda without a GPU, fails here
     check_out(args.out)
@@ -225,7 +226,7 @@ def draw(model, tokenizer, prompt_ids: list[list[int]], cfg: EvalConfig, seed: i
     """One response per prompt row (token ids, EOS included, no padding), from `model` alone."""
     import torch
 
-    from alignment.decoding import left_pad, sample
+    from alignment.generation.decoding import left_pad, sample
 
     device = _device(model)
     input_ids, mask = left_pad(prompt_ids, tokenizer.pad_token_id, device)
@@ -237,7 +238,7 @@ def draw(model, tokenizer, prompt_ids: list[list[int]], cfg: EvalConfig, seed: i
 
 
 def _is_toy_tokenizer(tokenizer) -> bool:
-    from alignment import toy
+    from alignment.core import toy
 
     return tokenizer.get_vocab() == {w: i for i, w in enumerate(toy.VOCAB)}
 
@@ -254,7 +255,7 @@ def _next_token_logprobs(model, input_ids, attention_mask, keep: int):
 
     import torch
 
-    from alignment.decoding import position_ids_from_mask
+    from alignment.generation.decoding import position_ids_from_mask
 
     params = inspect.signature(model.forward).parameters
     kw = {"attention_mask": attention_mask, "use_cache": False}
@@ -277,7 +278,7 @@ def sequence_kl(policy, ref, prompt_ids: list[list[int]], response_ids: list[lis
     """
     import torch
 
-    from alignment.decoding import left_pad
+    from alignment.generation.decoding import left_pad
 
     device = _device(policy)
     kl, logratio = [], []
@@ -331,7 +332,7 @@ def evaluate_policy(policy, ref, tokenizer, prompts: list[dict], reward, cfg: Ev
     """
     from tqdm.auto import tqdm
 
-    from alignment.generate import encode_prompts
+    from alignment.generation.backend import encode_prompts
 
     check_config(cfg)
     if not prompts:
@@ -419,7 +420,7 @@ def mt_bench_rows(rows: list[dict], model_id: str) -> list[dict]:
 def write_outputs(run, summary: dict, rows: list[dict], export: list[str], generator: str) -> None:
     """evaluations.jsonl and the chosen exports (names from EXPORTS) into an open RunDir. `summary` is the
     one evaluate_policy returned with `rows`; a mismatch (rows of another evaluation) is an error."""
-    from alignment.data import write_jsonl
+    from alignment.core.data import write_jsonl
 
     if summary.get("num_prompts") != len(rows):
         raise ValueError(f"write_outputs: the summary counts {summary.get('num_prompts')} prompts but {len(rows)} "
@@ -440,7 +441,7 @@ def _check_reward_prompts(reward, prompts: list[dict]) -> None:
     """The toy oracle scores toy prompts only: say so before any generation."""
     if getattr(reward, "name", None) != "toy-oracle":
         return
-    from alignment.toy import parse_prompt
+    from alignment.core.toy import parse_prompt
 
     for i, row in enumerate(prompts):
         try:
@@ -467,10 +468,10 @@ def main(argv=None) -> Path:
     plan = resolve(args)
 
     from alignment import generate
-    from alignment.data import load_prompts
-    from alignment.generate import encode_prompts
-    from alignment.models import resolve_device
-    from alignment.rewards import load_reward
+    from alignment.core.data import load_prompts
+    from alignment.generation.backend import check_lengths, encode_prompts, load_models
+    from runlog import resolve_device
+    from alignment.core.rewards import load_reward
 
     device = resolve_device(args.device)
     prompts = load_prompts(args.prompts, "--prompts", split=args.split, seed=TASK_SEED)
@@ -478,8 +479,8 @@ def main(argv=None) -> Path:
     # tokenizers and output vocabularies of the two checked to agree
     loading = generate.Plan(sampler="evaluate", components=[], policy=plan.policy, ref=plan.ref, candidates=None,
                             batch_size=plan.cfg.batch_size, name=plan.name)
-    tokenizer, models = generate._load_hf(loading, args, device)
-    generate._check_lengths(models, encode_prompts(tokenizer, prompts), plan.cfg.max_new_tokens, prompts)
+    tokenizer, models = load_models(loading, args, device)
+    check_lengths(models, encode_prompts(tokenizer, prompts), plan.cfg.max_new_tokens, prompts)
     reward = load_reward(args.reward, device=device, batch_size=plan.cfg.batch_size)
     _check_reward_prompts(reward, prompts)
 

@@ -5,8 +5,9 @@
     accelerate launch -m alignment.generate --policy ORG/MODEL --prompts ORG/DATA --sampler mix_p --device auto
     python -m alignment.generate --backend vllm --policy runs/.../model --ref ORG/MODEL --sampler gshf
 
-Samplers (their names and aliases: `python -m bandit.vocabulary`). Each is a product-mixture spec of bandit/spec.py
-(`sampler_spec`): its tilts are the components, whose labels the responses of each row carry:
+Samplers (their names and aliases: `python -m bandit.vocabulary`; their code: alignment/generation/samplers.py).
+Each is a product-mixture spec of bandit/spec.py (`sampler_spec`): its tilts are the components, whose labels the
+responses of each row carry:
     offline    K responses from pi_ref                                    "ref"
     on_policy  K responses from pi (alias online)                         "policy"
     gshf       K/2 from pi_ref, K/2 from pi                               "ref", "policy"
@@ -14,8 +15,8 @@ Samplers (their names and aliases: `python -m bandit.vocabulary`). Each is a pro
                and K/2 from (1-a) l_pi + a l_ref (a = --alpha)            "mix-"
     mix_p_seq  sequence-level Mix-P: M candidates from pi, K/2 resampled  "mixseq+"
                with weights (pi/pi_ref)^{+a}, K/2 with (pi/pi_ref)^{-a}   "mixseq-"
-    borda      AE-Borda (alignment/borda.py): K/2 from pi and K/2 from     "policy", "ref"
-               pi_ref per candidate prompt; keeps the --borda-keep fraction of the prompts whose best Borda
+    borda      AE-Borda: K/2 from pi and K/2 from pi_ref per candidate    "policy", "ref"
+               prompt (scores: alignment/selection/borda.py); keeps the --borda-keep fraction of the prompts whose best Borda
                score is most uncertain (MC dropout), each with one pair: its best optimistic policy response
                and a random reference response
 --mixp-online-pair adds one on-policy pair (2 more responses from pi, "policy") to each mix_p / mix_p_seq
@@ -26,7 +27,7 @@ mixp_seq, ...) are accepted and the canonical name is what the run records.
 coefficients divided by T (PairSpec.at_temperature), exactly for one-token responses.
 
 mix_p fuses two models token by token, which only the Hugging Face backend (--backend hf, CPU or GPU)
-can do: each model keeps its own KV cache and is fed one new token per step (alignment/decoding.py).
+can do: each model keeps its own KV cache and is fed one new token per step (alignment/generation/decoding.py).
 vLLM (--backend vllm, GPU nodes, `pip install -r requirements_vllm.txt`) runs offline, on_policy, gshf and
 mix_p_seq; asking it for mix_p is an error, never a silent substitute.
 
@@ -60,24 +61,19 @@ as one process: vLLM places the model on the GPUs itself.
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from alignment.models import model_source
-from bandit.spec import POLICY, REF, SPECS, Branch, PairSpec, Tilt, mix_p_llm
-from bandit.vocabulary import PAIR_SAMPLER, canonical, names
-from runlog import ConfigError, RunDir, arg, check_name, check_out, exit_on_config_error, parse_dataclass
+from alignment.core.models import model_source
+from alignment.core.toy import TASK_SEED
+from alignment.generation.samplers import (PAIRED, SAMPLERS, VLLM_SAMPLERS, component_models, component_plan,
+                                           generate_batch, sampler_spec)
+from bandit.vocabulary import PAIR_SAMPLER, canonical
+from runlog import (ConfigError, RunDir, arg, check_name, check_number, check_out, exit_on_config_error,
+                    parse_dataclass, resolve_device)
 
-SAMPLERS = names(PAIR_SAMPLER, "alignment")  # offline, on_policy, gshf, mix_p, mix_p_seq, borda
-VLLM_SAMPLERS = ("offline", "on_policy", "gshf", "mix_p_seq")  # borda scores with MC dropout: HF only
-PAIRED = ("gshf", "mix_p", "mix_p_seq", "borda")  # K is split in two halves
-COMPONENTS = ("ref", "policy", "mix+", "mix-", "mixseq+", "mixseq-")
 DEFAULT_POLICY = "runs/alignment/sft/toy/model"
-ONLINE_PAIR = 2  # responses from pi added by --mixp-online-pair
-TASK_SEED = 0  # toy:N prompts are ToyTask(0)'s, toy:SIZE models seed-0 inits, whatever --seed
 
 
 
@@ -125,83 +121,27 @@ class Plan:
     name: str
 
 
-def sampler_spec(sampler: str, alpha: float = 0.5) -> PairSpec:
-    """The product-mixture spec (bandit/spec.py) a generation sampler realises. Its tilts are the components
-    drawn: by per-token fused decoding (exact for one-token responses), or for mix_p_seq by sequence-level
-    resampling of candidates from pi. The bandit computes the same spec's exact pair weight (spec_weights)."""
-    if sampler in ("mix_p", "mix_p_seq"):
-        return mix_p_llm(alpha, name=sampler)
-    if sampler == "borda":  # candidates from pi and pi_ref; the Borda scores then keep prompts and pick the pair
-        return PairSpec("borda", (Branch(POLICY, REF, 1.0),))
-    return SPECS[sampler]
-
-
-def _label(sampler: str, index: int, tilt: Tilt) -> str:
-    """A component's name in generations.jsonl: ref, policy, or mix+/mix- (fused), mixseq+/mixseq- (resampled)."""
-    if tilt in (REF, POLICY):
-        return "ref" if tilt == REF else "policy"
-    return ("mix" if sampler == "mix_p" else "mixseq") + ("+" if index == 0 else "-")
-
-
-def component_tilts(sampler: str, alpha: float = 0.5, online_pair: bool = False) -> dict[str, Tilt]:
-    """Component label -> the tilt its responses are drawn from. online_pair adds the on-policy spec's tilt, whose
-    pair the annotation mixes in (annotate --rule mixed_max_min --p)."""
-    tilts = {_label(sampler, i, t): t for i, t in enumerate(sampler_spec(sampler, alpha).tilts)}
-    return tilts | ({"policy": POLICY} if online_pair else {})
-
-
-def component_plan(sampler: str, k: int, online_pair: bool = False, alpha: float = 0.5) -> list[tuple[str, int]]:
-    """[(component, responses per prompt)]: K split evenly over the spec's tilts, plus the on-policy pair."""
-    tilts = component_tilts(sampler, alpha)
-    plan = [(c, k // len(tilts)) for c in tilts]
-    return plan + ([("policy", ONLINE_PAIR)] if online_pair else [])
-
-
-def component_weights(component: str, alpha: float) -> dict[str, float]:
-    """Model key -> weight of its logits in the per-token fusion that draws the component's tilt."""
-    tilt = {"ref": REF, "policy": POLICY} | component_tilts("mix_p", alpha)
-    return tilt[component].logit_weights()
-
-
-def component_models(component: str) -> tuple[str, ...]:
-    """The models a component's responses depend on."""
-    return ("policy", "ref") if component.startswith("mixseq") else tuple(component_weights(component, 0.5))
-
-
-def _finite(name: str, value, low=None, high=None, low_open=False, integer=False):
-    bad = value is None or not math.isfinite(value) or (integer and value != int(value))
-    if not bad and low is not None:
-        bad = value <= low if low_open else value < low
-    if not bad and high is not None:
-        bad = value > high
-    if bad:
-        lo = "" if low is None else (f"> {low:g}" if low_open else f">= {low:g}")
-        hi = "" if high is None else f"<= {high:g}"
-        what = " and ".join(x for x in (lo, hi) if x)
-        raise ConfigError(f"--{name}: must be {'an integer' if integer else 'a finite number'} {what}, got {value}")
-
-
 def resolve(args: Args) -> Plan:
     """Check every argument before anything is loaded or written; ConfigError names the bad flag."""
     args.sampler = canonical(args.sampler, PAIR_SAMPLER, "alignment", "--sampler")
     k = args.num_responses
-    _finite("num-responses", k, low=1, integer=True)
+    check_number("num-responses", k, low=1, integer=True)
     if args.sampler in PAIRED and k % 2:
         raise ConfigError(f"--num-responses: {args.sampler} splits K into two halves, so K must be even, got {k}")
-    _finite("alpha", args.alpha, low=0, low_open=True)
-    _finite("temperature", args.temperature, low=0)
-    _finite("top-p", args.top_p, low=0, high=1, low_open=True)
-    _finite("max-new-tokens", args.max_new_tokens, low=1, integer=True)
+    check_number("alpha", args.alpha, low=0, low_open=True)
+    check_number("temperature", args.temperature, low=0)
+    check_number("top-p", args.top_p, low=0, high=1, low_open=True)
+    check_number("max-new-tokens", args.max_new_tokens, low=1, integer=True)
     if args.batch_size is not None:
-        _finite("batch-size", args.batch_size, low=1, integer=True)
-    _finite("seed", args.seed, low=0, integer=True)
-    _finite("vllm-gpu-memory", args.vllm_gpu_memory, low=0, high=1, low_open=True)
+        check_number("batch-size", args.batch_size, low=1, integer=True)
+    check_number("seed", args.seed, low=0, integer=True)
+    check_number("vllm-gpu-memory", args.vllm_gpu_memory, low=0, high=1, low_open=True)
     if args.sampler == "borda":
-        _finite("borda-keep", args.borda_keep, low=0, high=1, low_open=True)
-        _finite("borda-beta", args.borda_beta, low=0, low_open=True)
-        _finite("borda-gamma", args.borda_gamma, low=0)
-        _finite("borda-passes", args.borda_passes, low=2, integer=True)
-        _finite("borda-dropout", args.borda_dropout, low=0)
+        check_number("borda-keep", args.borda_keep, low=0, high=1, low_open=True)
+        check_number("borda-beta", args.borda_beta, low=0, low_open=True)
+        check_number("borda-gamma", args.borda_gamma, low=0)
+        check_number("borda-passes", args.borda_passes, low=2, integer=True)
+        check_number("borda-dropout", args.borda_dropout, low=0)
         if args.borda_dropout >= 1:
             raise ConfigError(f"--borda-dropout: must be below 1, got {args.borda_dropout}")
     if args.mixp_online_pair and args.sampler not in ("mix_p", "mix_p_seq"):
@@ -211,7 +151,7 @@ def resolve(args: Args) -> Plan:
         raise ConfigError(f"--num-candidates: applies to mix_p_seq only, not {args.sampler}")
     if args.sampler == "mix_p_seq":
         candidates = args.num_candidates if args.num_candidates is not None else 4 * k
-        _finite("num-candidates", candidates, low=1, integer=True)
+        check_number("num-candidates", candidates, low=1, integer=True)
         if candidates < k // 2:
             raise ConfigError(f"--num-candidates: each mix_p_seq component keeps K/2 = {k // 2} distinct candidates, "
                               f"so M must be at least {k // 2}, got {candidates}")
@@ -248,201 +188,7 @@ def resolve(args: Args) -> Plan:
                 candidates, args.batch_size, name)
 
 
-# ------------------------------------------------------------------------------------------------ prompts
-
-def encode_prompts(tokenizer, rows: list[dict], field: str = "--prompts") -> list[list[int]]:
-    """Token ids of each prompt: chat template (with the generation prompt) for message lists, plain
-    tokenization (with the tokenizer's special tokens) for text."""
-    ids = []
-    for i, row in enumerate(rows):
-        p = row["prompt"]
-        if isinstance(p, list):
-            if not getattr(tokenizer, "chat_template", None):
-                raise ConfigError(f"{field}: row {i} (id {row['id']!r}) is a list of messages, but the tokenizer has "
-                                  f"no chat template; give plain-text prompts or a chat model")
-            text = tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False)
-            ids.append(tokenizer(text, add_special_tokens=False)["input_ids"])
-        else:
-            ids.append(tokenizer(p)["input_ids"])
-        if not ids[-1]:
-            raise ConfigError(f"{field}: row {i} (id {row['id']!r}) tokenizes to nothing")
-    return ids
-
-
-def batch_seed(seed: int, component: str, first_id: str, size: int) -> int:
-    return zlib.crc32(f"{seed}/{component}/{first_id}/{size}".encode())
-
-
-# ------------------------------------------------------------------------------------------------ backends
-
-@dataclass
-class Draws:
-    """One component's draws for a batch of prompts: per prompt, n responses."""
-    tokens: list          # [P][n] token-id lists (EOS included, no padding)
-    finished: list        # [P][n] bool
-    logprobs: list | None = None   # [P][n] (log pi, log pi_ref), when asked for
-
-
-class HFBackend:
-    """transformers models in this process: plain sampling from one model, or per-token fusion of two."""
-
-    def __init__(self, models: dict, tokenizer, args: Args, device):
-        self.models, self.tok, self.args, self.device = models, tokenizer, args, device
-        eos = getattr(models.get("policy", models.get("ref")).generation_config, "eos_token_id", None)
-        self.eos = eos if eos is not None else tokenizer.eos_token_id
-
-    def _run(self, prompt_ids, n, weights: dict, seed, logprobs=False):
-        import torch
-
-        from alignment.decoding import left_pad, sample
-
-        keys = list(weights)
-        models = [self.models[k] for k in keys]
-        w = [weights[k] for k in keys]
-        shared = len(models) == 2 and models[0] is models[1]
-        if shared:  # pi is pi_ref: the fusion is that one model (weights sum to 1); run it once
-            models, w = models[:1], [1.0]
-        rows = [ids for ids in prompt_ids for _ in range(n)]
-        input_ids, mask = left_pad(rows, self.tok.pad_token_id, self.device)
-        gen = torch.Generator(device=self.device).manual_seed(seed)
-        out = sample(models, w, input_ids, mask, max_new_tokens=self.args.max_new_tokens, eos_token_id=self.eos,
-                     pad_token_id=self.tok.pad_token_id, temperature=self.args.temperature, top_p=self.args.top_p,
-                     generator=gen, return_logprobs=logprobs)
-        tokens = [out.row(i) for i in range(len(rows))]
-        finished = out.finished.tolist()
-        lp = None
-        if logprobs:
-            lp = out.logprobs.double().cpu()
-            lp = (lp.repeat(1, 2) if shared else lp).tolist()
-        group = lambda xs: [xs[i * n:(i + 1) * n] for i in range(len(prompt_ids))]
-        return Draws(group(tokens), group(finished), group(lp) if lp is not None else None)
-
-    def draw(self, prompt_ids, component: str, n: int, seed: int) -> Draws:
-        return self._run(prompt_ids, n, component_weights(component, self.args.alpha), seed)
-
-    def draw_scored(self, prompt_ids, n: int, seed: int) -> Draws:
-        """n responses from pi with (log pi, log pi_ref) of each: ref is fed the same tokens with weight 0."""
-        return self._run(prompt_ids, n, {"policy": 1.0, "ref": 0.0}, seed, logprobs=True)
-
-
-def _load_hf(plan: Plan, args: Args, device):
-    """Tokenizer and the models the sampler uses (one object when --policy and --ref name the same)."""
-    from alignment.models import DTYPES, is_toy, load_causal_lm, load_tokenizer
-
-    specs = {k: v for k, v in (("policy", plan.policy), ("ref", plan.ref)) if v is not None}
-    main_key = "policy" if "policy" in specs else "ref"
-    tok = load_tokenizer(specs[main_key], f"--{main_key}", trust_remote_code=args.trust_remote_code)
-    if tok.pad_token_id is None:
-        raise ConfigError(f"--{main_key}: the tokenizer of {specs[main_key]!r} has neither a pad nor an EOS token")
-    if len(set(specs.values())) == 2:
-        other = "ref" if main_key == "policy" else "policy"
-        tok2 = load_tokenizer(specs[other], f"--{other}", trust_remote_code=args.trust_remote_code)
-        if tok2.get_vocab() != tok.get_vocab():
-            raise ConfigError(f"--ref: the tokenizer of {specs['ref']!r} differs from that of --policy "
-                              f"{specs['policy']!r}; {plan.sampler} needs both models on one vocabulary")
-    models, by_spec = {}, {}
-    for key, spec in specs.items():
-        if spec not in by_spec:
-            m = load_causal_lm(spec, f"--{key}", device=device, dtype=args.dtype, seed=TASK_SEED,
-                               trust_remote_code=args.trust_remote_code)
-            if is_toy(spec) and args.dtype not in ("auto", "float32"):
-                m = m.to(DTYPES[args.dtype])
-            by_spec[spec] = m
-        models[key] = by_spec[spec]
-    widths = {k: m.get_output_embeddings().weight.shape[0] for k, m in models.items()}
-    if len(set(widths.values())) > 1:
-        raise ConfigError(f"--ref: its output vocabulary ({widths['ref']} logits) differs from --policy's "
-                          f"({widths['policy']}); {plan.sampler} needs both models on one vocabulary")
-    if min(widths.values()) < len(tok):
-        raise ConfigError(f"--{main_key}: the model has {min(widths.values())} logits but its tokenizer {len(tok)} tokens")
-    return tok, models
-
-
-def _check_lengths(models: dict, prompt_ids, max_new_tokens: int, rows):
-    for key, m in models.items():
-        limit = getattr(m.config, "max_position_embeddings", None)
-        if limit is None:
-            continue
-        i = max(range(len(prompt_ids)), key=lambda j: len(prompt_ids[j]))
-        need = len(prompt_ids[i]) + max_new_tokens
-        if need > limit:
-            raise ConfigError(f"--max-new-tokens: prompt {rows[i]['id']!r} has {len(prompt_ids[i])} tokens; with "
-                              f"{max_new_tokens} new ones that is {need} positions, more than --{key}'s "
-                              f"max_position_embeddings {limit}")
-
-
 # ------------------------------------------------------------------------------------------------ the run
-
-def _resolve_device(name: str, state):
-    from alignment.models import resolve_device
-
-    if name == "auto":
-        return state.device
-    return resolve_device(name)
-
-
-def generate_batch(backend, plan: Plan, args: Args, rows: list[dict], prompt_ids) -> tuple[list[dict], dict]:
-    """Rows of generations.jsonl for one batch of prompts, and its counts."""
-    import torch
-
-    from alignment.decoding import effective_sample_size, importance_weights, resample
-
-    per_prompt = [{"responses": [], "components": [], "num_tokens": [], "finished": []} for _ in rows]
-    first, size = rows[0]["id"], len(rows)
-    stats = {"ess_plus": [], "ess_minus": []}
-
-    def add(i, component, tokens, finished):
-        r = per_prompt[i]
-        r["responses"].append(backend.tok.decode(tokens, skip_special_tokens=True))
-        r["components"].append(component)
-        r["num_tokens"].append(len(tokens))
-        r["finished"].append(bool(finished))
-        if plan.sampler == "borda":
-            r.setdefault("tokens", []).append(list(tokens))
-
-    seq = [(c, n) for c, n in plan.components if c.startswith("mixseq")]
-    if seq:
-        cand = backend.draw_scored(prompt_ids, plan.candidates, batch_seed(args.seed, "candidates", first, size))
-        lp = torch.tensor(cand.logprobs, dtype=torch.float64)  # [P, M, 2]
-        w_plus, w_minus = importance_weights(lp[..., 0], lp[..., 1], args.alpha)
-        stats["ess_plus"] = effective_sample_size(w_plus).tolist()
-        stats["ess_minus"] = effective_sample_size(w_minus).tolist()
-    for component, n in plan.components:
-        if component.startswith("mixseq"):
-            w = w_plus if component == "mixseq+" else w_minus
-            g = torch.Generator().manual_seed(batch_seed(args.seed, component, first, size))
-            idx = resample(w, n, generator=g).tolist()
-            for i in range(len(rows)):
-                for j in idx[i]:
-                    add(i, component, cand.tokens[i][j], cand.finished[i][j])
-            continue
-        d = backend.draw(prompt_ids, component, n, batch_seed(args.seed, component, first, size))
-        for i in range(len(rows)):
-            for t, f in zip(d.tokens[i], d.finished[i]):
-                add(i, component, t, f)
-    if plan.sampler == "borda":
-        from alignment.borda import score_batch
-
-        toks = {c: [[] for _ in rows] for c in ("policy", "ref")}
-        for i, r in enumerate(per_prompt):
-            for c, t in zip(r["components"], r.get("tokens", [])):
-                toks[c][i].append(t)
-        upper, lower = score_batch(backend.models["policy"], backend.models["ref"], prompt_ids, toks["policy"],
-                                   toks["ref"], backend.tok.pad_token_id, args.borda_beta, args.borda_gamma,
-                                   args.borda_passes, args.borda_dropout, batch_seed(args.seed, "borda", first, size))
-        for r, u, l in zip(per_prompt, upper, lower):
-            r["borda_upper"], r["borda_lower"] = u, l
-    out = []
-    for row, r in zip(rows, per_prompt):
-        out.append({"id": row["id"], "prompt": row["prompt"], "responses": r["responses"],
-                    "components": r["components"], "num_tokens": r["num_tokens"]})
-        if plan.sampler == "borda":
-            out[-1] |= {"borda_upper": r["borda_upper"], "borda_lower": r["borda_lower"]}
-        stats.setdefault("finished", []).extend(zip(r["components"], r["num_tokens"], r["finished"]))
-    if seq:
-        stats["candidate_tokens"] = sum(len(t) for ts in cand.tokens for t in ts)
-    return out, stats
-
 
 def summarise(rows: list[dict], batch_logs: list[dict], finished: list, ess: dict, processes: int = 1) -> dict:
     """run.json's summary: counts per component (responses, tokens, cut at --max-new-tokens), throughput."""
@@ -478,28 +224,31 @@ def main(argv=None):
     from accelerate.utils import gather_object
     from tqdm.auto import tqdm
 
-    from alignment.data import load_prompts, write_jsonl
+    from alignment.core.data import load_prompts, write_jsonl
+    from alignment.generation.backend import check_lengths, encode_prompts
 
     # gloo processes on a machine without CUDA (torchrun / accelerate launch --cpu), one per GPU otherwise
     state = PartialState(cpu=args.device == "cpu" or not torch.cuda.is_available())
     if args.backend == "vllm":
-        from alignment import vllm_backend
+        from alignment.generation import vllm
 
-        vllm_backend.require_vllm()
+        vllm.require_vllm()
         if state.num_processes > 1:
             raise ConfigError("--backend: run --backend vllm as one process (vLLM spreads a model over GPUs "
                               "itself); use accelerate launch with --backend hf")
     prompts = load_prompts(args.prompts, "--prompts", split=args.split, seed=TASK_SEED)
     if args.backend == "hf":
-        device = _resolve_device(args.device, state)
-        tok, models = _load_hf(plan, args, device)
+        from alignment.generation.backend import HFBackend, load_models
+
+        device = resolve_device(args.device, auto=state.device)  # auto: this process's device
+        tok, models = load_models(plan, args, device)
         backend = HFBackend(models, tok, args, device)
     else:
-        backend = vllm_backend.VLLMBackend(plan, args)
+        backend = vllm.VLLMBackend(plan, args)
         tok, models = backend.tok, {}
     prompt_ids = encode_prompts(tok, prompts)
     if models:
-        _check_lengths(models, prompt_ids, args.max_new_tokens, prompts)
+        check_lengths(models, prompt_ids, args.max_new_tokens, prompts)
     else:
         backend.check_lengths(prompt_ids, args.max_new_tokens, prompts)
 
@@ -537,7 +286,7 @@ def main(argv=None):
         return None
 
     if plan.sampler == "borda":  # the selection needs every candidate prompt's scores: after the gather
-        from alignment.borda import select_rows
+        from alignment.selection.borda import select_rows
 
         candidates = len(rows)
         rows = select_rows(sorted(rows, key=lambda r: indices_of[r["id"]]), args.borda_keep, args.seed)

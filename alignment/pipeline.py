@@ -226,13 +226,13 @@ def resolve(args: Args) -> Plan:
     if args.label is not None:
         args.label = normalise(args.label)
     if args.preferences is not None:
-        from alignment.data import load_preferences
+        from alignment.core.data import load_preferences
 
         load_preferences(args.preferences, "--preferences")  # checked once, before any work
     for t, stage in [(0, "evaluate")] + [(1, s) for s in plan.stages(1)]:
         _check_stage(stage, plan.argv(stage, t))
     if args.launch:
-        _check_launch(args.launch)
+        check_launch(args.launch)
     # what defines the run (a rerun into OUT must match it); --iterations may grow to extend a finished run
     plan.recipe = {k: v for k, v in dataclasses.asdict(args).items() if k not in ("dry_run", "fresh", "out", "iterations")}
     plan.recipe["recipe_file"] = load_yaml(args.config)
@@ -278,7 +278,7 @@ def _check_stage(stage: str, argv: list[str]) -> None:
         raise
 
 
-def _check_launch(launch: str) -> None:
+def check_launch(launch: str) -> None:
     """The accelerate config named in --launch must exist and be valid YAML."""
     from alignment.recipes import load_yaml
 
@@ -314,13 +314,13 @@ def _clean_partial(d: Path) -> None:
 
 def load_pipeline_prompts(spec: str, split: str, field_: str, template: str, flag: str) -> list[dict]:
     """Prompt rows {id, prompt}: toy prompts, or a file / Hub dataset's `field_` put into `template`."""
-    from alignment.data import _load_rows, load_prompts, validate_prompts
+    from alignment.core.data import load_rows, load_prompts, validate_prompts
 
     if spec == "toy" or spec.startswith("toy:"):
         rows = load_prompts(spec, flag, split=split, seed=0)
     else:
         rows = []
-        for i, row in enumerate(_load_rows(spec, flag, split)):
+        for i, row in enumerate(load_rows(spec, flag, split)):
             if field_ not in row:
                 raise ConfigError(f"{flag}: {spec!r} row {i} has no field {field_!r} (--prompt-field); its fields: "
                                   f"{', '.join(sorted(row))}")
@@ -342,7 +342,7 @@ def load_pipeline_prompts(spec: str, split: str, field_: str, template: str, fla
 
 
 def _write_prompts(plan: Plan, t: int, prompts: list[dict]) -> None:
-    from alignment.data import write_jsonl
+    from alignment.core.data import write_jsonl
 
     n, k = plan.args.prompts_per_iteration, len(prompts)
     chunk = [prompts[(i + (t - 1) * n) % k] for i in range(min(n, k))]
@@ -477,7 +477,7 @@ def main(argv=None):
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # weight-loading bars; each stage keeps its own progress bar
-    from alignment.data import write_jsonl
+    from alignment.core.data import write_jsonl
 
     prompts = load_pipeline_prompts(args.prompts, args.split, args.prompt_field, args.prompt_template, "--prompts")
     eval_prompts = load_pipeline_prompts(args.eval_prompts, args.eval_split, args.prompt_field, args.prompt_template,

@@ -8,12 +8,12 @@ Why a separate step: alignment.train_dpo, alignment.select and alignment.reward_
 of a Hub set (UltraFeedback-binarized has train_prefs instead), every process of a launched training would load
 the Hub set again, and a public set's few identical or unsplittable pairs would stop each of them at its start.
 Here the set is loaded once (--split: any split name, or datasets' slicing such as "train[:2000]"), checked by
-alignment.data's rules, and written as plain JSON Lines that every later stage reads offline.
+alignment.core.data's rules, and written as plain JSON Lines that every later stage reads offline.
 
 Rows accepted:
     TRL preference rows (prompt, chosen, rejected; text or chat messages). A conversational set without a prompt
         (chosen and rejected are whole conversations, e.g. Skywork-Reward-Preference-80K) gets the shared leading
-        messages as its prompt, as TRL does (alignment.data.validate_preferences).
+        messages as its prompt, as TRL does (alignment.core.data.validate_preferences).
     Anthropic HH text rows (chosen and rejected are "\\n\\nHuman: ... \\n\\nAssistant: ..." strings, no prompt): the
         prompt is chosen up to and including its last "\\n\\nAssistant:", the responses are what follows, as the
         DPO reference code (eric-mitchell/direct-preference-optimization, extract_anthropic_prompt) splits them.
@@ -66,7 +66,7 @@ class Args:
 
 def resolve(args: Args) -> None:
     """Check every flag before anything is loaded or written (no network: a Hub name is only checked for form)."""
-    from alignment.data import LOCAL_FORMATS
+    from alignment.core.data import LOCAL_FORMATS
 
     if not args.data or not args.data.strip():
         raise ConfigError("--data: required (a Hub dataset name or a .json, .jsonl or .parquet file)")
@@ -106,21 +106,21 @@ def split_hh(row: dict) -> dict | None:
 
 def is_implicit_conversation(row: dict) -> bool:
     """Whole conversations as chosen and rejected, the prompt implicit (a text prompt column beside them is a copy)."""
-    from alignment.data import _is_messages
+    from alignment.core.data import is_messages
 
-    return (_is_messages(row.get("chosen")) and _is_messages(row.get("rejected"))
+    return (is_messages(row.get("chosen")) and is_messages(row.get("rejected"))
             and (row.get("prompt") is None or isinstance(row["prompt"], str)))
 
 
 def split_conversation(row: dict) -> dict | None:
     """The shared leading messages as the prompt and the rest as the responses (TRL's rule, as
-    alignment.data.validate_preferences applies it), or None when they share no message or one response would be
+    alignment.core.data.validate_preferences applies it), or None when they share no message or one response would be
     empty (e.g. chosen is the start of rejected)."""
-    from alignment.data import _split_shared_prefix
+    from alignment.core.data import split_shared_prefix
 
     if row["chosen"] == row["rejected"]:
         return dict(row)  # counted as identical below
-    prompt, chosen, rejected = _split_shared_prefix(row["chosen"], row["rejected"])
+    prompt, chosen, rejected = split_shared_prefix(row["chosen"], row["rejected"])
     if not prompt or not chosen or not rejected:
         return None
     return dict(row, prompt=prompt, chosen=chosen, rejected=rejected)
@@ -138,7 +138,7 @@ def _scalar(v) -> bool:
 
 def clean_pairs(rows: list[dict], source: str, field: str = "--data") -> tuple[list[dict], dict]:
     """(checked pairs with the kept fields, counts). HH text rows are split first; identical pairs are dropped."""
-    from alignment.data import validate_preferences
+    from alignment.core.data import validate_preferences
 
     if not rows:
         raise ConfigError(f"{field}: {source} has no rows")
@@ -243,9 +243,9 @@ def main(argv=None) -> Path:
     resolve(args)
     t0 = time.perf_counter()
 
-    from alignment.data import PREFERENCES_FILE, _load_rows_located, write_jsonl
+    from alignment.core.data import PREFERENCES_FILE, load_rows_located, write_jsonl
 
-    rows, source, _ = _load_rows_located(args.data, "--data", args.split,
+    rows, source, _ = load_rows_located(args.data, "--data", args.split,
                                          "a .json, .jsonl or .parquet file or a Hub dataset name")
     prefs, sft, counts = prepare(args, rows, source)
     conversational = isinstance(prefs[0]["prompt"], list)

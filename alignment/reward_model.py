@@ -6,14 +6,14 @@
 
 --data toy draws pairs of responses to toy prompts (demonstrations, and sentences biased towards good / bad
 adjectives, on- / off-topic nouns and right / wrong lengths, a quarter of them made non-fluent by a random
-edit, so the model sees the whole reward range) and labels each pair from alignment.toy.true_reward:
+edit, so the model sees the whole reward range) and labels each pair from alignment.core.toy.true_reward:
 --label bt samples the winner with P(a > b) = sigmoid(r(a) - r(b)) (seeded), --label hard lets the higher
 reward win (ties dropped). Held-out pairs use the toy task's "heldout" prompts and keep only pairs with
 different true rewards; held-out accuracy is the fraction the model orders like the true reward. Any other
 --data is a .json/.jsonl/.parquet file or Hub dataset with chosen and rejected fields (strings or messages)
 and an optional prompt; its held-out rows are a seeded random subset, scored against the chosen label.
 
-Texts are rendered exactly as alignment.rewards.HFRewardModel scores them (prompt + " " + response, or the
+Texts are rendered exactly as alignment.core.rewards.HFRewardModel scores them (prompt + " " + response, or the
 tokenizer's chat template), so load_reward("OUT/NAME") scores like the trained model. Writes
 OUT/NAME/{run.json, metrics.jsonl, model/} with the classifier and its tokenizer in model/.
 """
@@ -27,8 +27,9 @@ from dataclasses import dataclass
 
 import torch
 
-from alignment.models import model_source
-from alignment.sft import (check_common, check_positive, make_callbacks, resolve_device, save_and_finish,
+from alignment.core.models import model_source
+from runlog import check_positive
+from alignment.sft import (check_common, make_callbacks, resolve_device, save_and_finish,
                            shuffled_split, trainer_kwargs, use_quiet_progress)
 from runlog import ConfigError, RunDir, arg, exit_on_config_error, parse_dataclass
 
@@ -84,7 +85,7 @@ def _perturb(words: list[str], rng: random.Random, vocab: list[str]) -> list[str
 def toy_response(task, prompt: str, rng: random.Random) -> str:
     """A response covering the reward range: a demonstration (the SFT data) or sentences whose adjective
     sentiment, topic match and length are drawn at random; a quarter get a non-fluent edit."""
-    from alignment import toy
+    from alignment.core import toy
 
     topic, target = toy.parse_prompt(prompt)
     if rng.random() < 0.3:
@@ -111,7 +112,7 @@ def toy_pairs(seed: int, n: int, split: str, label: str) -> list[dict]:
     split "heldout" keeps only pairs with different true rewards and orders them by the true reward (the
     held-out accuracy's reference); otherwise label "bt" samples the winner from the Bradley-Terry model of
     the true reward and "hard" lets the higher reward win, skipping ties."""
-    from alignment.toy import ToyTask, true_reward
+    from alignment.core.toy import ToyTask, true_reward
 
     task = ToyTask(seed)
     rng = random.Random(f"{seed}/{split}/rm-pairs")
@@ -138,9 +139,9 @@ def toy_pairs(seed: int, n: int, split: str, label: str) -> list[dict]:
 # -------------------------------------------------------------------------------- files and rendering
 
 def load_file_pairs(args) -> tuple[list[dict], list[dict]]:
-    from alignment.data import _load_rows, check_text
+    from alignment.core.data import load_rows, check_text
 
-    rows = _load_rows(args.data, "--data", "train")
+    rows = load_rows(args.data, "--data", "train")
     if not rows:
         raise ConfigError(f"--data: {args.data!r} has no rows")
     clean = []
@@ -160,8 +161,8 @@ def load_file_pairs(args) -> tuple[list[dict], list[dict]]:
 
 
 def render(tokenizer, prompt, response) -> str:
-    """The text a reward model scores: as alignment.rewards.HFRewardModel.texts renders it."""
-    from alignment.rewards import join_text
+    """The text a reward model scores: as alignment.core.rewards.HFRewardModel.texts renders it."""
+    from alignment.core.rewards import join_text
 
     if prompt is None:
         messages = response if isinstance(response, list) else None
@@ -213,14 +214,14 @@ def pair_accuracy(model, pad_id: int, pairs: list[dict], batch_size: int = 64) -
 # ------------------------------------------------------------------------------------------ model
 
 def build_classifier(source: str, tokenizer, seed: int, trust_remote_code: bool):
-    from alignment import toy
-    from alignment.models import _check_source, _toy_size, is_toy
+    from alignment.core import toy
+    from alignment.core.models import check_source, toy_size, is_toy
 
     torch.manual_seed(seed)  # a Hub / sft backbone gets a fresh score head: seed it
     if is_toy(source):
         from transformers import LlamaForSequenceClassification
 
-        config = toy.build_model(tokenizer, _toy_size(source, "--model"), seed=seed).config
+        config = toy.build_model(tokenizer, toy_size(source, "--model"), seed=seed).config
         config.num_labels = 1
         config.architectures = ["LlamaForSequenceClassification"]
         torch.manual_seed(seed)
@@ -228,7 +229,7 @@ def build_classifier(source: str, tokenizer, seed: int, trust_remote_code: bool)
     else:
         from transformers import AutoModelForSequenceClassification
 
-        _check_source(source, "--model")
+        check_source(source, "--model")
         try:
             model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=1, dtype=torch.float32,
                                                                        trust_remote_code=trust_remote_code)
@@ -256,7 +257,7 @@ def main(argv=None):
     from datasets import Dataset, disable_progress_bars
     from transformers import TrainerCallback
 
-    from alignment.models import load_tokenizer
+    from alignment.core.models import load_tokenizer
     from trl import RewardConfig, RewardTrainer
 
     disable_progress_bars()

@@ -5,7 +5,7 @@
     python -m alignment.select --method ae --ratio 0.25 --policy P --ref REF --data D
     python -m alignment.select --method us --policy P --data D      # us needs no reference model
 
-Methods (formulas and sources in alignment/selection.py):
+Methods (formulas and sources in alignment/selection/scores.py):
     reward_gap  score = signed gap beta (log pi/pi_ref)(chosen) - beta (log pi/pi_ref)(rejected), summed over the
                 response tokens, from the DPO-trained selection model --policy and its reference --ref; keeps the
                 SMALLEST scores (Qi et al.: the hardest pairs; default ratio 0.1, the paper's 10%).
@@ -40,9 +40,9 @@ from pathlib import Path
 
 import torch
 
-from alignment.data import PREFERENCES_FILE, write_jsonl
-from alignment.models import model_source
-from alignment.selection import METHODS, keep_count, keeps_largest, select_top
+from alignment.core.data import PREFERENCES_FILE, write_jsonl
+from alignment.core.models import model_source
+from alignment.selection.scores import METHODS, keep_count, keeps_largest, select_top
 from runlog import ConfigError, RunDir, arg, check_name, check_out, exit_on_config_error, parse_dataclass
 
 DEFAULT_RATIO = {"reward_gap": 0.1, "us": 1 / 3, "ae": 1 / 3}
@@ -91,7 +91,8 @@ def _same_model(a: str, b: str) -> bool:
 
 def resolve(args: Args) -> tuple[float, str, torch.device]:
     """Check every flag before anything is loaded or written: (ratio, run name, device)."""
-    from alignment.models import _toy_size, is_toy, resolve_device
+    from alignment.core.models import toy_size, is_toy
+    from runlog import resolve_device
 
     if args.method is None:
         raise ConfigError(f"--method: required; one of {', '.join(METHODS)}")
@@ -115,7 +116,7 @@ def resolve(args: Args) -> tuple[float, str, torch.device]:
     for flag in ("policy", "ref"):
         spec = getattr(args, flag)
         if spec and is_toy(spec) and (flag == "policy" or args.method != "us"):
-            _toy_size(spec, f"--{flag}")
+            toy_size(spec, f"--{flag}")
     if not (math.isfinite(args.beta) and args.beta > 0):
         raise ConfigError(f"--beta: must be a finite number > 0, got {args.beta}")
     if args.method in ("us", "ae"):
@@ -143,7 +144,7 @@ def resolve(args: Args) -> tuple[float, str, torch.device]:
 
 def tokenize_rows(tokenizer, rows: list[dict], max_length: int) -> list[dict]:
     """TRL-tokenized pairs; a ConfigError names the row whose prompt leaves no response token within max_length."""
-    from alignment.selection import tokenize_pair
+    from alignment.selection.scores import tokenize_pair
 
     out = []
     for i, row in enumerate(rows):
@@ -202,9 +203,9 @@ def main(argv=None) -> Path:
     ratio, name, device = resolve(args)
     t0 = time.perf_counter()
 
-    from alignment.data import load_preferences
-    from alignment.models import DTYPES, load_causal_lm, load_tokenizer
-    from alignment.selection import score_pairs
+    from alignment.core.data import load_preferences
+    from alignment.core.models import DTYPES, load_causal_lm, load_tokenizer
+    from alignment.selection.scores import score_pairs
 
     rows = load_preferences(args.data, "--data")
     policy_src = model_source(args.policy)

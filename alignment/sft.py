@@ -7,12 +7,11 @@
 any other --data is a local .json/.jsonl/.parquet file or a Hub dataset name whose rows have prompt and
 completion fields (strings or chat messages) or a messages field. Writes
 OUT/NAME/{run.json, metrics.jsonl, samples.jsonl (toy data), model/}: model/ is the trained model and its
-tokenizer (save_pretrained), loadable with alignment.models.load_causal_lm / load_tokenizer.
+tokenizer (save_pretrained), loadable with alignment.core.models.load_causal_lm / load_tokenizer.
 """
 from __future__ import annotations
 
 import dataclasses
-import math
 import random
 import shutil
 import time
@@ -21,8 +20,9 @@ from pathlib import Path
 
 import torch
 
-from alignment.models import model_source
-from runlog import ConfigError, RunDir, arg, check_name, check_out, exit_on_config_error, parse_dataclass
+from alignment.core.models import model_source
+from runlog import (ConfigError, RunDir, arg, check_name, check_out, check_positive, exit_on_config_error, parse_dataclass,
+                    resolve_device as runlog_resolve_device)
 
 TOY_CONTEXT = 128  # the toy model's max_position_embeddings and the toy tokenizer's model_max_length
 
@@ -55,18 +55,12 @@ class Args:
 
 # ------------------------------------------------------------------------------------ shared checks
 
-def check_positive(flag: str, value, integer: bool = False) -> None:
-    ok = value is not None and not isinstance(value, bool) and math.isfinite(value) and value > 0
-    if not ok or (integer and value != int(value)):
-        raise ConfigError(f"--{flag}: must be {'an integer >= 1' if integer else 'a finite number > 0'}, got {value}")
-
-
 def check_common(args) -> None:
     """Checks shared by sft and reward_model: model size, budget, optimiser, seed, output place."""
-    from alignment.models import _toy_size, is_toy
+    from alignment.core.models import toy_size, is_toy
 
     if is_toy(args.model):
-        _toy_size(args.model, "--model")  # before any data is built
+        toy_size(args.model, "--model")  # before any data is built
     check_positive("num-heldout", args.num_heldout, integer=True)
     if args.eval_every < 0:
         raise ConfigError(f"--eval-every: must be an integer >= 0, got {args.eval_every}")
@@ -86,15 +80,7 @@ def check_common(args) -> None:
 
 def resolve_device(name: str) -> torch.device:
     """cpu or cuda; the Trainer places the model itself, so cuda:N must go through CUDA_VISIBLE_DEVICES."""
-    from alignment.models import resolve_device as _resolve
-
-    device = _resolve(name)
-    if device.type not in ("cpu", "cuda"):
-        raise ConfigError(f"--device: {name!r} is not supported; use cpu or cuda")
-    if device.type == "cuda" and device.index not in (None, 0):
-        raise ConfigError(f"--device: {name!r}: the trainer uses the first visible GPU; "
-                          f"run with CUDA_VISIBLE_DEVICES={device.index} and --device cuda")
-    return device
+    return runlog_resolve_device(name, types=("cpu", "cuda"), first_gpu_only=True)
 
 
 def trainer_kwargs(args, device: torch.device, output_dir: Path) -> dict:
@@ -175,7 +161,7 @@ def shuffled_split(rows: list[dict], num_train: int, num_heldout: int, seed: int
 # ------------------------------------------------------------------------------------------- data
 
 def _sft_row(row: dict, where: str, fmt: str | None) -> tuple[dict, str]:
-    from alignment.data import check_text
+    from alignment.core.data import check_text
 
     if "prompt" in row or "messages" not in row:
         for key in ("prompt", "completion"):
@@ -198,7 +184,7 @@ def _sft_row(row: dict, where: str, fmt: str | None) -> tuple[dict, str]:
 
 def load_sft_data(args) -> tuple[list[dict], list[dict], str]:
     """(train rows, held-out rows, format) with only the fields SFTTrainer reads."""
-    from alignment.toy import ToyTask
+    from alignment.core.toy import ToyTask
 
     if args.data == "toy":
         task = ToyTask(args.seed)
@@ -207,9 +193,9 @@ def load_sft_data(args) -> tuple[list[dict], list[dict], str]:
                 "prompt-completion (text)")
     if args.data.startswith("toy:"):
         raise ConfigError(f"--data: use 'toy' with --num-train / --num-heldout, not {args.data!r}")
-    from alignment.data import _load_rows
+    from alignment.core.data import load_rows
 
-    rows = _load_rows(args.data, "--data", "train")
+    rows = load_rows(args.data, "--data", "train")
     if not rows:
         raise ConfigError(f"--data: {args.data!r} has no rows")
     fmt, clean = None, []
@@ -226,7 +212,7 @@ def load_sft_data(args) -> tuple[list[dict], list[dict], str]:
 @torch.no_grad()
 def sample_toy(model, tokenizer, num: int, seed: int, max_new_tokens: int, batch_size: int = 64) -> list[dict]:
     """One plain sampled response (temperature 1, no top-k / top-p) per held-out toy prompt, seeded."""
-    from alignment.toy import ToyTask, is_fluent, true_reward
+    from alignment.core.toy import ToyTask, is_fluent, true_reward
 
     model.eval()
     device = next(model.parameters()).device
@@ -268,7 +254,7 @@ def main(argv=None):
 
     from datasets import Dataset, disable_progress_bars
 
-    from alignment.models import load_causal_lm, load_tokenizer
+    from alignment.core.models import load_causal_lm, load_tokenizer
     from trl import SFTConfig, SFTTrainer
 
     disable_progress_bars()  # datasets' map bars; the training bar stays
@@ -308,7 +294,7 @@ def main(argv=None):
         model = trainer.model
         if args.data == "toy" and args.num_samples:
             samples = sample_toy(model, tokenizer, args.num_samples, args.seed, args.max_new_tokens)
-            from alignment.data import write_jsonl
+            from alignment.core.data import write_jsonl
 
             write_jsonl(run.path("samples.jsonl"), samples)
             summary |= {"num_samples": len(samples),

@@ -15,7 +15,7 @@ Losses, with h = beta * log(pi / pi_ref) summed over the response tokens and D =
 rev_kl runs TRL's own sigmoid loss and adds (1 - q) D, since -q log s(D) - (1-q) log s(-D) = -log s(D) + (1-q) D
 exactly: TRL's forward passes, metrics and distributed code stay untouched.
 
-Batch selection (--selector; alignment/schedulers.py has the details): each batch the data loader yields is a
+Batch selection (--selector; alignment/selection/batch.py has the details): each batch the data loader yields is a
 *candidate batch* (batch-size pairs per process; n over all processes) of which K = keep_count(n, --select-ratio)
 pairs get gradient, the loss being sum over the selected pairs of their DPO (or rev_kl) loss / K:
     all             every pair: TRL's loss as it is (the default; aliases none, full; the code path of before the
@@ -59,8 +59,9 @@ from pathlib import Path
 
 import torch
 
-from alignment.models import model_source
-from alignment.schedulers import SAMS_MODES, SELECTORS, check_ratio
+from alignment.core.models import model_source
+from alignment.selection.batch import SAMS_MODES, SELECTORS
+from runlog import check_positive, is_ratio
 from bandit.vocabulary import SELECTOR, canonical
 from runlog import ConfigError, RunDir, arg, check_name, check_out, exit_on_config_error, parse_dataclass
 
@@ -102,7 +103,7 @@ class Args:
     dtype: str = arg("float32", "weights' dtype; on a GPU that has bf16 the forward passes run under bf16 autocast "
                      "either way", choices=["float32", "bfloat16"])
     seed: int = arg(0, "seed of the training order and of TRL / transformers")
-    selector: str = arg("all", "which pairs of each batch get gradient (alignment/schedulers.py): all (alias none), "
+    selector: str = arg("all", "which pairs of each batch get gradient (alignment/selection/batch.py): all (alias none), "
                         "random_subset (a random K: sams's control), sams (SamS scheduler, Huang et al. 2025), us / ae "
                         "(uncertainty sampling / active exploration from Monte Carlo dropout)")
     select_ratio: float = arg(0.5, "selectors: the fraction K / n of each global candidate batch (n = batch-size x "
@@ -180,12 +181,12 @@ def make_trainer_class():
     """DPOTrainer with the rev_kl loss and the batch selectors (built lazily: importing trl is slow)."""
     from trl import DPOTrainer
 
-    from alignment import schedulers as sch
+    from alignment.selection import batch as sch
 
     class SamplerDPOTrainer(DPOTrainer):
         """TRL's DPOTrainer; with soft_labels=True the loss is rev_kl (module doc), else TRL's sigmoid loss. With a
         selector other than none, each training batch is a candidate batch of which K pairs get gradient
-        (alignment/schedulers.py); evaluation always uses every pair."""
+        (alignment/selection/batch.py); evaluation always uses every pair."""
 
         def __init__(self, *args, soft_labels: bool = False, selector: str = "all", select_ratio: float = 0.5,
                      sams_mode: str = "topk", sams_pretrain_steps: int = 0, sams_hidden: int = 128,
@@ -306,7 +307,7 @@ def make_trainer_class():
             pairs (weight 0) to the largest member count of any process, so that every process runs the same
             shapes (TRL gathers its metrics) and DDP sees a backward everywhere. Returns (local pair indices,
             weights, K, the global indices)."""
-            from alignment import selection
+            from alignment.selection import scores as selection
 
             acc = self.accelerator
             local = inputs["completion_mask"].size(0) // 2
@@ -471,7 +472,6 @@ def check_lora(args: Args) -> None:
     if args.lora_r:
         import importlib.util
 
-        from alignment.sft import check_positive
 
         check_positive("lora-alpha", args.lora_alpha)
         if not 0 <= args.lora_dropout < 1:
@@ -512,7 +512,6 @@ def lora_config(args: Args):
 
 def resolve(args: Args) -> torch.device:
     """Check every argument before anything is loaded or written; ConfigError names the bad flag."""
-    from alignment.sft import check_positive
 
     check_lora(args)
     if not args.preferences:
@@ -550,10 +549,9 @@ def resolve(args: Args) -> torch.device:
 
 
 def check_selector(args: Args) -> None:
-    from alignment.sft import check_positive
 
     args.selector = canonical(args.selector, SELECTOR, "alignment", "--selector", allowed=SELECTORS)
-    if not check_ratio(args.select_ratio):
+    if not is_ratio(args.select_ratio):
         raise ConfigError(f"--select-ratio: must be in (0, 1], got {args.select_ratio}")
     if args.sams_mode not in SAMS_MODES:
         raise ConfigError(f"--sams-mode: unknown mode {args.sams_mode!r}; known: {', '.join(SAMS_MODES)}")
@@ -662,8 +660,8 @@ def main(argv=None):
     from accelerate import PartialState
     from datasets import disable_progress_bars
 
-    from alignment.data import load_preferences
-    from alignment.models import DTYPES, load_causal_lm, load_tokenizer
+    from alignment.core.data import load_preferences
+    from alignment.core.models import DTYPES, load_causal_lm, load_tokenizer
 
     disable_progress_bars()
     # gloo processes on a machine without CUDA (torchrun / accelerate launch --cpu), one per GPU otherwise

@@ -15,7 +15,8 @@ from bandit.metrics import METRICS, convergence_order, iterations_to, noise_floo
 from bandit.runner import simulate
 from bandit.samplers import DEFAULT_SAMPLERS, SAMPLERS
 from bandit.vocabulary import PAIR_SAMPLER, canonical_list
-from runlog import ConfigError, RunDir, arg, atomic_write_json, check_name, check_out
+from runlog import ConfigError, RunDir, arg, atomic_write_json, check_name, check_out, check_positive
+from runlog import resolve_device as runlog_resolve_device
 
 # The paper's settings (Shi, Zhou, Du, ICLR 2025): exact lr 10 for 100 iterations, empirical lr 0.05 for 3000.
 PAPER = {"exact": {"lr": 10.0, "iters": 100}, "empirical": {"lr": 0.05, "iters": 3000}}
@@ -57,42 +58,28 @@ class Plan:
     name: str
 
 
-def _positive(name: str, value, integer=False):
-    ok = value is not None and math.isfinite(value) and value > 0 and (not integer or value >= 1)
-    if not ok:
-        raise ConfigError(f"--{name}: must be {'an integer >= 1' if integer else 'a finite number > 0'}, got {value}")
-
-
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str):
     """--device of the bandit entry points: cpu or cuda (float64 throughout, so no mps)."""
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise ConfigError(f"--device: {name!r} is not a torch device; use cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device: {name!r} requested but no CUDA device is available; use cpu")
-    if device.type not in ("cpu", "cuda"):
-        raise ConfigError(f"--device: {name!r} is not supported (float64 is needed); use cpu, cuda or cuda:N")
-    return device
+    return runlog_resolve_device(name, types=("cpu", "cuda"), why=" (float64 is needed)")
 
 
 def resolve(args: BanditArgs, defaults: dict = PAPER) -> Plan:
     """Check every argument before anything is written; raise ConfigError naming the bad field."""
     samplers = canonical_list(args.samplers, PAIR_SAMPLER, "bandit", "--samplers", allowed=tuple(SAMPLERS))
     for name in ("seeds", "num_samples", "actions", "contexts"):
-        _positive(name.replace("_", "-"), getattr(args, name), integer=True)
+        check_positive(name.replace("_", "-"), getattr(args, name), integer=True)
     if args.actions < 2:
         raise ConfigError(f"--actions: need at least 2 actions to form a pair, got {args.actions}")
     if args.iters is not None:
-        _positive("iters", args.iters, integer=True)
+        check_positive("iters", args.iters, integer=True)
     if args.seed < 0:
         raise ConfigError(f"--seed: must be an integer >= 0, got {args.seed}")
     check_out(args.out)
-    _positive("beta", args.beta)
+    check_positive("beta", args.beta)
     if args.lr is not None:
         if args.step == "newton":
             raise ConfigError("--lr: applies to --step fixed only; --step newton sets the step from the rewards")
-        _positive("lr", args.lr)
+        check_positive("lr", args.lr)
     device = resolve_device(args.device)
     name = args.name or f"{args.setting}-{args.step}"
     check_name(name)

@@ -59,23 +59,23 @@ METHODS = (
            "(pi/pi_ref)^(+-a) (runs on vLLM)", ("mixp_seq",), alignment="alignment.generate:sampler_spec"),
     Method("borda", PAIR_SAMPLER, "AE-Borda: fresh pairs for the contexts whose Borda score is most uncertain "
            "(optimistic policy response vs a reference response)",
-           bandit="bandit.selectors:Borda", alignment="alignment.borda:select_rows"),
+           bandit="bandit.selectors:Borda", alignment="alignment.selection.borda:select_rows"),
     # selectors
     Method("all", SELECTOR, "every pair of the dataset gets gradient (no selection)", ("none", "full", "unif"),
-           bandit="bandit.selectors:All", alignment="alignment.schedulers:SELECTORS"),
+           bandit="bandit.selectors:All", alignment="alignment.selection.batch:SELECTORS"),
     Method("random_subset", SELECTOR, "a random share of each candidate batch: SamS's control",
-           bandit="bandit.selectors:RandomSubset", alignment="alignment.schedulers:random_indices"),
+           bandit="bandit.selectors:RandomSubset", alignment="alignment.selection.batch:random_indices"),
     Method("reward_gap", SELECTOR, "difficulty (Qi et al.): keep once the pairs with the smallest signed implicit-"
            "reward gap under a DPO model trained on all pairs",
-           bandit="bandit.selectors:RewardGap", alignment="alignment.selection:implicit_reward_margins"),
+           bandit="bandit.selectors:RewardGap", alignment="alignment.selection.scores:implicit_reward_margins"),
     Method("reward_gap_step", SELECTOR, "reward_gap re-scored every step with the current policy",
            bandit="bandit.selectors:RewardGapStep"),
     Method("us", SELECTOR, "uncertainty sampling: the pairs whose implicit-reward margin is most uncertain",
-           bandit="bandit.selectors:US", alignment="alignment.selection:us_scores"),
+           bandit="bandit.selectors:US", alignment="alignment.selection.scores:us_scores"),
     Method("ae", SELECTOR, "active exploration (AE-DPO): the widest optimistic-minus-pessimistic value of a pair",
-           bandit="bandit.selectors:AE", alignment="alignment.selection:ae_scores"),
+           bandit="bandit.selectors:AE", alignment="alignment.selection.scores:ae_scores"),
     Method("sams", SELECTOR, "SamS: exploitation + exploration networks score each batch, the top K get gradient",
-           bandit="bandit.selectors:SamS", alignment="alignment.schedulers:SamsScheduler"),
+           bandit="bandit.selectors:SamS", alignment="alignment.selection.batch:SamsScheduler"),
 )
 
 BY_NAME = {m.name: m for m in METHODS}

@@ -1,7 +1,7 @@
 """Speed of our alignment code next to the library code it builds on, measured side by side in one run.
 
 --what decode (the default): fused Mix-P decoding (two models, one KV cache each) against single-model sampling.
-Tokens per second of alignment.decoding.sample on [pi, pi_ref] with weights (1+a, -a), against the same
+Tokens per second of alignment.generation.decoding.sample on [pi, pi_ref] with weights (1+a, -a), against the same
 sampler on pi alone and against transformers' own `model.generate(do_sample=True)` on pi, at the same
 batch size and lengths (every row generates exactly --new-tokens tokens: EOS is ignored, or masked for
 `generate`). Fused decoding runs two forward passes per token, so 0.5 of single-model speed is the ideal;
@@ -27,7 +27,7 @@ is shown apart. A short warm-up round first, then --dpo-repeats rounds in a rota
 median step and each round's sum. Peak memory: one fresh process per variant (as for decode) running one
 training alone. The aim: ours / TRL >= 0.95 (our layer should cost nothing).
 
---what select: reward_gap scoring (alignment.selection.implicit_reward_margins: one no-grad pass of pi and of
+--what select: reward_gap scoring (alignment.selection.scores.implicit_reward_margins: one no-grad pass of pi and of
 pi_ref over every pair, the LM head only where a response token is predicted) against a plain no-grad forward pass
 of the same two models, `model(input_ids, attention_mask).logits`, over the same batches (--select-pairs toy pairs,
 tokenized as TRL tokenizes them, --select-batch-size pairs per batch, length-bucketed as alignment.select batches
@@ -76,9 +76,9 @@ def _load(a):
     """pi and pi_ref (two separate copies: the fused path really runs two models), the tokenizer, prompts."""
     import torch
 
-    from alignment.decoding import left_pad
-    from alignment.models import DTYPES, is_toy, load_causal_lm, load_tokenizer
-    from alignment.toy import ToyTask
+    from alignment.generation.decoding import left_pad
+    from alignment.core.models import DTYPES, is_toy, load_causal_lm, load_tokenizer
+    from alignment.core.toy import ToyTask
 
     torch.set_num_threads(a.threads)
     device = torch.device(a.device)
@@ -99,9 +99,9 @@ def _bare_forwards(models, ids, mask, n):
     """The forward passes fused decoding needs (prefill, then n - 1 one-token steps per model), nothing else."""
     import torch
 
-    from alignment.decoding import _Stepper, position_ids_from_mask
+    from alignment.generation.decoding import Stepper, position_ids_from_mask
 
-    steppers = [_Stepper(m) for m in models]
+    steppers = [Stepper(m) for m in models]
     pos = position_ids_from_mask(mask)
     for s in steppers:
         s(ids, mask, pos)
@@ -117,7 +117,7 @@ def _bare_forwards(models, ids, mask, n):
 def _run(variant, models, tok, ids, mask, a, seed=0):
     import torch
 
-    from alignment.decoding import sample
+    from alignment.generation.decoding import sample
 
     pi, ref = models
     n = a.new_tokens
@@ -221,7 +221,7 @@ DPO_CONFIG_FREE = {"output_dir", "logging_dir"}
 def dpo_pairs(n: int, seed: int = 0) -> list[dict]:
     """n toy preference pairs: two demonstration-like responses per ToyTask prompt, the better one (by the toy
     task's true reward) as chosen, both rewards kept (rev_kl's soft labels need them)."""
-    from alignment.toy import ToyTask, true_reward
+    from alignment.core.toy import ToyTask, true_reward
 
     task = ToyTask(seed)
     rng = random.Random(f"{seed}/bench/pairs")
@@ -309,7 +309,7 @@ class DPOBench:
         from datasets import disable_progress_bars
 
         from alignment.sft import resolve_device
-        from alignment.toy import build_model, build_tokenizer
+        from alignment.core.toy import build_model, build_tokenizer
 
         if a.threads:
             torch.set_num_threads(a.threads)
@@ -478,7 +478,7 @@ def run_dpo(a):
     import transformers
     import trl
 
-    from alignment.toy import SIZES
+    from alignment.core.toy import SIZES
 
     cuda = a.device.startswith("cuda")
     gpu = f" ({torch.cuda.get_device_name()}, bf16 autocast)" if cuda else " (fp32)"
@@ -530,8 +530,8 @@ def _select_setup(a):
     batches and in TRL-layout pair batches in data order; all on the device."""
     import torch
 
-    from alignment.models import DTYPES, is_toy, load_causal_lm, load_tokenizer
-    from alignment.selection import sequence_batches, tokenize_pair
+    from alignment.core.models import DTYPES, is_toy, load_causal_lm, load_tokenizer
+    from alignment.selection.scores import sequence_batches, tokenize_pair
 
     torch.set_num_threads(a.threads)
     device = torch.device(a.device)
@@ -566,7 +566,7 @@ def _naive_gaps(models, batches, n: int, beta: float = 0.1):
 
 @__import__("torch").no_grad()
 def _run_select(variant, models, bucketed, in_order, n):
-    from alignment.selection import score_batches
+    from alignment.selection.scores import score_batches
 
     pi, ref = models
     if variant == "plain":

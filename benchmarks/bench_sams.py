@@ -19,7 +19,7 @@ The time SamS spends inside its scheduler (scoring, choosing, updating) is shown
     python benchmarks/bench_sams.py --model llama:1024x8 --device cuda --batch-size 16 --steps 30
     python benchmarks/bench_sams.py --model toy:tiny --steps 4 --repeats 1   # smoke test
 
---model toy:SIZE builds the toy Llama (alignment.toy); llama:HxL a random Llama of hidden size H and L layers on the
+--model toy:SIZE builds the toy Llama (alignment.core.toy); llama:HxL a random Llama of hidden size H and L layers on the
 toy tokenizer (bigger than the toy sizes: closer to the ratio of scheduler to LLM cost of a real run).
 This benchmark belongs in bench_alignment.py (--what sams); it is a separate script while that file is being
 edited elsewhere. run(args) returns the numbers as a dict.
@@ -47,7 +47,7 @@ def build_model(spec: str, tokenizer, seed: int = 0):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from alignment import toy
+    from alignment.core import toy
 
     if spec.startswith("toy:"):
         return toy.build_model(tokenizer, spec[4:], seed=seed)
@@ -145,7 +145,7 @@ def run(a) -> dict:
     import torch
     from datasets import disable_progress_bars
 
-    from alignment import toy
+    from alignment.core import toy
 
     disable_progress_bars()
     torch.set_num_threads(a.threads)

@@ -15,7 +15,7 @@ def torch_single_thread():
 def sharp_toy_model(seed: int = 0, size: str = "tiny", scale: float = 8.0):
     """A random toy model whose next-token distributions are far from uniform (scaled tied embedding),
     so that sampling tests see real differences between models."""
-    from alignment import toy
+    from alignment.core import toy
 
     model = toy.build_model(toy.build_tokenizer(), size, seed=seed).eval()
     with torch.no_grad():

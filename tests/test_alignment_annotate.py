@@ -15,9 +15,9 @@ import torch
 
 from alignment import annotate as ann
 from alignment.annotate import Pick, annotate, completion, max_min, pick_pair, score_all
-from alignment.data import load_preferences
-from alignment.rewards import CallableReward, load_reward
-from alignment.toy import build_tokenizer, true_reward
+from alignment.core.data import load_preferences
+from alignment.core.rewards import CallableReward, load_reward
+from alignment.core.toy import build_tokenizer, true_reward
 from runlog import ConfigError
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
@@ -361,9 +361,9 @@ def test_bad_input_in_process(case, tmp_path, capsys):
 
 
 def test_failure_while_scoring_leaves_nothing(tmp_path, capsys, monkeypatch):
-    import alignment.rewards
+    import alignment.core.rewards
 
-    monkeypatch.setattr(alignment.rewards, "load_reward",
+    monkeypatch.setattr(alignment.core.rewards, "load_reward",
                         lambda *a, **k: CallableReward(lambda p, r: math.inf, name="broken"))
     with pytest.raises(SystemExit) as e:
         ann.main(["--generations", str(write_gen(tmp_path / "g.jsonl")), "--out", str(tmp_path / "o")])
@@ -380,7 +380,7 @@ def test_output_is_what_dpo_trainer_reads(tmp_path, capsys):
     import datasets
     from trl import DPOConfig, DPOTrainer
 
-    from alignment.toy import build_model
+    from alignment.core.toy import build_model
 
     path = ann.main(["--generations", str(write_gen(tmp_path / "g.jsonl")), "--out", str(tmp_path / "o")])
     ds = datasets.load_dataset("json", data_files=str(path / "preferences.jsonl"), split="train",

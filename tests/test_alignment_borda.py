@@ -1,4 +1,4 @@
-"""AE-Borda (alignment/borda.py and `alignment.generate --sampler borda`): the bounds against a hand computation,
+"""AE-Borda (alignment/selection/borda.py and `alignment.generate --sampler borda`): the bounds against a hand computation,
 the prompt selection, and the sampler end to end."""
 import json
 import math
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from alignment.borda import borda_bounds, prompt_gaps, score_batch, select_rows
+from alignment.selection.borda import borda_bounds, prompt_gaps, score_batch, select_rows
 
 REPO = Path(__file__).resolve().parents[1]
 sig = lambda z: 1 / (1 + math.exp(-z))
@@ -53,7 +53,7 @@ def test_select_rows_keeps_the_widest_prompts_with_their_best_optimistic_respons
 
 
 def test_score_batch_is_certain_without_dropout_and_uncertain_with_it():
-    from alignment import toy
+    from alignment.core import toy
     from tests.conftest import sharp_toy_model
 
     tok = toy.build_tokenizer()

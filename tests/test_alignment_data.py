@@ -1,4 +1,4 @@
-"""alignment.data: loading and validating prompt, generation and preference sets.
+"""alignment.core.data: loading and validating prompt, generation and preference sets.
 
 Every problem must be one ConfigError naming the flag, the file and the row; good files in each local
 format (and a run folder) load to the same rows; what write_jsonl writes loads back, also through datasets.
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from alignment import data
-from alignment.data import (as_dataset, check_reward, check_text, load_generations, load_preferences, load_prompts,
+from alignment.core import data
+from alignment.core.data import (as_dataset, check_reward, check_text, load_generations, load_preferences, load_prompts,
                             validate_prompts, write_jsonl)
 from runlog import ConfigError
 

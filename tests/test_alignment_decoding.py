@@ -1,9 +1,9 @@
-"""alignment/decoding.py: fused sampling with one KV cache per model.
+"""alignment/generation/decoding.py: fused sampling with one KV cache per model.
 
 The strongest checks are against independent references: Hugging Face's own `model.generate(do_sample=True)`
 (the same tokens under the same seed, since the same warpers and the same torch.multinomial calls consume
 the random stream identically), and a naive decoder written here that reruns both models on the whole
-prefix at every step, without any cache. Models are tiny Llamas from alignment.toy, with the embedding
+prefix at every step, without any cache. Models are tiny Llamas from alignment.core.toy, with the embedding
 (tied to the output layer) scaled up so their next-token distributions are far from uniform.
 """
 import math
@@ -11,9 +11,9 @@ import math
 import pytest
 import torch
 
-from alignment import toy
+from alignment.core import toy
 from conftest import sharp_toy_model
-from alignment.decoding import (effective_sample_size, importance_weights, left_pad, position_ids_from_mask,
+from alignment.generation.decoding import (effective_sample_size, importance_weights, left_pad, position_ids_from_mask,
                                 resample, sample)
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")

@@ -18,10 +18,10 @@ import pytest
 import torch
 from scipy import stats
 
-from alignment import toy
+from alignment.core import toy
 from alignment.evaluate import (EvalConfig, evaluate_policy, instruction_text, main, mt_bench_rows, question_id,
                                 sequence_kl, summarise, write_outputs)
-from alignment.rewards import load_reward
+from alignment.core.rewards import load_reward
 from conftest import sharp_toy_model
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")

@@ -16,11 +16,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from alignment import toy
+from alignment.core import toy
 from conftest import sharp_toy_model
-from alignment.decoding import sample
-from alignment.generate import (Args, HFBackend, SAMPLERS, batch_seed, component_plan, encode_prompts,
-                                generate_batch, main, resolve)
+from alignment.generation.decoding import sample
+from alignment.generate import Args, main, resolve
+from alignment.generation.backend import HFBackend, batch_seed, encode_prompts
+from alignment.generation.samplers import SAMPLERS, component_plan, generate_batch
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
@@ -91,7 +92,7 @@ def test_mixp_depends_on_both_models_and_uses_the_fused_logits(models):
         assert by_component(a, "mix-") != by_component(other, "mix-")
     # each component is exactly the fused sampler with its weights, under the batch's seed
     ids = encode_prompts(TOK, rows)
-    from alignment.decoding import left_pad
+    from alignment.generation.decoding import left_pad
     for comp, w in (("mix+", [1.5, -0.5]), ("mix-", [0.5, 0.5])):
         x, m = left_pad([s for s in ids for _ in range(2)], TOK.pad_token_id)
         g = torch.Generator().manual_seed(batch_seed(0, comp, rows[0]["id"], len(rows)))
@@ -351,7 +352,7 @@ def test_vllm_backend_plumbing_with_a_stand_in(tmp_path, monkeypatch):
     rows = read_jsonl(path / "generations.jsonl")
     assert [r["components"] for r in rows] == [["mixseq+", "mixseq+", "mixseq-", "mixseq-"]] * 3
     # the scores: prompt log-probs summed over the response (EOS included) = the models' sequence log-probs
-    from alignment.vllm_backend import VLLMBackend
+    from alignment.generation.vllm import VLLMBackend
 
     args = Args(backend="vllm", policy="toy:tiny", ref="toy:small", sampler="mix_p_seq", max_new_tokens=40)
     backend = VLLMBackend(resolve(args), args)

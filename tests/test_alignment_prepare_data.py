@@ -129,7 +129,7 @@ def test_sft_split_errors_and_blank_responses():
 # ------------------------------------------------------------------------------------------------ the command
 
 def test_main_writes_what_every_stage_reads(tmp_path):
-    from alignment.data import load_preferences
+    from alignment.core.data import load_preferences
     from alignment.reward_model import load_file_pairs
     from alignment.sft import load_sft_data
     from alignment.train_dpo import training_rows

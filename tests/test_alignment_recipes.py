@@ -320,11 +320,11 @@ def test_script_help_and_bad_arguments(name, tmp_path):
 
 @pytest.mark.parametrize("name,stage", [("zero2", 2), ("zero3", 3)])
 def test_deepspeed_accelerate_configs(name, stage, monkeypatch):
-    from alignment.pipeline import _check_launch
+    from alignment.pipeline import check_launch
 
     monkeypatch.chdir(REPO)
     cfg = yaml.safe_load((REPO / f"alignment/configs/{name}.yaml").read_text())
     assert cfg["distributed_type"] == "DEEPSPEED" and cfg["deepspeed_config"]["zero_stage"] == stage
     assert cfg["mixed_precision"] == "bf16" and cfg["num_machines"] == 1 and cfg["use_cpu"] is False
     assert cfg["deepspeed_config"]["zero3_init_flag"] is (stage == 3)
-    _check_launch(f"accelerate launch --config_file alignment/configs/{name}.yaml")  # the pipeline's own check
+    check_launch(f"accelerate launch --config_file alignment/configs/{name}.yaml")  # the pipeline's own check

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from alignment import toy
+from alignment.core import toy
 from alignment.reward_model import main, toy_pairs, toy_response
-from alignment.rewards import load_reward
+from alignment.core.rewards import load_reward
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 

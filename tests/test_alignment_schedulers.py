@@ -1,4 +1,4 @@
-"""alignment.schedulers and train_dpo --selector: SamS picks exactly K and learns, random_subset's loss is SamS's
+"""alignment.selection.batch and train_dpo --selector: SamS picks exactly K and learns, random_subset's loss is SamS's
 for the same mask (and the hand-computed masked mean), selector none is TRL's loss exactly, us/ae keep their top
 scores, the SamS state survives a checkpoint, pre-training leaves the policy alone, and two gloo processes select
 the same indices as one process with the same global candidate batch."""
@@ -11,8 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from alignment import schedulers as sch
-from alignment import toy
+from alignment.selection import batch as sch
+from alignment.core import toy
 from alignment.train_dpo import Args, dpo_config, make_trainer_class, selector_kwargs, training_rows
 from tests.conftest import sharp_toy_model
 from tests.test_alignment_train_dpo import ENV, PAIRS, _cli, _hand_logp, _launch, _write_prefs
@@ -151,7 +151,7 @@ def test_selectors_use_every_pair_in_evaluation(tmp_path):
 
 @pytest.mark.parametrize("selector, loss", [("us", "sigmoid"), ("ae", "rev_kl")])
 def test_us_ae_keep_the_top_of_their_scores(tmp_path, selector, loss):
-    from alignment import selection
+    from alignment.selection import scores as selection
 
     trainer, tok, policy, ref = _trainer(tmp_path, selector, loss, passes=3, dropout=0.1)
     policy.train()
@@ -264,7 +264,7 @@ def test_two_gloo_processes_select_the_same_indices_as_one_process(tmp_path, sel
     picks = lambda rows: [(r["step"], r["micro"], r["selected"]) for r in rows]
     assert picks(two["rank0"]) == picks(two["rank1"]) == picks(one["rank0"])
     assert [len(r["selected"]) for r in one["rank0"]] == [2, 2, 2]
-    from alignment.models import load_causal_lm
+    from alignment.core.models import load_causal_lm
 
     w2 = load_causal_lm(str(tmp_path / "two" / "dpo" / "model")).state_dict()
     w1 = load_causal_lm(str(tmp_path / "one" / "dpo" / "model")).state_dict()

@@ -1,4 +1,4 @@
-"""alignment.selection and alignment.select: implicit-reward gaps, MC-dropout scores, keep counts, the CLI.
+"""alignment.selection.scores and alignment.select: implicit-reward gaps, MC-dropout scores, keep counts, the CLI.
 
 Expected values come from independent computations: each sequence alone through the model's own forward pass
 (full logits, float64 log-softmax, response positions indexed by hand), closed forms for the US and AE scores,
@@ -14,8 +14,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from alignment import selection as sel
-from alignment import toy
+from alignment.selection import scores as sel
+from alignment.core import toy
 from conftest import sharp_toy_model
 
 REPO = Path(__file__).resolve().parents[1]

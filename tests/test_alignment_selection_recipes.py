@@ -189,7 +189,7 @@ def test_active_recipe_holds_the_codes_settings():
     assert (d["data"], d["sft_fraction"]) == ("Anthropic/hh-rlhf", 0.3)
     assert (t["beta"], t["loss"]) == (0.1, "sigmoid") and abs(t["select_ratio"] - 1 / 3) < 1e-12
     n = t["batch_size"] * 8  # the candidate batch over 8 processes
-    from alignment.schedulers import keep_count
+    from alignment.selection.batch import keep_count
 
     assert keep_count(n, t["select_ratio"]) * t["grad_accum"] == 32  # the code's 32 trained pairs per step
 

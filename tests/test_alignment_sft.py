@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from alignment import toy
-from alignment.models import load_causal_lm, load_tokenizer
+from alignment.core import toy
+from alignment.core.models import load_causal_lm, load_tokenizer
 from alignment.sft import main
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")

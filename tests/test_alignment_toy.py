@@ -4,8 +4,8 @@ import random
 import pytest
 import torch
 
-from alignment import toy
-from alignment.models import load_causal_lm, load_tokenizer
+from alignment.core import toy
+from alignment.core.models import load_causal_lm, load_tokenizer
 from runlog import ConfigError
 
 P = "write about ocean in 2 sentences :"

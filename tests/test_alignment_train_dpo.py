@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from alignment import toy
+from alignment.core import toy
 from alignment.train_dpo import Args, dpo_config, main, make_trainer_class, soft_target, training_rows
 from tests.conftest import sharp_toy_model
 
@@ -118,7 +118,7 @@ def test_cli_trains_and_writes_run(tmp_path):
     rows = [json.loads(l) for l in (path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3] and all(r["stage"] == "train_dpo" for r in rows)
     assert all(0 < r["train_soft_target"] < 1 for r in rows)
-    from alignment.models import load_causal_lm
+    from alignment.core.models import load_causal_lm
 
     trained, init = load_causal_lm(str(path / "model")), load_causal_lm("toy:tiny")
     assert any(not torch.equal(a, b) for a, b in zip(trained.state_dict().values(), init.state_dict().values()))
@@ -189,7 +189,7 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     assert out.count("wrote") == 1  # the main process alone writes the run
     code, out, err = _launch([sys.executable] + common + ["--batch-size", "4", "--out", str(tmp_path / "one")])
     assert code == 0, err[-3000:]
-    from alignment.models import load_causal_lm
+    from alignment.core.models import load_causal_lm
 
     two = load_causal_lm(str(tmp_path / "two" / "dpo" / "model")).state_dict()
     one = load_causal_lm(str(tmp_path / "one" / "dpo" / "model")).state_dict()
@@ -209,7 +209,7 @@ def test_lora_trains_adapters_only_and_saves_merged_weights(tmp_path):
     path = main(["--preferences", str(prefs), "--policy", "toy:tiny", "--lora-r", "4", "--lr", "0.05",
                  "--max-steps", "3", "--batch-size", "4", "--device", "cpu", "--out", str(tmp_path / "out")])
     run = json.loads((path / "run.json").read_text())
-    from alignment.models import load_causal_lm
+    from alignment.core.models import load_causal_lm
 
     trained, init = load_causal_lm(str(path / "model")), load_causal_lm("toy:tiny")
     total = sum(p.numel() for p in init.parameters())

@@ -9,8 +9,10 @@ import pytest
 import torch
 from scipy import stats
 
-from alignment import toy
-from alignment.generate import Args, HFBackend, component_tilts, encode_prompts, resolve, sampler_spec
+from alignment.core import toy
+from alignment.generate import Args, resolve
+from alignment.generation.backend import HFBackend, encode_prompts
+from alignment.generation.samplers import component_tilts, sampler_spec
 from bandit.samplers import PairState, spec_weights
 from conftest import sharp_toy_model
 

@@ -49,7 +49,8 @@ from bandit.samplers import SAMPLERS
 from bandit.vocabulary import PAIR_SAMPLER, canonical
 from bandit.selectors import SELECTORS, SelectorConfig, canonical_selector, make_selector
 from runlog import (
-    ConfigError, RunDir, arg, atomic_write_json, check_name, check_out, exit_on_config_error, parse_dataclass)
+    ConfigError, RunDir, arg, atomic_write_json, check_name, check_number, check_out, check_positive, check_ratio, exit_on_config_error,
+    parse_dataclass)
 
 DESCRIPTION = (
     "Offline regime of DESIGN.md section 3: each seed draws N labelled pairs once; every selector then runs "
@@ -127,15 +128,6 @@ class Plan:
     cfg: SelectorConfig
 
 
-def _check(ok: bool, flag: str, what: str, value) -> None:
-    if not ok:
-        raise ConfigError(f"--{flag}: must be {what}, got {value}")
-
-
-def _finite(v) -> bool:
-    return v is not None and math.isfinite(v)
-
-
 def resolve(args: Args) -> Plan:
     """Check every argument before anything is written; raise ConfigError naming the bad field."""
     args.behaviour = canonical(args.behaviour, PAIR_SAMPLER, "bandit", "--behaviour", allowed=tuple(SAMPLERS))
@@ -148,20 +140,20 @@ def resolve(args: Args) -> Plan:
             raise ConfigError(f"--selectors: selector {s} is listed twice in {args.selectors!r}")
     for flag in ("seeds", "steps", "batch", "dataset", "contexts", "dim", "borda_samples", "sams_hidden"):
         v = getattr(args, flag)
-        _check(v >= 1, flag.replace("_", "-"), "an integer >= 1", v)
-    _check(args.actions >= 2, "actions", "an integer >= 2 (a pair needs two actions)", args.actions)
-    _check(args.seed >= 0, "seed", "an integer >= 0", args.seed)
-    _check(_finite(args.beta) and args.beta > 0, "beta", "a finite number > 0", args.beta)
+        check_positive(flag.replace("_", "-"), v, integer=True)
+    if args.actions < 2:
+        raise ConfigError(f"--actions: must be an integer >= 2 (a pair needs two actions), got {args.actions}")
+    check_number("seed", args.seed, low=0, integer=True)
+    check_positive("beta", args.beta)
     if args.lr is not None:
-        _check(_finite(args.lr) and args.lr > 0, "lr", "a finite number > 0", args.lr)
-    _check(_finite(args.flip) and 0 <= args.flip <= 1, "flip", "a probability in [0, 1]", args.flip)
+        check_positive("lr", args.lr)
+    check_number("flip", args.flip, low=0, high=1)  # a probability
     for flag in ("ratio", "sams_ratio"):
-        v = getattr(args, flag)
-        _check(_finite(v) and 0 < v <= 1, flag.replace("_", "-"), "in (0, 1]", v)
-    _check(_finite(args.gamma) and args.gamma >= 0, "gamma", "a finite number >= 0", args.gamma)
-    _check(_finite(args.lam) and args.lam > 0, "lam", "a finite number > 0", args.lam)
-    _check(_finite(args.sams_lr) and args.sams_lr > 0, "sams-lr", "a finite number > 0", args.sams_lr)
-    _check(_finite(args.sams_margin), "sams-margin", "a finite number", args.sams_margin)
+        check_ratio(flag.replace("_", "-"), getattr(args, flag))
+    check_number("gamma", args.gamma, low=0)
+    check_positive("lam", args.lam)
+    check_positive("sams-lr", args.sams_lr)
+    check_number("sams-margin", args.sams_margin)
     N, B = args.dataset, args.batch
     offline = [s for s in selectors if SELECTORS[s].regime == "offline"]
     if offline and B > N:

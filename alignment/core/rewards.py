@@ -37,9 +37,9 @@ class HFRewardModel:
                  trust_remote_code: bool = False):
         from transformers import AutoModelForSequenceClassification
 
-        from alignment.models import _check_source, load_tokenizer
+        from alignment.core.models import check_source, load_tokenizer
 
-        _check_source(name, field)
+        check_source(name, field)
         self.tokenizer = load_tokenizer(name, field, trust_remote_code=trust_remote_code)
         self.tokenizer.padding_side = "right"  # the classifier reads the last non-pad token
         try:
@@ -81,11 +81,11 @@ class HFRewardModel:
 
 def load_reward(spec: str, device="cpu", batch_size: int = 64, field: str = "--reward"):
     if spec == "toy-oracle":
-        from alignment.toy import true_reward
+        from alignment.core.toy import true_reward
 
         return CallableReward(true_reward, name="toy-oracle")
     if not spec:
         raise ConfigError(f"{field}: give 'toy-oracle' or a reward model folder / Hub name")
-    from alignment.models import model_source
+    from alignment.core.models import model_source
 
     return HFRewardModel(model_source(spec), device=device, batch_size=batch_size, field=field)

@@ -134,6 +134,9 @@ def build_tokenizer():
                                    unk_token="<unk>", padding_side="left", model_max_length=128)
 
 
+# toy:N prompts are ToyTask(TASK_SEED)'s and toy:SIZE models seed-TASK_SEED inits, whatever a stage's --seed
+TASK_SEED = 0
+
 SIZES = {  # hidden, layers, heads, intermediate
     "tiny": (32, 2, 2, 64),
     "small": (64, 2, 4, 256),

@@ -127,12 +127,12 @@ def _bad_suffix(spec: str, field: str, what: str) -> ConfigError:
     return ConfigError(f"{field}: {spec!r} must be {what}")
 
 
-def _load_rows(spec: str, field: str, split: str) -> list[dict]:
+def load_rows(spec: str, field: str, split: str) -> list[dict]:
     """Rows of a local file (by suffix) or of a Hub dataset by name (needs a connected machine)."""
-    return _load_rows_located(spec, field, split, "a .json, .jsonl or .parquet file, 'toy[:N]' or a Hub dataset name")[0]
+    return load_rows_located(spec, field, split, "a .json, .jsonl or .parquet file, 'toy[:N]' or a Hub dataset name")[0]
 
 
-def _load_rows_located(spec: str, field: str, split: str, what: str, run_file: str | None = None):
+def load_rows_located(spec: str, field: str, split: str, what: str, run_file: str | None = None):
     """(rows, source label, line numbers or None). `run_file`: a folder holding that file is accepted."""
     path = Path(spec).expanduser()
     if run_file is not None and path.is_dir():
@@ -157,7 +157,7 @@ def _load_rows_located(spec: str, field: str, split: str, what: str, run_file: s
 
 # ------------------------------------------------------------------------------------------------ checks
 
-def _is_messages(x) -> bool:
+def is_messages(x) -> bool:
     return isinstance(x, list) and bool(x) and all(
         isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in x)
 
@@ -168,7 +168,7 @@ def check_text(value, where: str, name: str):
         if not value.strip():
             raise ConfigError(f"{where}: field {name!r} is empty")
         return
-    if not _is_messages(value):
+    if not is_messages(value):
         raise ConfigError(f"{where}: field {name!r} must be a non-empty string or a list of "
                           f"{{'role', 'content'}} messages, got {type(value).__name__}")
 
@@ -176,7 +176,7 @@ def check_text(value, where: str, name: str):
 def check_completion(value, where: str, name: str, conversational: bool = False):
     """A string (possibly empty), or in a conversational set a non-empty list of messages."""
     if conversational:
-        if not _is_messages(value):
+        if not is_messages(value):
             raise ConfigError(f"{where}: field {name!r} must be a non-empty list of {{'role', 'content'}} "
                               f"messages (the prompt is conversational), got {type(value).__name__}")
     elif not isinstance(value, str):
@@ -273,13 +273,13 @@ def validate_prompts(rows: list[dict], source: str, field: str = "--prompts", li
 def load_prompts(spec: str, field: str = "--prompts", split: str = "train", seed: int = 0) -> list[dict]:
     """"toy" / "toy:N" (N toy prompts of `split`, default 64), a local file, or a Hub dataset name."""
     if spec == "toy" or spec.startswith("toy:"):
-        from alignment.toy import ToyTask
+        from alignment.core.toy import ToyTask
 
         n = spec.split(":", 1)[1] if ":" in spec else "64"
         if not n.isdigit() or int(n) < 1:
             raise ConfigError(f"{field}: 'toy:N' needs a count N >= 1, got {spec!r}")
         return ToyTask(seed).prompts(int(n), split)
-    rows, source, lines = _load_rows_located(
+    rows, source, lines = load_rows_located(
         spec, field, split, "a .json, .jsonl or .parquet file, 'toy[:N]' or a Hub dataset name")
     return validate_prompts(rows, source, field, lines)
 
@@ -318,13 +318,13 @@ def load_generations(spec: str, field: str = "--generations") -> list[dict]:
         if path.exists():
             raise _bad_suffix(spec, field, what)
         raise ConfigError(f"{field}: no such file or folder {spec!r} (give {what})")
-    rows, source, lines = _load_rows_located(spec, field, "train", what, run_file=GENERATIONS_FILE)
+    rows, source, lines = load_rows_located(spec, field, "train", what, run_file=GENERATIONS_FILE)
     return validate_generations(rows, source, field, lines)
 
 
 # ------------------------------------------------------------------------------------------------ preferences
 
-def _split_shared_prefix(chosen: list, rejected: list) -> tuple[list, list, list]:
+def split_shared_prefix(chosen: list, rejected: list) -> tuple[list, list, list]:
     """(prompt, chosen, rejected) of two whole conversations: the shared leading messages are the prompt."""
     k = 0
     while k < min(len(chosen), len(rejected)) and chosen[k] == rejected[k]:
@@ -339,8 +339,8 @@ def validate_preferences(rows: list[dict], source: str, field: str = "--preferen
     for i, row, where in _rows(rows, source, field, lines):
         chosen, rejected = _require(row, "chosen", where), _require(row, "rejected", where)
         prompt = row.get("prompt")
-        if _is_messages(chosen) and _is_messages(rejected) and (prompt is None or isinstance(prompt, str)):
-            prompt, chosen, rejected = _split_shared_prefix(chosen, rejected)  # implicit prompt (TRL's rule)
+        if is_messages(chosen) and is_messages(rejected) and (prompt is None or isinstance(prompt, str)):
+            prompt, chosen, rejected = split_shared_prefix(chosen, rejected)  # implicit prompt (TRL's rule)
             if not prompt:
                 raise ConfigError(f"{where}: missing field 'prompt' (and 'chosen' and 'rejected' share no leading "
                                   f"messages to take it from)")
@@ -372,7 +372,7 @@ def load_preferences(spec: str, field: str = "--preferences", split: str = "trai
     """An annotate run folder (its preferences.jsonl), a local .json / .jsonl / .parquet file, or a Hub name."""
     if not spec:
         raise ConfigError(f"{field}: give an annotate run folder, a {PREFERENCES_FILE} file or a Hub dataset name")
-    rows, source, lines = _load_rows_located(
+    rows, source, lines = load_rows_located(
         spec, field, split, "an annotate run folder, a .json, .jsonl or .parquet file or a Hub dataset name",
         run_file=PREFERENCES_FILE)
     return validate_preferences(rows, source, field, lines, allow_identical)

@@ -1,4 +1,5 @@
-"""vLLM generation for `python -m alignment.generate --backend vllm` (GPU nodes only).
+"""The vLLM generation backend (generation/backend.py's interface) for `python -m alignment.generate --backend vllm`
+(GPU nodes only).
 
 vLLM is imported only here and only when --backend vllm is chosen; without it the command stops with
 one line telling the user to `pip install -r requirements_vllm.txt` (GPU nodes only), exit code 2.
@@ -6,7 +7,7 @@ one line telling the user to `pip install -r requirements_vllm.txt` (GPU nodes o
 What vLLM runs: offline, on_policy and gshf (plain sampling from pi_ref and/or pi) and mix_p_seq (M
 candidates sampled from pi, then both models score them: each engine computes the prompt log-probs of
 prompt + response, and the sum over the response tokens, EOS included, is log pi_m(y | x); the
-resampling is generate.py's, shared with the HF backend). vLLM cannot fuse two models' logits token by
+resampling is generation/samplers.py's, shared with the HF backend). vLLM cannot fuse two models' logits token by
 token, so mix_p is refused before anything is loaded (generate.resolve).
 
 One engine per distinct model: when --ref names another model than --policy (gshf, mix_p_seq), two
@@ -20,6 +21,8 @@ from __future__ import annotations
 import tempfile
 import zlib
 
+from alignment.core.toy import TASK_SEED
+from alignment.generation.backend import Backend
 from runlog import ConfigError
 
 INSTALL = "pip install -r requirements_vllm.txt"
@@ -42,11 +45,11 @@ def request_seed(batch_seed: int, index: int) -> int:
     return zlib.crc32(f"{batch_seed}/{index}".encode()) & 0x7FFFFFFF
 
 
-class VLLMBackend:
+class VLLMBackend(Backend):
     """The generate.py backend interface (tok, draw, draw_scored, check_lengths) on vLLM engines."""
 
     def __init__(self, plan, args):
-        from alignment.models import is_toy, load_causal_lm, load_tokenizer
+        from alignment.core.models import is_toy, load_causal_lm, load_tokenizer
 
         self.vllm = require_vllm()
         self.args = args
@@ -64,7 +67,7 @@ class VLLMBackend:
             if is_toy(spec):  # vLLM loads from a folder: save the in-process toy model and tokenizer
                 tmp = tempfile.TemporaryDirectory(prefix="toy-vllm-")
                 self._tmp.append(tmp)
-                load_causal_lm(spec, "--policy", seed=0).save_pretrained(tmp.name)  # as generate.TASK_SEED
+                load_causal_lm(spec, "--policy", seed=TASK_SEED).save_pretrained(tmp.name)
                 load_tokenizer(spec).save_pretrained(tmp.name)
                 paths[spec] = tmp.name
             else:
@@ -103,7 +106,7 @@ class VLLMBackend:
                                         seed=seed, stop_token_ids=self.eos, **extra)
 
     def _sample(self, key: str, prompt_ids, n: int, seed: int):
-        from alignment.generate import Draws
+        from alignment.generation.backend import Draws
 
         params = [self._params(n, request_seed(seed, i)) for i in range(len(prompt_ids))]
         outs = self.engine(key).generate([{"prompt_token_ids": list(ids)} for ids in prompt_ids], params,

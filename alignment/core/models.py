@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from alignment import toy
+from alignment.core import toy
 from runlog import ConfigError
 
 DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -19,7 +19,7 @@ def is_toy(name: str) -> bool:
     return name == "toy" or name.startswith("toy:")
 
 
-def _toy_size(name: str, field: str) -> str:
+def toy_size(name: str, field: str) -> str:
     size = name.split(":", 1)[1] if ":" in name else "small"
     if size not in toy.SIZES:
         raise ConfigError(f"{field}: unknown toy size {size!r}; known: {', '.join(toy.SIZES)}")
@@ -33,7 +33,7 @@ def model_source(name: str) -> str:
     return name
 
 
-def _check_source(name: str, field: str) -> None:
+def check_source(name: str, field: str) -> None:
     """A local-looking path must exist; anything else is tried as a Hub name (fails clearly offline)."""
     looks_local = name.startswith((".", "/", "~")) or Path(name).exists() or name.count("/") > 1
     if looks_local and not Path(name).expanduser().exists():
@@ -46,7 +46,7 @@ def load_tokenizer(name: str, field: str = "--model", trust_remote_code: bool = 
         return toy.build_tokenizer()
     from transformers import AutoTokenizer
 
-    _check_source(name, field)
+    check_source(name, field)
     try:
         tok = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
@@ -64,11 +64,11 @@ def load_causal_lm(name: str, field: str = "--model", device="cpu", dtype: str =
     if dtype not in DTYPES:
         raise ConfigError(f"--dtype: unknown dtype {dtype!r}; known: {', '.join(DTYPES)}")
     if is_toy(name):
-        model = toy.build_model(toy.build_tokenizer(), _toy_size(name, field), seed=seed)
+        model = toy.build_model(toy.build_tokenizer(), toy_size(name, field), seed=seed)
     else:
         from transformers import AutoModelForCausalLM
 
-        _check_source(name, field)
+        check_source(name, field)
         quant = {} if quantization_config is None else {"quantization_config": quantization_config,
                                                           "device_map": {"": str(device)}}
         try:
@@ -79,16 +79,3 @@ def load_causal_lm(name: str, field: str = "--model", device="cpu", dtype: str =
         if quantization_config is not None:  # already placed; quantized weights cannot be moved with .to()
             return model.eval()
     return model.to(device).eval()
-
-
-def resolve_device(name: str) -> torch.device:
-    """A --device value as a torch device; "auto" is cuda when there is a GPU, else cpu."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise ConfigError(f"--device: {name!r} is not a torch device; use cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device: {name!r} requested but no CUDA device is available; use cpu")
-    return device

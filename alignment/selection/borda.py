@@ -3,7 +3,7 @@ the online sampler `borda` of alignment.generate.
 
 For each candidate prompt x, n responses y_1..y_n are sampled from pi and n responses y'_1..y'_n from pi_ref.
 The implicit reward h(y) = beta * (log pi(y|x) - log pi_ref(y|x)) is evaluated under `passes` Monte Carlo
-dropout draws of pi (alignment.selection.dropout_logps: the model's own dropout plus dropout on the final
+dropout draws of pi (alignment.selection.scores.dropout_logps: the model's own dropout plus dropout on the final
 hidden state; pi_ref without dropout). For each policy response and reference response, the difference
 d_k(y_i, y'_j) = h_k(y_i) - h_k(y'_j) over the passes k has a mean mu_ij and a standard deviation s_ij; the
 generalised Borda score of y_i (its probability of beating a reference response) gets the bounds
@@ -11,7 +11,7 @@ generalised Borda score of y_i (its probability of beating a reference response)
 (the bandit package's `borda` uses the same formula with its design-matrix widths in place of s). A prompt's
 value is its best policy response's, and how much there is to learn at x is the width of that value's
 interval: gap(x) = max_i U(y_i) - max_i L(y_i) >= 0. The prompts with the largest gap are kept (a fraction
-`keep` of the candidates, alignment.selection.keep_count); each kept prompt's pair is its best optimistic
+`keep` of the candidates, alignment.selection.scores.keep_count); each kept prompt's pair is its best optimistic
 policy response argmax_i U(y_i) and one reference response drawn at random (seeded per prompt). The pair is
 then labelled by alignment.annotate like any other.
 """
@@ -42,7 +42,7 @@ def score_batch(policy, ref, prompt_ids: list[list[int]], policy_tokens: list[li
                 ref_tokens: list[list[list[int]]], pad_token_id: int, beta: float, gamma: float, passes: int,
                 dropout: float, seed: int) -> tuple[list[list[float]], list[list[float]]]:
     """(U, L) as lists per prompt, for one batch of prompts with n policy and n reference responses each."""
-    from alignment.selection import dropout_logps, pad_sequences, sequence_logps
+    from alignment.selection.scores import dropout_logps, pad_sequences, sequence_logps
 
     n = len(policy_tokens[0])
     if any(len(t) != n for t in policy_tokens + ref_tokens):
@@ -64,7 +64,7 @@ def score_batch(policy, ref, prompt_ids: list[list[int]], policy_tokens: list[li
 def select_rows(rows: list[dict], keep: float, seed: int) -> list[dict]:
     """The kept prompts' rows (in their original order), each reduced to its pair: the best optimistic policy
     response and a random reference response. Rows carry borda_upper / borda_lower per policy response."""
-    from alignment.selection import keep_count, select_top
+    from alignment.selection.scores import keep_count, select_top
 
     if not rows:
         return []

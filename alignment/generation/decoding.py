@@ -73,7 +73,7 @@ class DecodeOutput:
         return self.tokens[i, : int(self.lengths[i])].tolist()
 
 
-class _Stepper:
+class Stepper:
     """One model and its KV cache: prefill the prompt once, then one new token per call."""
 
     def __init__(self, model):
@@ -136,7 +136,7 @@ def sample(models, weights, input_ids: torch.Tensor, attention_mask: torch.Tenso
     w = _weights(weights, batch, len(models), device)
     procs = logits_processors(temperature, top_p)
     eos = None if ignore_eos else _eos_tensor(eos_token_id, device)
-    steppers = [_Stepper(m) for m in models]
+    steppers = [Stepper(m) for m in models]
 
     mask = attention_mask.to(device)
     pos = position_ids_from_mask(mask)

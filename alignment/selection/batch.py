@@ -13,7 +13,7 @@ over all processes: the global candidate batch of n pairs) and keeps K = keep_co
                     without replacement from softmax(scores)) are trained on, a reward observed one step later
                     updates both nets (SamsScheduler below)
     us, ae          uncertainty sampling / active exploration (Mehta et al.): Monte Carlo dropout scores of the
-                    candidates (alignment.selection), the top K are trained on
+                    candidates (alignment.selection.scores), the top K are trained on
 
 random_subset and sams are *in-batch*: TRL's forward runs over the whole candidate batch (SamS needs every
 candidate's hidden states, which that forward gives for free) and the loss is masked:
@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 # K of n candidates: n * ratio rounded half up, at least 1 (shared with alignment.select)
-from alignment.selection import keep_count  # noqa: F401  (re-exported for callers of this module)
+from alignment.selection.scores import keep_count  # noqa: F401  (re-exported for callers of this module)
 
 SELECTORS = ("all", "random_subset", "sams", "us", "ae")  # canonical names (bandit/vocabulary.py)
 IN_BATCH = ("random_subset", "sams")  # masked loss over TRL's full forward
@@ -121,12 +121,12 @@ def slice_pairs(batch: dict, idx: torch.Tensor, multiple_of: int | None = None) 
 
 def dropout_samples(model, batch: dict, passes: int, p: float, seed: int, step: int, micro: int = 0,
                     offset: int = 0) -> torch.Tensor:
-    """[passes, 2B] Monte Carlo dropout log-probs (alignment.selection.dropout_logps) of a collated batch, one pair
+    """[passes, 2B] Monte Carlo dropout log-probs (alignment.selection.scores.dropout_logps) of a collated batch, one pair
     at a time, pair i's noise drawn from a generator seeded from (seed, step, micro, offset + i) alone: a pair's
     samples do not depend on the other pairs of its batch nor on how the global batch is split over processes
     (offset = the global index of this batch's first pair), so one process and several select alike. The cost:
     B small no-grad forwards instead of one."""
-    from alignment import selection
+    from alignment.selection import scores as selection
 
     n = batch["completion_mask"].size(0) // 2
     per_pair = [selection.dropout_logps(model, slice_pairs(batch, torch.tensor([i])), passes=passes, p=p,
@@ -270,7 +270,3 @@ class SamsScheduler:
 
     def parameters(self):
         return [*self.f1.parameters(), *self.f2.parameters()]
-
-
-def check_ratio(ratio: float) -> bool:
-    return isinstance(ratio, (int, float)) and not isinstance(ratio, bool) and math.isfinite(ratio) and 0 < ratio <= 1

@@ -1,0 +1,69 @@
+"""The checks every entry point runs on its numeric flags and its device, each failing with one ConfigError that
+names the flag and what is allowed (DESIGN.md section 6)."""
+from __future__ import annotations
+
+import math
+
+from runlog.cli import ConfigError
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_number(flag: str, value, low=None, high=None, low_open: bool = False, integer: bool = False) -> None:
+    """A finite number (an integer with integer=True), at least `low` (above it with low_open) and at most `high`.
+    `flag` without its dashes: "num-responses" reads --num-responses in the message."""
+    bad = not _is_number(value) or not math.isfinite(value) or (integer and value != int(value))
+    if not bad and low is not None:
+        bad = value <= low if low_open else value < low
+    if not bad and high is not None:
+        bad = value > high
+    if bad:
+        lo = "" if low is None else (f"> {low:g}" if low_open else f">= {low:g}")
+        hi = "" if high is None else f"<= {high:g}"
+        what = " and ".join(x for x in (lo, hi) if x)
+        kind = "an integer" if integer else "a finite number"
+        raise ConfigError(f"--{flag}: must be {kind}{' ' + what if what else ''}, got {value}")
+
+
+def check_positive(flag: str, value, integer: bool = False) -> None:
+    """A finite number > 0, or an integer >= 1."""
+    check_number(flag, value, low=1 if integer else 0, low_open=not integer, integer=integer)
+
+
+def is_ratio(value) -> bool:
+    """A share of a batch or a data set: a finite number in (0, 1]."""
+    return _is_number(value) and math.isfinite(value) and 0 < value <= 1
+
+
+def check_ratio(flag: str, value) -> None:
+    if not is_ratio(value):
+        raise ConfigError(f"--{flag}: must be in (0, 1], got {value}")
+
+
+def resolve_device(name: str, flag: str = "--device", types: tuple[str, ...] | None = None, why: str = "",
+                   first_gpu_only: bool = False, auto=None):
+    """A --device value as a torch.device: cpu, cuda, cuda:N (or mps).
+
+    "auto" is `auto` when given (e.g. this accelerate process's device), else cuda when there is a GPU, else cpu.
+    `types` limits the device types (the bandit needs float64: cpu and cuda; `why` says so in the message);
+    first_gpu_only refuses cuda:N for N > 0 (the trainers take the first visible GPU)."""
+    import torch
+
+    if name == "auto":
+        if auto is not None:
+            return auto
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"{flag}: {name!r} is not a torch device; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"{flag}: {name!r} requested but no CUDA device is available; use cpu")
+    if types is not None and device.type not in types:
+        raise ConfigError(f"{flag}: {name!r} is not supported{why}; use {' or '.join(types)}")
+    if first_gpu_only and device.type == "cuda" and device.index not in (None, 0):
+        raise ConfigError(f"{flag}: {name!r}: the trainer uses the first visible GPU; "
+                          f"run with CUDA_VISIBLE_DEVICES={device.index} and --device cuda")
+    return device
