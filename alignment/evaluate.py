@@ -75,7 +75,7 @@ from pathlib import Path
 
 # TASK_SEED: toy:N prompts are ToyTask(0)'s and toy:SIZE models seed-0 inits, whatever --seed (as in generate)
 from alignment.generate import TASK_SEED, _finite, batch_seed
-from alignment.report import mean_ci  # one t-interval for the evaluation and the report
+from analysis.aggregate import t_interval as mean_ci  # the project's one t-interval: (mean, half-width)
 from runlog import (
     ConfigError, RunDir, arg, atomic_write_json, check_name, check_out, exit_on_config_error, parse_dataclass)
 

@@ -38,6 +38,7 @@ import textwrap
 from collections import defaultdict
 from pathlib import Path
 
+from analysis.aggregate import t_interval
 from bandit.vocabulary import normalise
 from analysis.style import SAMPLER_MARKERS, sampler_colors, sampler_key, save_figure
 from runlog import ArgParser, ConfigError, atomic_write_text, exit_on_config_error
@@ -207,20 +208,6 @@ class _Run:
 
 # ------------------------------------------------------------------------------------------------ statistics
 
-def mean_ci(values, confidence: float = CONFIDENCE) -> tuple[float, float]:
-    """(mean, half-width of the Student-t interval t_{(1+c)/2, n-1} sd / sqrt(n)); NaN half-width for n < 2."""
-    n = len(values)
-    if n == 0:
-        return math.nan, math.nan
-    mean = math.fsum(values) / n
-    if n < 2:
-        return mean, math.nan
-    from scipy.stats import t
-
-    sd = math.sqrt(math.fsum((x - mean) ** 2 for x in values) / (n - 1))
-    return mean, float(t.ppf(0.5 + confidence / 2, n - 1)) * sd / math.sqrt(n)
-
-
 def _seed_key(seed):
     return (0, seed, "") if _is_number(seed) else (1, 0, str(seed))
 
@@ -262,8 +249,8 @@ def load_table(runs) -> list[dict]:
         for name, mean_key, ci_key, field, _ in METRICS:
             if pooled:
                 values = [x for e in evals for x in e[field]]
-                mean, ci = mean_ci(values)
-                seed_means = [mean_ci(e[field])[0] for e in evals]
+                mean, ci = t_interval(values, CONFIDENCE)
+                seed_means = [t_interval(e[field])[0] for e in evals]
             else:
                 seed_means = [row[mean_key] for _, row in members]
                 mean = math.fsum(seed_means) / k

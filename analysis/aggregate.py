@@ -2,6 +2,9 @@
 
 - `mean_ci`: mean with a confidence interval, either Student-t (exact for normal data, the default)
   or a seeded percentile bootstrap (no normality assumption; reproducible for a given seed).
+- `t_interval`: the Student-t interval as (mean, half-width), the project's one t-interval: mean_ci's "t"
+  method, the evaluation metrics of alignment/evaluate.py, alignment.report's pooled table and the bandit
+  offline example's summary all compute it here.
 - `aggregate`: group rows by some columns and summarise one metric per group (n, mean, median, CI).
 - `select_last`: the last row (largest step) of each series, e.g. final value per run/sampler/seed.
 - `convergence_order`, `iterations_to`: the order p in e_{t+1} ~ C e_t^p (1 linear, 2 quadratic)
@@ -32,6 +35,27 @@ def median(values) -> float:
     return float(np.median(x)) if x.size else float("nan")
 
 
+def t_interval(values, level: float = 0.95, drop_nonfinite: bool = False) -> tuple[float, float]:
+    """(mean, half-width) of the Student-t interval: half = t_{(1+level)/2, n-1} * s / sqrt(n), s the sample
+    standard deviation (ddof=1). The half-width is NaN with fewer than 2 values, the mean NaN with none.
+
+    drop_nonfinite=False (the default) keeps every value, so a NaN or infinite one makes the result
+    non-finite instead of vanishing from it (an evaluation metric must not hide a bad value);
+    drop_nonfinite=True leaves them out first, as mean_ci does for logs with divergence events.
+    """
+    x = np.asarray(values, dtype=np.float64).ravel()
+    if drop_nonfinite:
+        x = x[np.isfinite(x)]
+    n = x.size
+    if n == 0:
+        return float("nan"), float("nan")
+    with np.errstate(invalid="ignore"):   # inf - inf in the deviations: NaN, as documented
+        m = float(x.mean())
+        if n < 2:
+            return m, float("nan")
+        return m, float(stats.t.ppf((1.0 + level) / 2.0, n - 1) * x.std(ddof=1) / math.sqrt(n))
+
+
 def mean_ci(values, method: str = "t", level: float = 0.95, n_boot: int = 2000,
             seed: int = 0) -> tuple[float, float, float]:
     """(mean, lo, hi) of the finite values.
@@ -52,7 +76,7 @@ def mean_ci(values, method: str = "t", level: float = 0.95, n_boot: int = 2000,
     if n < 2:
         return m, float("nan"), float("nan")
     if method == "t":
-        half = float(stats.t.ppf((1.0 + level) / 2.0, n - 1) * x.std(ddof=1) / math.sqrt(n))
+        m, half = t_interval(x, level)
         return m, m - half, m + half
     if method == "bootstrap":
         rng = np.random.default_rng(seed)

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from analysis import LoadError, aggregate, convergence_order, iterations_to, load_runs, mean_ci, median, select_last
+from analysis import (LoadError, aggregate, convergence_order, iterations_to, load_runs, mean_ci, median, select_last,
+                      t_interval)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -106,6 +107,26 @@ def test_t_interval_matches_scipy():
     assert m == 3.0 and math.isnan(lo) and math.isnan(hi)
     assert all(math.isnan(v) for v in mean_ci([]))
     assert median([3.0, 1.0, float("nan"), 2.0]) == 2.0
+
+
+def test_t_interval_half_width_and_non_finite_values():
+    x = [1.0, 2.0, 3.0, 4.0, 5.0, 9.0]   # mean 4, squared deviations 9+4+1+0+1+25 = 40, sd sqrt(8)
+    for level in (0.9, 0.95):
+        m, half = t_interval(x, level)
+        assert m == pytest.approx(4.0)
+        assert half == pytest.approx(stats.t.ppf((1 + level) / 2, 5) * math.sqrt(8) / math.sqrt(6), rel=1e-12)
+    assert t_interval([7.0, 7.0]) == (7.0, 0.0)
+    m, half = t_interval([3.0])
+    assert m == 3.0 and math.isnan(half)
+    assert all(math.isnan(v) for v in t_interval([]))
+    # kept by default: a bad value shows in the result instead of vanishing from it
+    assert all(math.isnan(v) for v in t_interval([1.0, float("nan"), 3.0]))
+    m, half = t_interval([1.0, float("inf"), 3.0])
+    assert m == math.inf and math.isnan(half)
+    # dropped on request, as mean_ci does: the interval of the finite values
+    m, half = t_interval([1.0, float("nan"), 3.0, float("-inf")], drop_nonfinite=True)
+    assert m == pytest.approx(2.0) and half == pytest.approx(stats.t.ppf(0.975, 1) * math.sqrt(2) / math.sqrt(2))
+    assert mean_ci([1.0, float("nan"), 3.0])[1] == pytest.approx(2.0 - stats.t.ppf(0.975, 1))
 
 
 def test_bootstrap_contains_mean_shrinks_and_is_seeded():
