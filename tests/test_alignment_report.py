@@ -96,6 +96,14 @@ def test_find_runs_one_and_two_levels_down_deduplicated(runs, tmp_path):
     assert report.find_runs([runs / "mix_p-seed1" / "metrics.jsonl"]) == [runs / "mix_p-seed1"]
 
 
+def test_find_runs_takes_names_literally(tmp_path):
+    # a folder name with glob characters is that folder, not a pattern (a[1] would match a1)
+    write_run(tmp_path / "a[1]" / "seed0", "mix_p", 0)
+    write_run(tmp_path / "a1" / "seed0", "gshf", 0)
+    assert report.find_runs([tmp_path / "a[1]"]) == [tmp_path / "a[1]" / "seed0"]
+    assert report.find_runs([str(tmp_path / "a[1]" / "seed0" / "pipeline.json")]) == [tmp_path / "a[1]" / "seed0"]
+
+
 def test_find_runs_errors_name_the_argument(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(report.ConfigError, match="nope.*does not exist"):
@@ -276,6 +284,8 @@ BAD = {
                 ["empty", "holds no pipeline run"]),
     "malformed metrics line": (lambda runs, tmp: _corrupt_metrics(runs, '{"iteration": 1, "reward_mean": ') or [str(runs)],
                                ["mix_p-seed1/metrics.jsonl line 2", "not valid JSON"]),
+    "metrics line not an object": (lambda runs, tmp: _corrupt_metrics(runs, '[1, 2]') or [str(runs)],
+                                   ["mix_p-seed1/metrics.jsonl line 2", "expected a JSON object, got list"]),
     "metrics line without iteration": (lambda runs, tmp: _corrupt_metrics(runs, '{"reward_mean": 1}') or [str(runs)],
                                        ["mix_p-seed1/metrics.jsonl line 2", "'iteration'"]),
     "metrics value not a number": (

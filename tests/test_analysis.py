@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from analysis import load
 from analysis import (LoadError, aggregate, convergence_order, iterations_to, load_runs, mean_ci, median, select_last,
                       t_interval)
 
@@ -66,6 +67,35 @@ def test_discovery_parents_globs_hidden_and_nested(tmp_path):
 
     missing = load_runs(tmp_path / "nope")
     assert missing.rows == [] and len(missing.problems) == 1 and missing.problems[0].file.endswith("nope")
+
+
+def test_discovery_by_other_markers_and_depth(tmp_path):
+    """find_runs(markers=..., depth=...): how alignment.report finds pipeline runs (metrics.jsonl + pipeline.json)."""
+    def pipeline_run(folder):
+        folder.mkdir(parents=True)
+        (folder / "metrics.jsonl").write_text('{"iteration": 0}\n')
+        (folder / "pipeline.json").write_text("{}")
+        return str(folder)
+
+    one, two = pipeline_run(tmp_path / "a"), pipeline_run(tmp_path / "b" / "c")
+    pipeline_run(tmp_path / "d" / "e" / "f")                                          # three levels down
+    markers = ("metrics.jsonl", "pipeline.json")
+    assert load.find_runs(tmp_path) == []                                             # no run.json: not a run
+    assert load.find_runs(tmp_path, markers=markers) == [one, two, str(tmp_path / "d" / "e" / "f")]
+    assert load.find_runs(tmp_path, markers=markers, depth=2) == [one, two]
+    assert load.find_runs(tmp_path, markers=markers, depth=1) == [one]
+    assert load.find_runs(one, markers=markers, depth=0) == [one]
+    assert load.find_runs(tmp_path, markers=markers, depth=0) == []
+
+
+def test_read_jsonl_reports_each_bad_line(tmp_path):
+    f = tmp_path / "x.jsonl"
+    f.write_text('{"a": 1}\n\n{"a": \n[1]\n{"a": 2}\n')
+    problems = []
+    assert load.read_jsonl(f, problems.append) == [(1, {"a": 1}), (5, {"a": 2})]
+    assert [(p.line, p.kind) for p in problems] == [(3, "json"), (4, "object")]
+    assert problems[0].reason.startswith("invalid JSON") and problems[0].detail in problems[0].reason
+    assert problems[1].detail == "list" and problems[1].file == str(f)
 
 
 def test_malformed_lines_reported_with_file_and_line(tmp_path):
