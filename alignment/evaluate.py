@@ -75,8 +75,8 @@ from pathlib import Path
 
 from alignment.core.toy import TASK_SEED
 from alignment.generation.backend import batch_seed
+from analysis.aggregate import t_interval as mean_ci  # the project's one t-interval: (mean, half-width)
 from runlog import check_number
-from alignment.report import mean_ci  # one t-interval for the evaluation and the report
 from runlog import (
     ConfigError, RunDir, arg, atomic_write_json, check_name, check_out, exit_on_config_error, parse_dataclass)
 

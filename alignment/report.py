@@ -28,7 +28,13 @@ before anything is written; each file is written atomically.
 """
 from __future__ import annotations
 
+# Built on analysis/: analysis.load finds the runs and reads the JSON-lines logs, analysis.iterations.pooled_cell
+# computes each cell (analysis.aggregate.t_interval), analysis.style gives colours, markers and atomic saving.
+# What stays here is the report's own contract: pipeline.json, strict checks with one located error, the output
+# formats.
+
 import csv
+import glob
 import io
 import json
 import math
@@ -38,8 +44,10 @@ import textwrap
 from collections import defaultdict
 from pathlib import Path
 
-from bandit.vocabulary import normalise
+from analysis import load
+from analysis.iterations import pooled_cell
 from analysis.style import SAMPLER_MARKERS, sampler_colors, sampler_key, save_figure
+from bandit.vocabulary import normalise
 from runlog import ArgParser, ConfigError, atomic_write_text, exit_on_config_error
 
 METRICS_FILE = "metrics.jsonl"
@@ -50,6 +58,8 @@ CONFIDENCE = 0.95
 METRICS = (("reward", "reward_mean", "reward_ci", "reward", "reward"),
            ("win_rate", "win_rate", "win_rate_ci", "win", "win rate"),
            ("kl", "kl", "kl_ci", "kl", "KL"))
+RUN_MARKERS = (METRICS_FILE, PIPELINE_FILE)  # what makes a folder a pipeline run here
+SEARCH_DEPTH = 2                              # runs are looked for one or two levels below a RUNS argument
 FOOTER_WIDTH = 110  # the plain-text table's notes are wrapped at this width
 CI_NOTE = ("mean +- 95% CI: t_{0.975,n-1} * sd / sqrt(n) over the n = seeds x prompts per-prompt values "
            "pooled from iter_T/evaluate/evaluations.jsonl (evaluation-sampling interval; it leaves out "
@@ -62,52 +72,36 @@ FALLBACK_NOTE = ("* evaluations.jsonl missing for a seed: mean of the seeds' mea
 # ------------------------------------------------------------------------------------------------ finding runs
 
 def is_run(path: Path) -> bool:
-    return (path / METRICS_FILE).is_file() and (path / PIPELINE_FILE).is_file()
+    return load.is_run_folder(path, RUN_MARKERS)
 
 
-def _subfolders(path: Path) -> list[Path]:
-    try:
-        return sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
-    except OSError:
-        return []
+def _runs_under(paths: list[Path]) -> list[str]:
+    # glob.escape: a RUNS argument is a folder name, never a pattern
+    return load.find_runs([glob.escape(str(p)) for p in paths], markers=RUN_MARKERS, depth=SEARCH_DEPTH)
 
 
 def find_runs(paths) -> list[Path]:
     """The pipeline run folders among paths: each a run itself, or a folder with runs one or two levels down.
 
     A path that does not exist or holds no run is a ConfigError naming it. Folders whose name starts with '.'
-    (half-written temporaries) are skipped, and a run's own subfolders are not searched.
+    (half-written temporaries) are skipped, and a run's own subfolders are not searched (analysis.load.find_runs).
     """
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     if not paths:
         raise ConfigError("RUNS: give at least one pipeline run folder or a parent folder of runs")
-    found, seen = [], set()
+    folders = []
     for arg in paths:
         path = Path(arg).expanduser()
         if not path.exists():
             raise ConfigError(f"RUNS: {str(arg)!r} does not exist")
         if path.is_file() and path.name in (METRICS_FILE, PIPELINE_FILE):
             path = path.parent  # a run's own metrics.jsonl or pipeline.json stands for the run
-        runs = []
-        if path.is_dir():
-            if is_run(path):
-                runs = [path]
-            else:
-                for child in _subfolders(path):
-                    if is_run(child):
-                        runs.append(child)
-                    else:
-                        runs += [g for g in _subfolders(child) if is_run(g)]
-        if not runs:
+        if not _runs_under([path]):
             raise ConfigError(f"RUNS: {str(arg)!r} holds no pipeline run (a folder with {METRICS_FILE} and "
                               f"{PIPELINE_FILE}, or a folder of such runs one or two levels down)")
-        for run in runs:
-            key = run.resolve()
-            if key not in seen:
-                seen.add(key)
-                found.append(run)
-    return found
+        folders.append(path)
+    return [Path(run) for run in _runs_under(folders)]  # in order, each run once
 
 
 # ------------------------------------------------------------------------------------------------ reading
@@ -116,24 +110,20 @@ def _is_number(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
+def _fail(problem: load.Problem):
+    """The report reads strictly: the first malformed line is the one error, worded as alignment/ words it."""
+    where = problem.file if problem.line is None else f"{problem.file} line {problem.line}"
+    reason = {"json": f"not valid JSON ({problem.detail})",
+              "object": f"expected a JSON object, got {problem.detail}"}.get(problem.kind, problem.reason)
+    raise ConfigError(f"{where}: {reason}")
+
+
 def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
-    """(line number, object) of every non-empty line; a line that is not a JSON object is a ConfigError."""
+    """(line number, object) of every non-empty line (analysis.load.read_jsonl); a bad line is a ConfigError."""
     try:
-        text = path.read_text()
+        return load.read_jsonl(path, _fail)
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: cannot be read ({e})") from None
-    out = []
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{path} line {number}: not valid JSON ({e.msg})") from None
-        if not isinstance(row, dict):
-            raise ConfigError(f"{path} line {number}: expected a JSON object, got {type(row).__name__}")
-        out.append((number, row))
-    return out
 
 
 def _read_pipeline(run: Path) -> dict:
@@ -207,20 +197,6 @@ class _Run:
 
 # ------------------------------------------------------------------------------------------------ statistics
 
-def mean_ci(values, confidence: float = CONFIDENCE) -> tuple[float, float]:
-    """(mean, half-width of the Student-t interval t_{(1+c)/2, n-1} sd / sqrt(n)); NaN half-width for n < 2."""
-    n = len(values)
-    if n == 0:
-        return math.nan, math.nan
-    mean = math.fsum(values) / n
-    if n < 2:
-        return mean, math.nan
-    from scipy.stats import t
-
-    sd = math.sqrt(math.fsum((x - mean) ** 2 for x in values) / (n - 1))
-    return mean, float(t.ppf(0.5 + confidence / 2, n - 1)) * sd / math.sqrt(n)
-
-
 def _seed_key(seed):
     return (0, seed, "") if _is_number(seed) else (1, 0, str(seed))
 
@@ -228,9 +204,10 @@ def _seed_key(seed):
 def load_table(runs) -> list[dict]:
     """One row per (sampler, iteration), over the seeds; rows in sampler order, then by iteration.
 
-    Keys: sampler, iteration, seeds (how many), seed_list, n (pooled per-prompt values; with the fallback
-    the sum of the seeds' num_prompts, or None), ci_method ("pooled" or "seed_ci", see the module doc), and
-    for each metric M of reward, win_rate, kl: M (mean), M_ci (95% half-width), M_seed_min, M_seed_max.
+    Keys: sampler, iteration, seeds (how many), seed_list, and analysis.iterations.pooled_cell's: n (pooled
+    per-prompt values; with the fallback the sum of the seeds' num_prompts, or None), ci_method ("pooled" or
+    "seed_ci", see the module doc), and for each metric M of reward, win_rate, kl: M (mean), M_ci (95%
+    half-width), M_seed_min, M_seed_max.
     """
     loaded = [_Run(Path(r)) for r in runs]
     owner = {}
@@ -246,32 +223,12 @@ def load_table(runs) -> list[dict]:
             groups[(run.sampler, t)].append((run, row))
     if not groups:
         raise ConfigError("RUNS: no iteration is logged yet in " + ", ".join(repr(str(r.path)) for r in loaded))
+    cell_metrics = [(name, mean_key, ci_key, field) for name, mean_key, ci_key, field, _ in METRICS]
     table = []
     for (sampler, t), members in sorted(groups.items(), key=lambda kv: (sampler_key(kv[0][0]), kv[0][1])):
         members.sort(key=lambda m: _seed_key(m[0].seed))
-        evals = [run.evaluations(t) for run, _ in members]
-        pooled = all(e is not None for e in evals)
-        k = len(members)
-        out = {"sampler": sampler, "iteration": t, "seeds": k, "seed_list": [run.seed for run, _ in members],
-               "ci_method": "pooled" if pooled else "seed_ci"}
-        if pooled:
-            out["n"] = sum(len(e[METRICS[0][3]]) for e in evals)
-        else:
-            counts = [row.get("num_prompts") for _, row in members]
-            out["n"] = sum(counts) if all(_is_number(c) for c in counts) else None
-        for name, mean_key, ci_key, field, _ in METRICS:
-            if pooled:
-                values = [x for e in evals for x in e[field]]
-                mean, ci = mean_ci(values)
-                seed_means = [mean_ci(e[field])[0] for e in evals]
-            else:
-                seed_means = [row[mean_key] for _, row in members]
-                mean = math.fsum(seed_means) / k
-                ci = math.sqrt(math.fsum(row[ci_key] ** 2 for _, row in members)) / k
-            out[name], out[name + "_ci"] = mean, ci
-            out[name + "_seed_min"], out[name + "_seed_max"] = min(seed_means), max(seed_means)
-            if any(math.isnan(x) for x in seed_means):
-                out[name + "_seed_min"] = out[name + "_seed_max"] = math.nan
+        out = {"sampler": sampler, "iteration": t, "seeds": len(members), "seed_list": [run.seed for run, _ in members]}
+        out |= pooled_cell([(row, run.evaluations(t)) for run, row in members], cell_metrics, CONFIDENCE)
         table.append(out)
     return table
 

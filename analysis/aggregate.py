@@ -2,12 +2,15 @@
 
 - `mean_ci`: mean with a confidence interval, either Student-t (exact for normal data, the default)
   or a seeded percentile bootstrap (no normality assumption; reproducible for a given seed).
+- `t_interval`: the Student-t interval as (mean, half-width), the project's one t-interval: mean_ci's "t"
+  method, the evaluation metrics of alignment/evaluate.py, alignment.report's pooled table and the bandit
+  offline example's summary all compute it here.
 - `aggregate`: group rows by some columns and summarise one metric per group (n, mean, median, CI).
 - `select_last`: the last row (largest step) of each series, e.g. final value per run/sampler/seed.
-- `convergence_order`, `iterations_to`: the order p in e_{t+1} ~ C e_t^p (1 linear, 2 quadratic)
-  and the first iteration under a tolerance, for an error series such as `param_diff`. The order
-  fit follows bandit/metrics.py (same defaults) but is re-implemented here on purpose: analysis
-  reads logs only and does not import the simulation packages.
+- `convergence_order`, `iterations_to` (and FLOAT64_FLOOR): the order p in e_{t+1} ~ C e_t^p (1 linear,
+  2 quadratic) and the first iteration under a tolerance, for an error series such as `param_diff`.
+  They are bandit/rates.py's, re-exported: one definition for the bandit entry points' summaries and
+  for analysis (bandit.rates is numpy only; importing it loads no torch and no simulation code).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from numbers import Real
 import numpy as np
 from scipy import stats
 
-FLOAT64_FLOOR = 1e-13  # errors below this are rounding noise (same floor as bandit/metrics.py)
+from bandit.rates import FLOAT64_FLOOR, convergence_order, iterations_to  # noqa: F401 (re-exported)
 
 
 def _finite(values) -> np.ndarray:
@@ -30,6 +33,27 @@ def median(values) -> float:
     """Median of the finite values; NaN when there are none."""
     x = _finite(values)
     return float(np.median(x)) if x.size else float("nan")
+
+
+def t_interval(values, level: float = 0.95, drop_nonfinite: bool = False) -> tuple[float, float]:
+    """(mean, half-width) of the Student-t interval: half = t_{(1+level)/2, n-1} * s / sqrt(n), s the sample
+    standard deviation (ddof=1). The half-width is NaN with fewer than 2 values, the mean NaN with none.
+
+    drop_nonfinite=False (the default) keeps every value, so a NaN or infinite one makes the result
+    non-finite instead of vanishing from it (an evaluation metric must not hide a bad value);
+    drop_nonfinite=True leaves them out first, as mean_ci does for logs with divergence events.
+    """
+    x = np.asarray(values, dtype=np.float64).ravel()
+    if drop_nonfinite:
+        x = x[np.isfinite(x)]
+    n = x.size
+    if n == 0:
+        return float("nan"), float("nan")
+    with np.errstate(invalid="ignore"):   # inf - inf in the deviations: NaN, as documented
+        m = float(x.mean())
+        if n < 2:
+            return m, float("nan")
+        return m, float(stats.t.ppf((1.0 + level) / 2.0, n - 1) * x.std(ddof=1) / math.sqrt(n))
 
 
 def mean_ci(values, method: str = "t", level: float = 0.95, n_boot: int = 2000,
@@ -52,7 +76,7 @@ def mean_ci(values, method: str = "t", level: float = 0.95, n_boot: int = 2000,
     if n < 2:
         return m, float("nan"), float("nan")
     if method == "t":
-        half = float(stats.t.ppf((1.0 + level) / 2.0, n - 1) * x.std(ddof=1) / math.sqrt(n))
+        m, half = t_interval(x, level)
         return m, m - half, m + half
     if method == "bootstrap":
         rng = np.random.default_rng(seed)
@@ -101,31 +125,3 @@ def select_last(rows, by, step: str = "step", metric: str | None = None) -> list
         if key not in last or row[step] >= last[key][step]:
             last[key] = row
     return list(last.values())
-
-
-def iterations_to(errors, tol: float) -> float:
-    """First index t with errors[t] <= tol, or inf if never (NaN never counts as reached)."""
-    e = np.asarray(errors, dtype=np.float64)
-    hit = np.flatnonzero(e <= tol)
-    return float(hit[0]) if hit.size else float("inf")
-
-
-def convergence_order(errors, floor: float = FLOAT64_FLOOR, tail: int | None = 3,
-                      min_decades: float = 1.0) -> float:
-    """Least-squares slope of log e_{t+1} against log e_t: 1 linear convergence, 2 quadratic.
-
-    Only consecutive pairs with both errors above `floor` are used (below it the error is rounding
-    or sampling noise). Of those, the last `tail` pairs (all if None) are fitted, widened backwards
-    until log10 e_t spans `min_decades` decades, since a slope through nearly equal points is noise.
-    NaN when fewer than 2 pairs are usable or they span less than `min_decades`.
-    """
-    e = _finite(errors)
-    prev, nxt = e[:-1], e[1:]
-    idx = np.flatnonzero((prev > floor) & (nxt > floor))
-    x, y = np.log10(prev[idx]), np.log10(nxt[idx])
-    k = len(idx) if tail is None else min(tail, len(idx))
-    while k < len(idx) and np.ptp(x[-k:]) < min_decades:
-        k += 1
-    if k < 2 or np.ptp(x[-k:]) < min_decades:
-        return float("nan")
-    return float(np.polyfit(x[-k:], y[-k:], 1)[0])

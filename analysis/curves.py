@@ -14,11 +14,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from analysis.aggregate import FLOAT64_FLOOR, convergence_order, iterations_to, mean_ci, median
+from analysis.aggregate import mean_ci, median
+from bandit.rates import QUADRATIC, TOL, fitted_order, iterations_to  # the bandit entry points' own definitions
 
 LOG_FLOOR = 1e-17   # float64 noise can make gaps ~0 or slightly negative; clipped before taking logs
-TOL = 1e-8          # "converged": param_diff <= TOL (as the bandit entry points' summaries)
-QUADRATIC = 1.8     # a fitted order at least this counts as quadratic
 
 
 @dataclass
@@ -88,22 +87,6 @@ def pairs_used_curves(rows, metric: str = "value_gap", log: bool = True, method:
     return curves(rows, metric, x="pairs_used", log=log, method=method)
 
 
-def noise_floor(errors, last: float = 0.1, factor: float = 10.0) -> float:
-    """Where a stochastic run stalls: `factor` times the median error over the `last` fraction of the run."""
-    e = np.asarray(errors, dtype=np.float64)
-    e = e[np.isfinite(e)]
-    k = max(1, int(len(e) * last))
-    return max(FLOAT64_FLOOR, factor * float(np.median(e[-k:])))
-
-
-def fitted_order(errors, setting: str | None) -> float:
-    """Exact runs: the last 3 steps above the float64 floor; empirical runs stall at a sampling-noise plateau, so
-    every step above 10x that plateau (the transient) is fitted."""
-    if setting == "empirical":
-        return convergence_order(errors, floor=noise_floor(errors), tail=None)
-    return convergence_order(errors)
-
-
 def convergence_table(rows, metric: str = "param_diff", tol: float = TOL) -> list[dict]:
     """Per (setting, method): fitted convergence order (median over seeds, and the fraction of seeds with an
     order >= 1.8, i.e. quadratic), iterations until `metric` <= tol (median, and how many seeds got there)."""
@@ -113,7 +96,9 @@ def convergence_table(rows, metric: str = "param_diff", tol: float = TOL) -> lis
     out = []
     for (setting, m), rs in groups.items():
         series, diverged = seed_series(rs, metric)
-        orders = np.array([fitted_order(v, setting) for _, v in series.values()])
+        # exact runs: the last 3 steps above the float64 floor; empirical runs stall at a sampling-noise plateau, so
+        # every step above 10x that plateau (the transient) is fitted (bandit.rates.fitted_order)
+        orders = np.array([fitted_order(v, noisy=setting == "empirical") for _, v in series.values()])
         hits = np.array([iterations_to(v, tol) for _, v in series.values()])
         fitted = orders[np.isfinite(orders)]
         reached = hits[np.isfinite(hits)]

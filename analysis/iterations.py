@@ -7,13 +7,14 @@ The interval of a (method, iteration) cell is over the seeds' values (t or boots
 noise included. With one seed there is no spread to estimate, so the cell falls back to that run's own
 evaluation interval (value +- its reported *_ci, which covers evaluation sampling only) and says so in
 `ci_source` ("seeds" or "eval").
-alignment.report gives the other view: per-prompt values pooled over seeds (evaluations.jsonl).
+`pooled_cell` gives the other view, alignment.report's: the per-prompt values of every seed's evaluation
+(iter_T/evaluate/evaluations.jsonl) pooled into one t-interval, with a fallback where a seed lacks them.
 """
 from __future__ import annotations
 
 import math
 
-from analysis.aggregate import mean_ci
+from analysis.aggregate import mean_ci, t_interval
 
 # metric column -> the column holding its reported 95% half-width in metrics.jsonl
 METRICS = {"reward_mean": "reward_ci", "win_rate": "win_rate_ci", "kl": "kl_ci"}
@@ -66,3 +67,48 @@ def final_rows(rows) -> list[dict]:
         if key not in last or r["iteration"] > last[key]["iteration"]:
             last[key] = r
     return list(last.values())
+
+
+def pooled_cell(members, metrics, level: float = 0.95) -> dict:
+    """One (method, iteration) cell over its seeds, from the per-prompt values pooled across the seeds.
+
+    members: one (metrics row, per-prompt values or None) per seed, where per-prompt values are
+    {field: [value per prompt]} (an evaluations.jsonl) and the metrics row holds the seed's reported mean and
+    95% half-width. metrics: one (name, mean key, CI key, per-prompt field) per metric.
+
+    Returns ci_method, n and, per metric name, name (mean), name_ci (half-width), name_seed_min/_max (the
+    range of the seeds' own means; NaN if one of them is NaN):
+    - every seed has per-prompt values: ci_method "pooled", n = seeds x prompts (the first metric's values),
+      mean and t-interval (t_interval, `level`) of all of them pooled, seed means of each seed's values;
+    - otherwise: ci_method "seed_ci", n = the sum of the rows' num_prompts (None if one lacks it), mean =
+      the mean of the k seeds' reported means, CI = sqrt(sum ci^2) / k (the half-width of the mean of k
+      independent means), seed means the reported ones.
+    """
+    rows = [row for row, _ in members]
+    evals = [e for _, e in members]
+    pooled = all(e is not None for e in evals)
+    k = len(members)
+    out = {"ci_method": "pooled" if pooled else "seed_ci"}
+    if pooled:
+        out["n"] = sum(len(e[metrics[0][3]]) for e in evals)
+    else:
+        counts = [row.get("num_prompts") for row in rows]
+        out["n"] = sum(counts) if all(_number(c) for c in counts) else None
+    for name, mean_key, ci_key, field in metrics:
+        if pooled:
+            mean, ci = t_interval([x for e in evals for x in e[field]], level)
+            seed_means = [t_interval(e[field])[0] for e in evals]
+        else:
+            seed_means = [row[mean_key] for row in rows]
+            mean = math.fsum(seed_means) / k
+            ci = math.sqrt(math.fsum(row[ci_key] ** 2 for row in rows)) / k
+        out[name], out[name + "_ci"] = mean, ci
+        out[name + "_seed_min"], out[name + "_seed_max"] = min(seed_means), max(seed_means)
+        if any(math.isnan(x) for x in seed_means):
+            out[name + "_seed_min"] = out[name + "_seed_max"] = math.nan
+    return out
+
+
+def _number(v) -> bool:
+    """An int or float, not a bool (NaN and inf count: a count is checked, not its finiteness)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool)

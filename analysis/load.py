@@ -19,7 +19,11 @@ Folder discovery: a path that is a run folder is loaded as is; any other folder 
 recursively for run folders, skipping hidden folders (names starting with "."). The search stops at
 a run folder: the stage runs nested inside a pipeline run (iter_*/generate, ...) are its parts, not
 separate runs, unless `nested=True` or they are named directly. Paths containing glob characters
-are expanded (`**` allowed).
+are expanded (`**` allowed). `find_runs` can also look for other marker files and only so many levels
+down (alignment.report: pipeline runs, metrics.jsonl + pipeline.json, one or two levels down).
+
+`read_jsonl` is the one JSON-lines reader: load_runs reads metrics.jsonl with it, and alignment.report
+reads metrics.jsonl and evaluations.jsonl with it (strictly: its first Problem is an error there).
 """
 
 from __future__ import annotations
@@ -35,15 +39,22 @@ from bandit.vocabulary import PAIR_SAMPLER, SELECTOR, normalise
 RUN_FILE = "run.json"
 METHOD_KEYS = (("sampler", PAIR_SAMPLER), ("selector", SELECTOR), ("label", None))  # columns that name a method
 METRICS_FILE = "metrics.jsonl"
+RUN_MARKERS = (RUN_FILE, METRICS_FILE)  # the files that make a folder a run folder
 _GLOB_CHARS = set("*?[")
 
 
 @dataclass(frozen=True)
 class Problem:
-    """One malformed piece of input: `line` is 1-based, None when the problem is not about a line."""
+    """One malformed piece of input: `line` is 1-based, None when the problem is not about a line.
+
+    A bad line of read_jsonl also says what is wrong in `kind` ("json": not valid JSON, "object": JSON
+    but not an object) and `detail` (the decoder's message, or the type found), for callers that word
+    their own errors."""
     file: str
     line: int | None
     reason: str
+    kind: str = ""
+    detail: str = ""
 
     def __str__(self) -> str:
         where = self.file if self.line is None else f"{self.file}:{self.line}"
@@ -78,27 +89,34 @@ class Loaded:
         return pd.DataFrame.from_records(self.rows)
 
 
-def is_run_folder(path: str | os.PathLike) -> bool:
+def is_run_folder(path: str | os.PathLike, markers=RUN_MARKERS) -> bool:
+    """Whether `path` holds every file of `markers` (run.json and metrics.jsonl by default)."""
     p = Path(path)
-    return (p / RUN_FILE).is_file() and (p / METRICS_FILE).is_file()
+    return all((p / m).is_file() for m in markers)
 
 
-def _search(folder: Path, nested: bool, out: list[Path]) -> None:
-    if is_run_folder(folder):
+def _search(folder: Path, nested: bool, out: list[Path], markers, depth: int | None) -> None:
+    if is_run_folder(folder, markers):
         out.append(folder)
         if not nested:
             return
+    if depth == 0:
+        return
     try:
         children = sorted(c for c in folder.iterdir() if c.is_dir() and not c.name.startswith("."))
     except OSError:
         return
     for child in children:
-        _search(child, nested, out)
+        _search(child, nested, out, markers, None if depth is None else depth - 1)
 
 
-def find_runs(paths, nested: bool = False, problems: list[Problem] | None = None) -> list[str]:
+def find_runs(paths, nested: bool = False, problems: list[Problem] | None = None, markers=RUN_MARKERS,
+              depth: int | None = None) -> list[str]:
     """Run folders under `paths` (a path or a list of them; folders, parents or globs), in order,
-    without duplicates. Paths that match nothing are reported in `problems` when given."""
+    without duplicates. Paths that match nothing are reported in `problems` when given.
+
+    A run folder holds every file of `markers`; `depth` limits the search to that many levels below each
+    path (0: the path itself only; None: no limit)."""
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     found: list[Path] = []
@@ -111,7 +129,7 @@ def find_runs(paths, nested: bool = False, problems: list[Problem] | None = None
         before = len(found)
         for m in matches:
             if m.is_dir():
-                _search(m, nested, found)
+                _search(m, nested, found, markers, depth)
         if len(found) == before and problems is not None:
             problems.append(Problem(raw, None, "no run folder (run.json + metrics.jsonl) found"))
     seen, runs = set(), []
@@ -156,24 +174,35 @@ def _config_columns(run_file: Path, report) -> dict:
     return flatten(config, "config")
 
 
-def _metric_rows(metrics_file: Path, base: dict, report) -> list[dict]:
-    rows = []
-    with metrics_file.open() as fh:
+def read_jsonl(path: str | os.PathLike, report) -> list[tuple[int, dict]]:
+    """(line number, object) of every non-blank line of a JSON-lines file. A line that is not valid JSON or
+    not a JSON object is passed to `report` as a Problem and left out (a `report` that raises stops there).
+    An unreadable file raises OSError / UnicodeDecodeError."""
+    out = []
+    with Path(path).open() as fh:
         for lineno, line in enumerate(fh, start=1):
             if not line.strip():
                 continue
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
-                report(Problem(str(metrics_file), lineno, f"invalid JSON: {e.msg}"))
+                report(Problem(str(path), lineno, f"invalid JSON: {e.msg}", "json", e.msg))
                 continue
             if not isinstance(obj, dict):
-                report(Problem(str(metrics_file), lineno, f"expected a JSON object, got {type(obj).__name__}"))
+                got = type(obj).__name__
+                report(Problem(str(path), lineno, f"expected a JSON object, got {got}", "object", got))
                 continue
-            for key, family in METHOD_KEYS:
-                if key in obj:
-                    obj[key] = normalise(obj[key], family)
-            rows.append({**base, **obj, "run": base["run"]})
+            out.append((lineno, obj))
+    return out
+
+
+def _metric_rows(metrics_file: Path, base: dict, report) -> list[dict]:
+    rows = []
+    for _, obj in read_jsonl(metrics_file, report):
+        for key, family in METHOD_KEYS:
+            if key in obj:
+                obj[key] = normalise(obj[key], family)
+        rows.append({**base, **obj, "run": base["run"]})
     return rows
 
 

@@ -4,13 +4,15 @@
     envs.py      tabular and linear environments, batched over seeds
     samplers.py  the sampler registry: log-weights over ordered pairs (y, y')
     dpo.py       exact and empirical DPO gradients, pair sampling, step rules
-    metrics.py   param_diff, value, value_gap, kl; convergence order
+    metrics.py   param_diff, value, value_gap, kl
+    rates.py     convergence diagnostics: order fit, iterations to a tolerance, noise floor (numpy only; analysis
+                 shares them)
     runner.py    the vectorised simulation loop with divergence handling
     experiment.py, plots.py  what the example scripts share: CLI, logs, figures, summary
     offline.py   the offline regime: a fixed labelled dataset, uncertainty widths, one DPO step per selection
     selectors.py the selector registry (all, random_subset, reward_gap, reward_gap_step, us, ae, sams, borda)
 
-The names below are loaded on first use, so `import bandit.vocabulary` does not import torch.
+The names below are loaded on first use, so `import bandit.vocabulary` or `import bandit.rates` does not import torch.
 """
 import importlib
 

@@ -11,7 +11,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from bandit.metrics import METRICS, convergence_order, iterations_to, noise_floor, optimal_value
+from bandit.metrics import METRICS, optimal_value
+from bandit.rates import QUADRATIC, TOL, fitted_order, iterations_to
 from bandit.runner import simulate
 from bandit.samplers import DEFAULT_SAMPLERS, SAMPLERS
 from bandit.vocabulary import PAIR_SAMPLER, canonical_list
@@ -20,9 +21,6 @@ from runlog import resolve_device as runlog_resolve_device
 
 # The paper's settings (Shi, Zhou, Du, ICLR 2025): exact lr 10 for 100 iterations, empirical lr 0.05 for 3000.
 PAPER = {"exact": {"lr": 10.0, "iters": 100}, "empirical": {"lr": 0.05, "iters": 3000}}
-TOL = 1e-8  # "converged": param_diff <= TOL
-QUADRATIC = 1.8  # a fitted order at least this counts as quadratic
-
 
 
 @dataclass
@@ -114,19 +112,11 @@ def metric_lines(setting: str, sampler: str, seeds, traj) -> list[str]:
     return lines
 
 
-def fitted_order(errors: np.ndarray, setting: str) -> float:
-    """Exact runs: the last 3 steps above the float64 floor. Empirical runs stall at a sampling-noise
-    plateau instead, so fit every step above 10x that plateau (the transient)."""
-    if setting == "exact":
-        return convergence_order(errors)
-    return convergence_order(errors, floor=noise_floor(errors), tail=None)
-
-
 def summarise(traj, setting: str) -> dict:
     """Per-sampler summary over the seeds that did not diverge."""
     ok = traj.diverged_at < 0
     e = traj.series("param_diff")[:, ok]
-    orders = np.array([fitted_order(e[:, b], setting) for b in range(e.shape[1])])
+    orders = np.array([fitted_order(e[:, b], noisy=setting != "exact") for b in range(e.shape[1])])
     hits = np.array([iterations_to(e[:, b], TOL) for b in range(e.shape[1])])
     fitted = orders[np.isfinite(orders)]
     med = lambda x: float(np.median(x)) if len(x) else float("nan")

@@ -96,6 +96,14 @@ def test_find_runs_one_and_two_levels_down_deduplicated(runs, tmp_path):
     assert report.find_runs([runs / "mix_p-seed1" / "metrics.jsonl"]) == [runs / "mix_p-seed1"]
 
 
+def test_find_runs_takes_names_literally(tmp_path):
+    # a folder name with glob characters is that folder, not a pattern (a[1] would match a1)
+    write_run(tmp_path / "a[1]" / "seed0", "mix_p", 0)
+    write_run(tmp_path / "a1" / "seed0", "gshf", 0)
+    assert report.find_runs([tmp_path / "a[1]"]) == [tmp_path / "a[1]" / "seed0"]
+    assert report.find_runs([str(tmp_path / "a[1]" / "seed0" / "pipeline.json")]) == [tmp_path / "a[1]" / "seed0"]
+
+
 def test_find_runs_errors_name_the_argument(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(report.ConfigError, match="nope.*does not exist"):
@@ -261,6 +269,24 @@ def test_sampler_colors():
     assert len(set(colors.values())) == 3 and not {colors["zeta"], colors["alpha"]} & set(pipeline)
 
 
+def test_sampler_colors_are_seaborns_colorblind_palette():
+    import seaborn
+
+    palette = seaborn.color_palette("colorblind").as_hex()
+    # the colours every figure has used so far (written out here, so a palette change would show)
+    assert style.SAMPLER_COLORS == {
+        "offline": "#949494", "unif": "#949494", "on_policy": "#0173b2", "gshf": "#029e73", "mix_p": "#d55e00",
+        "mix_p_seq": "#de8f05", "mix_r": "#cc78bc", "mix_p_star": "#ca9161", "borda": "#56b4e9", "all": "#949494",
+        "random_subset": "#000000", "sams": "#cc78bc", "us": "#0173b2", "ae": "#029e73", "reward_gap": "#d55e00",
+        "reward_gap_step": "#de8f05"}
+    assert set(style.SAMPLER_COLORS.values()) - {"#000000"} <= set(palette)
+    assert style.OTHER_COLORS == ("#fbafe4", "#ece133") and set(style.OTHER_COLORS) == (
+        set(palette) - set(style.SAMPLER_COLORS.values()))
+    code = "import sys, analysis.style; print('seaborn' in sys.modules, 'matplotlib' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          cwd=ROOT).stdout.split() == ["False", "False"]
+
+
 def _metrics_path(runs: Path) -> Path:
     return runs / "mix_p-seed1" / "metrics.jsonl"
 
@@ -276,6 +302,8 @@ BAD = {
                 ["empty", "holds no pipeline run"]),
     "malformed metrics line": (lambda runs, tmp: _corrupt_metrics(runs, '{"iteration": 1, "reward_mean": ') or [str(runs)],
                                ["mix_p-seed1/metrics.jsonl line 2", "not valid JSON"]),
+    "metrics line not an object": (lambda runs, tmp: _corrupt_metrics(runs, '[1, 2]') or [str(runs)],
+                                   ["mix_p-seed1/metrics.jsonl line 2", "expected a JSON object, got list"]),
     "metrics line without iteration": (lambda runs, tmp: _corrupt_metrics(runs, '{"reward_mean": 1}') or [str(runs)],
                                        ["mix_p-seed1/metrics.jsonl line 2", "'iteration'"]),
     "metrics value not a number": (

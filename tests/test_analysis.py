@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from analysis import LoadError, aggregate, convergence_order, iterations_to, load_runs, mean_ci, median, select_last
+from analysis import load
+from analysis import (LoadError, aggregate, convergence_order, iterations_to, load_runs, mean_ci, median, select_last,
+                      t_interval)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -67,6 +69,35 @@ def test_discovery_parents_globs_hidden_and_nested(tmp_path):
     assert missing.rows == [] and len(missing.problems) == 1 and missing.problems[0].file.endswith("nope")
 
 
+def test_discovery_by_other_markers_and_depth(tmp_path):
+    """find_runs(markers=..., depth=...): how alignment.report finds pipeline runs (metrics.jsonl + pipeline.json)."""
+    def pipeline_run(folder):
+        folder.mkdir(parents=True)
+        (folder / "metrics.jsonl").write_text('{"iteration": 0}\n')
+        (folder / "pipeline.json").write_text("{}")
+        return str(folder)
+
+    one, two = pipeline_run(tmp_path / "a"), pipeline_run(tmp_path / "b" / "c")
+    pipeline_run(tmp_path / "d" / "e" / "f")                                          # three levels down
+    markers = ("metrics.jsonl", "pipeline.json")
+    assert load.find_runs(tmp_path) == []                                             # no run.json: not a run
+    assert load.find_runs(tmp_path, markers=markers) == [one, two, str(tmp_path / "d" / "e" / "f")]
+    assert load.find_runs(tmp_path, markers=markers, depth=2) == [one, two]
+    assert load.find_runs(tmp_path, markers=markers, depth=1) == [one]
+    assert load.find_runs(one, markers=markers, depth=0) == [one]
+    assert load.find_runs(tmp_path, markers=markers, depth=0) == []
+
+
+def test_read_jsonl_reports_each_bad_line(tmp_path):
+    f = tmp_path / "x.jsonl"
+    f.write_text('{"a": 1}\n\n{"a": \n[1]\n{"a": 2}\n')
+    problems = []
+    assert load.read_jsonl(f, problems.append) == [(1, {"a": 1}), (5, {"a": 2})]
+    assert [(p.line, p.kind) for p in problems] == [(3, "json"), (4, "object")]
+    assert problems[0].reason.startswith("invalid JSON") and problems[0].detail in problems[0].reason
+    assert problems[1].detail == "list" and problems[1].file == str(f)
+
+
 def test_malformed_lines_reported_with_file_and_line(tmp_path):
     good = bandit_rows("unif", [0], [1.0], steps=2)  # lines 1-2
     run = write_run(tmp_path / "r", {"beta": 1.0}, good, extra_lines=["{not json", "", "[1, 2]", json.dumps(good[0])])
@@ -106,6 +137,26 @@ def test_t_interval_matches_scipy():
     assert m == 3.0 and math.isnan(lo) and math.isnan(hi)
     assert all(math.isnan(v) for v in mean_ci([]))
     assert median([3.0, 1.0, float("nan"), 2.0]) == 2.0
+
+
+def test_t_interval_half_width_and_non_finite_values():
+    x = [1.0, 2.0, 3.0, 4.0, 5.0, 9.0]   # mean 4, squared deviations 9+4+1+0+1+25 = 40, sd sqrt(8)
+    for level in (0.9, 0.95):
+        m, half = t_interval(x, level)
+        assert m == pytest.approx(4.0)
+        assert half == pytest.approx(stats.t.ppf((1 + level) / 2, 5) * math.sqrt(8) / math.sqrt(6), rel=1e-12)
+    assert t_interval([7.0, 7.0]) == (7.0, 0.0)
+    m, half = t_interval([3.0])
+    assert m == 3.0 and math.isnan(half)
+    assert all(math.isnan(v) for v in t_interval([]))
+    # kept by default: a bad value shows in the result instead of vanishing from it
+    assert all(math.isnan(v) for v in t_interval([1.0, float("nan"), 3.0]))
+    m, half = t_interval([1.0, float("inf"), 3.0])
+    assert m == math.inf and math.isnan(half)
+    # dropped on request, as mean_ci does: the interval of the finite values
+    m, half = t_interval([1.0, float("nan"), 3.0, float("-inf")], drop_nonfinite=True)
+    assert m == pytest.approx(2.0) and half == pytest.approx(stats.t.ppf(0.975, 1) * math.sqrt(2) / math.sqrt(2))
+    assert mean_ci([1.0, float("nan"), 3.0])[1] == pytest.approx(2.0 - stats.t.ppf(0.975, 1))
 
 
 def test_bootstrap_contains_mean_shrinks_and_is_seeded():

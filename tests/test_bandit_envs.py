@@ -1,6 +1,8 @@
-"""Environments, reward files and metrics (bandit/envs.py, bandit/metrics.py)."""
+"""Environments, reward files, metrics and convergence diagnostics (bandit/envs.py, bandit/metrics.py, bandit/rates.py)."""
 import json
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -8,7 +10,8 @@ import torch
 
 from bandit import LinearEnv, SAMPLERS, TabularEnv, simulate
 from bandit.envs import load_rewards
-from bandit.metrics import METRICS, FLOAT64_FLOOR, convergence_order, iterations_to, optimal_value, policy_metrics
+from bandit.metrics import METRICS, optimal_value, policy_metrics
+from bandit.rates import FLOAT64_FLOOR, convergence_order, fitted_order, iterations_to, noise_floor
 from runlog import ConfigError
 
 DT = torch.float64
@@ -239,3 +242,20 @@ def test_iterations_to():
     assert iterations_to(e, 2.0) == 0.0
     assert iterations_to(e, 1e-9) == math.inf
     assert iterations_to(np.array([1.0, np.nan, 0.01]), 0.1) == 2.0
+
+
+def test_noisy_fit_stops_at_the_noise_plateau():
+    rng = np.random.default_rng(0)
+    lin = 0.5 * 0.3 ** np.arange(10)                      # linear down to ~1e-5.5
+    plateau = 1e-7 * (1 + 0.5 * rng.random(90))            # then sampling noise around 1.25e-7
+    e = np.concatenate([lin, plateau])
+    assert noise_floor(e) == pytest.approx(10 * np.median(plateau[-10:]), rel=1e-12)   # 10x the last 10%'s median
+    assert noise_floor(np.full(10, 1e-20)) == FLOAT64_FLOOR                          # never below the float64 floor
+    assert fitted_order(e, noisy=True) == pytest.approx(1.0, abs=1e-6)               # the transient only
+    assert fitted_order(e, noisy=False) == convergence_order(e)                      # exact: the last 3 steps
+    assert abs(fitted_order(e, noisy=False) - 1.0) > 0.05                            # ... which sit on the plateau
+
+
+def test_rates_and_analysis_load_no_torch():
+    code = "import sys, bandit.rates, analysis.aggregate, analysis.curves; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"

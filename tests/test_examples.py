@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 import torch
 
-from bandit.metrics import METRICS, convergence_order, iterations_to
+from bandit.metrics import METRICS
+from bandit.rates import convergence_order, iterations_to
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "bandit" / "examples"

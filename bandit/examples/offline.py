@@ -38,9 +38,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy import stats
 from tqdm.auto import tqdm
 
+from analysis.aggregate import t_interval
 from bandit.envs import LinearEnv, TabularEnv
 from bandit.experiment import resolve_device
 from bandit.metrics import METRICS
@@ -213,13 +213,10 @@ def metric_lines(env: str, selector: str, regime: str, flip: float, seeds, res) 
 
 
 def ci95(x: np.ndarray) -> tuple[float, float]:
-    """Mean and half-width of the 95% t-interval (0 for one value)."""
-    x = x[np.isfinite(x)]
-    if len(x) == 0:
-        return float("nan"), float("nan")
-    if len(x) < 2:
-        return float(x.mean()), 0.0
-    return float(x.mean()), float(stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
+    """Mean and half-width of the 95% t-interval over the finite values (analysis.aggregate.t_interval), with
+    half-width 0 for one value (the summary's convention: one seed has no spread)."""
+    mean, half = t_interval(x, 0.95, drop_nonfinite=True)
+    return (mean, 0.0) if np.isfinite(x).sum() == 1 else (mean, half)
 
 
 def _frac(num: int, den: int):
