@@ -37,7 +37,7 @@ from typing import NamedTuple
 
 from bandit.vocabulary import PAIR_SAMPLER, normalise
 from alignment.core.data import GENERATIONS_FILE, PREFERENCES_FILE, load_generations, write_jsonl
-from runlog import ConfigError, RunDir, arg, check_name, check_out, exit_on_config_error, parse_dataclass, read_run
+from runlog import ConfigError, RunDir, arg, check_name, check_out, entry_point, read_run
 
 RULES = ("max_min", "random", "mixed_max_min")
 FUSED = ("mix+", "mix-", "mixseq+", "mixseq-")
@@ -250,9 +250,8 @@ def format_summary(s: dict) -> str:
             f"gap {f(s['mean_reward_gap'])}  all responses {f(s['mean_reward'])}")
 
 
-@exit_on_config_error
-def main(argv=None) -> Path:
-    args = parse_dataclass(Args, argv, description=__doc__.split("\n\n")[0])
+def run(args: Args) -> Path | None:
+    """The annotate stage on parsed arguments (what `python -m alignment.annotate` runs; the pipeline calls it too)."""
     name = resolve(args)
     from runlog import resolve_device
     from alignment.core.rewards import load_reward
@@ -275,9 +274,10 @@ def main(argv=None) -> Path:
         run.log(metrics)
         path = run.finish(summary=summary)
     print(format_summary(summary))
-    print(f"wrote {path}")
     return path
 
+
+main = entry_point(Args, run, __doc__)
 
 if __name__ == "__main__":
     main()

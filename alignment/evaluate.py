@@ -76,9 +76,7 @@ from pathlib import Path
 from alignment.core.toy import TASK_SEED
 from alignment.generation.backend import batch_seed
 from analysis.aggregate import t_interval as mean_ci  # the project's one t-interval: (mean, half-width)
-from runlog import check_number
-from runlog import (
-    ConfigError, RunDir, arg, atomic_write_json, check_name, check_out, exit_on_config_error, parse_dataclass)
+from runlog import ConfigError, RunDir, arg, atomic_write_json, check_name, check_number, check_out, entry_point
 
 EXPORTS = ("alpaca_eval", "mt_bench")
 EVALUATIONS_FILE = "evaluations.jsonl"
@@ -462,9 +460,8 @@ def format_summary(s: dict) -> str:
             f"mean response tokens {s['mean_response_tokens']:.1f}")
 
 
-@exit_on_config_error
-def main(argv=None) -> Path:
-    args = parse_dataclass(Args, argv, description=__doc__.split("\n\n")[0])
+def run(args: Args) -> Path | None:
+    """The evaluate stage on parsed arguments (what `python -m alignment.evaluate` runs; the pipeline calls it too)."""
     plan = resolve(args)
 
     from alignment import generate
@@ -494,9 +491,10 @@ def main(argv=None) -> Path:
         run.log({"stage": "evaluate", "seed": plan.cfg.seed, "step": 0, **summary})
         path = run.finish(summary=summary)
     print(format_summary(summary))
-    print(f"wrote {path}")
     return path
 
+
+main = entry_point(Args, run, __doc__)
 
 if __name__ == "__main__":
     main()

@@ -70,8 +70,7 @@ from alignment.core.toy import TASK_SEED
 from alignment.generation.samplers import (PAIRED, SAMPLERS, VLLM_SAMPLERS, component_models, component_plan,
                                            generate_batch, sampler_spec)
 from bandit.vocabulary import PAIR_SAMPLER, canonical
-from runlog import (ConfigError, RunDir, arg, check_name, check_number, check_out, exit_on_config_error,
-                    parse_dataclass, resolve_device)
+from runlog import ConfigError, RunDir, arg, check_name, check_number, check_out, entry_point, resolve_device
 
 DEFAULT_POLICY = "runs/alignment/sft/toy/model"
 
@@ -214,9 +213,8 @@ def summarise(rows: list[dict], batch_logs: list[dict], finished: list, ess: dic
     return out
 
 
-@exit_on_config_error
-def main(argv=None):
-    args = parse_dataclass(Args, argv, description=__doc__.split("\n\n")[0])
+def run(args: Args) -> Path | None:
+    """The generate stage on parsed arguments (what `python -m alignment.generate` runs; the pipeline calls it too)."""
     plan = resolve(args)
 
     import torch
@@ -307,9 +305,10 @@ def main(argv=None):
     tps = summary["tokens_per_s"]
     print(f"{summary['prompts']} prompts, {summary['responses']} responses, {summary['new_tokens']} new tokens"
           + (f", {tps:.0f} tokens/s" if tps else ""))
-    print(f"wrote {path}")
     return path
 
+
+main = entry_point(Args, run, __doc__)
 
 if __name__ == "__main__":
     main()

@@ -43,7 +43,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from runlog import ConfigError, RunDir, arg, check_name, check_out, exit_on_config_error, parse_dataclass
+from runlog import ConfigError, RunDir, arg, check_name, check_out, entry_point
 
 SFT_FILE = "sft.jsonl"
 HH_HUMAN, HH_ASSISTANT = "\n\nHuman:", "\n\nAssistant:"
@@ -237,9 +237,8 @@ def prepare(args: Args, rows: list[dict], source: str) -> tuple[list[dict], list
     return [pairs[i] for i in pref_idx], sft, counts
 
 
-@exit_on_config_error
-def main(argv=None) -> Path:
-    args = parse_dataclass(Args, argv, description=__doc__.split("\n\n")[0])
+def run(args: Args) -> Path | None:
+    """The prepare_data stage on parsed arguments (what `python -m alignment.prepare_data` runs; the pipeline calls it too)."""
     resolve(args)
     t0 = time.perf_counter()
 
@@ -262,9 +261,10 @@ def main(argv=None) -> Path:
           + (sft_text if sft else "")
           + f"; dropped {dropped} ({counts['dropped_identical']} identical, {counts['dropped_unsplit']} without a "
           f"prompt / response split)")
-    print(f"wrote {path}")
     return path
 
+
+main = entry_point(Args, run, __doc__)
 
 if __name__ == "__main__":
     main()

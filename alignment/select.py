@@ -43,7 +43,7 @@ import torch
 from alignment.core.data import PREFERENCES_FILE, write_jsonl
 from alignment.core.models import model_source
 from alignment.selection.scores import METHODS, keep_count, keeps_largest, select_top
-from runlog import ConfigError, RunDir, arg, check_name, check_out, exit_on_config_error, parse_dataclass
+from runlog import ConfigError, RunDir, arg, check_name, check_out, entry_point
 
 DEFAULT_RATIO = {"reward_gap": 0.1, "us": 1 / 3, "ae": 1 / 3}
 SCORES_FILE = "scores.jsonl"
@@ -197,9 +197,8 @@ def format_summary(m: dict) -> str:
     return text
 
 
-@exit_on_config_error
-def main(argv=None) -> Path:
-    args = parse_dataclass(Args, argv, description=__doc__.split("\n\n")[0])
+def run(args: Args) -> Path | None:
+    """The select stage on parsed arguments (what `python -m alignment.select` runs; the pipeline calls it too)."""
     ratio, name, device = resolve(args)
     t0 = time.perf_counter()
 
@@ -248,9 +247,10 @@ def main(argv=None) -> Path:
         run.log(metrics)
         path = run.finish(summary=metrics | {"wall_s": time.perf_counter() - t0})
     print(format_summary(metrics))
-    print(f"wrote {path}")
     return path
 
+
+main = entry_point(Args, run, __doc__)
 
 if __name__ == "__main__":
     main()

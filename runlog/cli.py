@@ -99,3 +99,23 @@ def parse_dataclass(cls, argv=None, description: str | None = None, defaults: di
         parser.add_argument(flag, dest=f.name, type=base, default=default, help=help_,
                             choices=f.metadata.get("choices"), metavar=f.metadata.get("metavar"))
     return cls(**vars(parser.parse_args(argv)), **recipe_only)
+
+
+def entry_point(args_cls, run, doc: str | None = None, defaults=None):
+    """The `main(argv)` of an entry point whose work is `run(args) -> Path`: parse argv into `args_cls` (an Args
+    dataclass; the first paragraph of `doc` is the --help description), call run, print "wrote PATH", and turn a
+    ConfigError into one stderr line and exit code 2. Callers that already hold an Args (the pipeline) call
+    run(args) directly. `defaults(argv) -> dict`, if given, supplies parser defaults (e.g. from a YAML recipe)."""
+    description = doc.split("\n\n")[0] if doc else None
+
+    @exit_on_config_error
+    def main(argv=None):
+        args = parse_dataclass(args_cls, argv, description=description,
+                               defaults=defaults(argv) if defaults is not None else None)
+        path = run(args)
+        if path is not None:
+            print(f"wrote {path}")
+        return path
+
+    main.__doc__ = f"Command line of {run.__module__}.{run.__name__}: parse, run, print the written path."
+    return main

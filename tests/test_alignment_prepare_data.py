@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import pytest
 
 from alignment import prepare_data as pd
-from runlog import ConfigError
+from runlog import ConfigError, parse_dataclass
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -167,7 +167,7 @@ def test_main_writes_what_every_stage_reads(tmp_path):
 def test_bad_flags(tmp_path, flags, word):
     data = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "q", "chosen": "a", "rejected": "b"}])
     with pytest.raises(ConfigError, match=word):
-        pd.resolve(pd.parse_dataclass(pd.Args, ["--data", str(data), "--out", str(tmp_path / "o"), *flags]))
+        pd.resolve(parse_dataclass(pd.Args, ["--data", str(data), "--out", str(tmp_path / "o"), *flags]))
     with pytest.raises(ConfigError, match="no such file"):
         pd.resolve(args(data=str(tmp_path / "missing.jsonl")))
     with pytest.raises(ConfigError, match="--data: required"):
