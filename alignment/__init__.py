@@ -1,19 +1,19 @@
-"""LLM DPO with the bandit package's samplers (DESIGN.md section 4). Part 1: up to a preference dataset.
+"""LLM DPO with the bandit package's samplers (DESIGN.md section 4), in sub-packages by role.
 
-Entry points (each `python -m alignment.NAME --help`):
-    sft            supervised fine-tuning (toy: from scratch on synthetic demonstrations)
-    reward_model   Bradley-Terry reward model on oracle-labelled pairs
-    generate       K responses per prompt with a generation sampler: offline, online, gshf, mixp (fused
-                   decoding), mixp_seq (sequence-level importance resampling; vLLM-compatible)
-    annotate       score responses with a reward, pick pairs (max_min, random, mixed_max_min), write TRL rows
+    core/        the toy task, model loading by name, prompt / generation / preference sets, rewards
+    generation/  every pair sampler's plan (its bandit/spec.py spec), fused decoding, the HF and vLLM backends
+    selection/   which pairs get gradient: reward_gap / us / ae scores, per-batch selectors and SamS, AE-Borda
+    training/    the DPO config, pure loss functions, the trainer and its batch selection, trainer utilities
+    pipeline/    the iterative driver (generate -> annotate -> select -> train -> evaluate), recipes, dry run
+    *.sh         the training scripts users run (`bash alignment/toy.sh --help`); configs/ their YAML recipes
 
-Shared modules:
-    toy.py      the toy task: prompts, true reward, demonstrations, in-process tokenizer and tiny Llama
-    models.py   load a tokenizer / causal LM by name: "toy", "toy:SIZE", a local folder, or a Hub name
-    decoding.py batched sampling from one model or a per-token fusion of several (one KV cache each)
-    vllm_backend.py  the vLLM path for GPU nodes (imported only when chosen)
-    rewards.py  the reward interface: reward.score(prompts, responses) -> list[float]
-    data.py     prompt / generation / preference sets: loading, validation, atomic JSONL writing
+Stages, one thin entry point each (`python -m alignment.NAME --help`): sft, reward_model, generate, annotate,
+select, train_dpo, evaluate, prepare_data, report, pipeline. Each is an `Args` dataclass, `resolve(args)` (every
+flag checked before anything is loaded or written), `run(args) -> Path` (what the pipeline calls) and
+`main = runlog.entry_point(Args, run, __doc__)`.
+
+Names: the samplers and selectors are bandit/vocabulary.py's (`python -m bandit.vocabulary`); aliases such as
+online, mixp, none are accepted and written as the canonical names.
 
 Row formats (JSONL files, loadable with `datasets.load_dataset("json", ...)`):
     prompts      {"id": str, "prompt": str | list[message]}

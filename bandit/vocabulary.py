@@ -41,22 +41,22 @@ class Method:
 METHODS = (
     # pair samplers
     Method("offline", PAIR_SAMPLER, "both responses from pi_ref: the fixed data of vanilla DPO", ("ref", "vanilla"),
-           bandit="bandit.spec:offline", alignment="alignment.generate:sampler_spec"),
+           bandit="bandit.spec:offline", alignment="alignment.generation.samplers:sampler_spec"),
     Method("unif", PAIR_SAMPLER, "uniform over all ordered pairs: offline with a uniform pi_ref (the paper's vanilla "
            "DPO)", bandit="bandit.spec:unif"),
     Method("on_policy", PAIR_SAMPLER, "both responses from the current policy pi", ("online",),
-           bandit="bandit.spec:on_policy", alignment="alignment.generate:sampler_spec"),
+           bandit="bandit.spec:on_policy", alignment="alignment.generation.samplers:sampler_spec"),
     Method("gshf", PAIR_SAMPLER, "hybrid GSHF: one response from pi_ref, the other from pi",
-           bandit="bandit.spec:gshf", alignment="alignment.generate:sampler_spec"),
+           bandit="bandit.spec:gshf", alignment="alignment.generation.samplers:sampler_spec"),
     Method("mix_r", PAIR_SAMPLER, "DPO-Mix-R: weight 2 + e^Dr + e^-Dr from the true rewards (an oracle)",
            bandit="bandit.spec:mix_r"),
     Method("mix_p", PAIR_SAMPLER, "DPO-Mix-P: weight 2 + e^Dh + e^-Dh of the implicit reward h; in an LLM, per-token "
            "fused logits (1+a) l_pi - a l_ref and (1-a) l_pi + a l_ref", ("mixp",),
-           bandit="bandit.spec:mix_p", alignment="alignment.generate:sampler_spec"),
+           bandit="bandit.spec:mix_p", alignment="alignment.generation.samplers:sampler_spec"),
     Method("mix_p_star", PAIR_SAMPLER, "DPO-Mix-P*: mix_p with each weight capped at Mix-R's largest (an oracle cap)",
            bandit="bandit.samplers:mix_p_star"),
     Method("mix_p_seq", PAIR_SAMPLER, "Mix-P at the sequence level: candidates from pi, resampled with weights "
-           "(pi/pi_ref)^(+-a) (runs on vLLM)", ("mixp_seq",), alignment="alignment.generate:sampler_spec"),
+           "(pi/pi_ref)^(+-a) (runs on vLLM)", ("mixp_seq",), alignment="alignment.generation.samplers:sampler_spec"),
     Method("borda", PAIR_SAMPLER, "AE-Borda: fresh pairs for the contexts whose Borda score is most uncertain "
            "(optimistic policy response vs a reference response)",
            bandit="bandit.selectors:Borda", alignment="alignment.selection.borda:select_rows"),
