@@ -20,6 +20,7 @@ from alignment.core import toy
 from conftest import sharp_toy_model
 from alignment.generation.decoding import sample
 from alignment.generate import Args, main, resolve
+from bandit.spec import POLICY
 from alignment.generation.backend import HFBackend, batch_seed, encode_prompts
 from alignment.generation.samplers import SAMPLERS, component_plan, generate_batch
 
@@ -106,7 +107,7 @@ def test_mixp_with_pi_equal_to_ref_is_on_policy_sampling(models):
     """Both fusions of a model with itself are that model: one forward per token, pi's own draws."""
     a, backend, plan, args, rows = run_batch("mix_p", models["pi"], models["pi"])
     ids = encode_prompts(TOK, rows)
-    d = backend.draw(ids, "policy", 2, batch_seed(0, "mix+", rows[0]["id"], len(rows)))
+    d = backend.draw(ids, POLICY, 2, batch_seed(0, "mix+", rows[0]["id"], len(rows)))
     assert by_component(a, "mix+") == [[TOK.decode(t, skip_special_tokens=True) for t in ts] for ts in d.tokens]
 
 
@@ -114,7 +115,7 @@ def test_mixp_online_pair_adds_two_policy_responses(models):
     a, backend, plan, args, rows = run_batch("mix_p", models["pi"], models["ref"], mixp_online_pair=True)
     assert all(row["components"] == ["mix+", "mix+", "mix-", "mix-", "policy", "policy"] for row in a)
     # the pair is on-policy: pi's own draws, whatever the reference model
-    d = backend.draw(encode_prompts(TOK, rows), "policy", 2, batch_seed(0, "policy", rows[0]["id"], len(rows)))
+    d = backend.draw(encode_prompts(TOK, rows), POLICY, 2, batch_seed(0, "policy", rows[0]["id"], len(rows)))
     assert by_component(a, "policy") == [[TOK.decode(t, skip_special_tokens=True) for t in ts] for ts in d.tokens]
     b, *_ = run_batch("mix_p", models["pi"], models["ref2"], mixp_online_pair=True)
     assert by_component(a, "policy") == by_component(b, "policy")

@@ -62,10 +62,9 @@ def test_one_token_pair_frequencies_match_the_bandit_weight(setup, name, alpha, 
                 max_new_tokens=1, num_responses=2)
     resolve(args)
     backend = HFBackend({"policy": pi, "ref": ref}, tok, args, torch.device("cpu"))
-    tilts = component_tilts(name, alpha)
     branch = sampler_spec(name, alpha).branches[0]
-    label = {t: c for c, t in tilts.items()}
-    first, second = label[branch.first], label[branch.second]
+    first, second = branch.first, branch.second
+    assert {first, second} <= set(component_tilts(name, alpha).values())  # the generation plan draws these tilts
     if first == second:  # both responses from one tilt: consecutive draws make the pairs
         toks = backend.draw(ids, first, 2 * PAIRS, seed=11).tokens[0]
         y, y2 = toks[0::2], toks[1::2]

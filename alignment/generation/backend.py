@@ -3,7 +3,7 @@
 A backend draws responses for a batch of prompts (token ids) from one component of a generation plan:
 
     backend.tok                                   the tokenizer (responses are decoded with it)
-    backend.draw(prompt_ids, component, n, seed)  n responses per prompt from the component's tilt -> Draws
+    backend.draw(prompt_ids, tilt, n, seed)       n responses per prompt from a tilt of bandit/spec.py -> Draws
     backend.draw_scored(prompt_ids, n, seed)      n responses from pi, each with (log pi, log pi_ref) -> Draws
     backend.check_lengths(prompt_ids, max_new_tokens, rows)   ConfigError when a prompt cannot fit
 
@@ -18,7 +18,7 @@ import zlib
 from dataclasses import dataclass
 
 from alignment.core.toy import TASK_SEED
-from alignment.generation.samplers import component_weights
+from bandit.spec import Tilt
 from runlog import ConfigError
 
 
@@ -50,7 +50,7 @@ class Backend:
 
     tok = None
 
-    def draw(self, prompt_ids, component: str, n: int, seed: int) -> "Draws":
+    def draw(self, prompt_ids, tilt: Tilt, n: int, seed: int) -> "Draws":
         raise NotImplementedError
 
     def draw_scored(self, prompt_ids, n: int, seed: int) -> "Draws":
@@ -102,8 +102,9 @@ class HFBackend(Backend):
         group = lambda xs: [xs[i * n:(i + 1) * n] for i in range(len(prompt_ids))]
         return Draws(group(tokens), group(finished), group(lp) if lp is not None else None)
 
-    def draw(self, prompt_ids, component: str, n: int, seed: int) -> Draws:
-        return self._run(prompt_ids, n, component_weights(component, self.args.alpha), seed)
+    def draw(self, prompt_ids, tilt: Tilt, n: int, seed: int) -> Draws:
+        """n responses per prompt from the tilt, by per-token fusion of the models' logits with its coefficients."""
+        return self._run(prompt_ids, n, tilt.logit_weights(), seed)
 
     def draw_scored(self, prompt_ids, n: int, seed: int) -> Draws:
         """n responses from pi with (log pi, log pi_ref) of each: ref is fed the same tokens with weight 0."""

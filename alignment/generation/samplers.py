@@ -17,6 +17,7 @@ The on-policy pair option adds ONLINE_PAIR responses from pi ("policy"), which t
 from __future__ import annotations
 
 from bandit.spec import POLICY, REF, SPECS, Branch, PairSpec, Tilt, mix_p_llm
+from alignment.generation.backend import batch_seed
 from bandit.vocabulary import PAIR_SAMPLER, names
 
 SAMPLERS = names(PAIR_SAMPLER, "alignment")  # offline, on_policy, gshf, mix_p, mix_p_seq, borda
@@ -73,12 +74,12 @@ def generate_batch(backend, plan, args, rows: list[dict], prompt_ids) -> tuple[l
     """Rows of generations.jsonl for one batch of prompts, and its counts."""
     import torch
 
-    from alignment.generation.backend import batch_seed
     from alignment.generation.decoding import effective_sample_size, importance_weights, resample
 
     per_prompt = [{"responses": [], "components": [], "num_tokens": [], "finished": []} for _ in rows]
     first, size = rows[0]["id"], len(rows)
     stats = {"ess_plus": [], "ess_minus": []}
+    tilts = component_tilts(plan.sampler, args.alpha, any(c == "policy" for c, _ in plan.components))
 
     def add(i, component, tokens, finished):
         r = per_prompt[i]
@@ -105,7 +106,7 @@ def generate_batch(backend, plan, args, rows: list[dict], prompt_ids) -> tuple[l
                 for j in idx[i]:
                     add(i, component, cand.tokens[i][j], cand.finished[i][j])
             continue
-        d = backend.draw(prompt_ids, component, n, batch_seed(args.seed, component, first, size))
+        d = backend.draw(prompt_ids, tilts[component], n, batch_seed(args.seed, component, first, size))
         for i in range(len(rows)):
             for t, f in zip(d.tokens[i], d.finished[i]):
                 add(i, component, t, f)

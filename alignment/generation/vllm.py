@@ -23,6 +23,7 @@ import zlib
 
 from alignment.core.toy import TASK_SEED
 from alignment.generation.backend import Backend
+from bandit.spec import POLICY, REF, Tilt
 from runlog import ConfigError
 
 INSTALL = "pip install -r requirements_vllm.txt"
@@ -142,11 +143,11 @@ class VLLMBackend(Backend):
             k += len(rs)
         return out
 
-    def draw(self, prompt_ids, component: str, n: int, seed: int):
-        if component not in ("policy", "ref"):
-            raise ConfigError(f"--sampler: component {component!r} needs per-token fusion, which vLLM cannot do; "
+    def draw(self, prompt_ids, tilt: Tilt, n: int, seed: int):
+        if tilt not in (POLICY, REF):
+            raise ConfigError(f"--sampler: the tilt {tilt} needs per-token fusion, which vLLM cannot do; "
                               f"use --backend hf")
-        return self._sample(component, prompt_ids, n, seed)
+        return self._sample("policy" if tilt == POLICY else "ref", prompt_ids, n, seed)
 
     def draw_scored(self, prompt_ids, n: int, seed: int):
         d = self._sample("policy", prompt_ids, n, seed)
