@@ -1,6 +1,6 @@
 """Convergence diagnostics of an error series (e.g. param_diff per iteration): numpy only, no torch.
 
-The one home of these definitions: the bandit entry points' summaries (bandit/experiment.py) and analysis/
+The one home of these definitions: the bandit entry points' summaries (bandit/examples/common.py) and analysis/
 (convergence tables and leaderboards of logged runs) both use them, so a logged run and its own summary
 always agree. Importing this module loads neither torch nor anything else of the simulation.
 

@@ -21,7 +21,7 @@ def _measure(variant: str, setting: str, seeds: int, iters: int, device: str, sa
     import torch
 
     from bandit.envs import TabularEnv
-    from bandit.experiment import PAPER
+    from bandit.examples.common import PAPER
     from bandit.runner import simulate
 
     env = TabularEnv.from_seeds(range(seeds), 1, 20, 3.0, device=device)

@@ -28,7 +28,7 @@ def write_run(folder: Path, config: dict, rows: list, extra_lines: list[str] = (
 
 
 def bandit_rows(sampler, seeds, finals, steps=3):
-    """Rows like bandit/experiment.py metric_lines: value_gap decays to `finals[seed]` at the last step."""
+    """Rows like bandit/examples/common.py metric_lines: value_gap decays to `finals[seed]` at the last step."""
     rows = []
     for seed, final in zip(seeds, finals):
         for t in range(steps):

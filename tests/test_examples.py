@@ -226,7 +226,7 @@ def test_rerun_with_same_name_replaces_the_old_run(tmp_path):
 
 
 def test_failed_run_leaves_nothing_and_keeps_older_run(tmp_path, monkeypatch):
-    import bandit.experiment as experiment
+    import bandit.examples.common as experiment
 
     out = tmp_path / "out"
     argv = ["--setting", "exact", "--iters", 2, "--seeds", 1, "--samplers", "unif,mix_p", "--no-plots",
@@ -628,7 +628,7 @@ def test_divergence_through_run_experiment(tmp_path, capsys):
     S / (2 A beta^2), S ~ e^(max Dr), is astronomically large and those seeds explode at once; the
     others converge. Both settings, with figures."""
     from bandit import TabularEnv
-    from bandit.experiment import BanditArgs, resolve, run_experiment
+    from bandit.examples.common import BanditArgs, resolve, run_experiment
 
     scale = [1.0, 50.0, 1.0, 50.0]
     base = TabularEnv.from_seeds(range(4), contexts=1, actions=5, beta=3.0)

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from bandit.envs import LinearEnv
-from bandit.experiment import BanditArgs, arg, resolve, run_experiment
+from bandit.examples.common import BanditArgs, arg, resolve, run_experiment
 from runlog import ConfigError, exit_on_config_error, parse_dataclass
 
 # Shared parameters add up the curvature of all E contexts, so the tabular lr of 10 would oscillate;

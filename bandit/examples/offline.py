@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 
 from analysis.aggregate import t_interval
 from bandit.envs import LinearEnv, TabularEnv
-from bandit.experiment import resolve_device
+from bandit.examples.common import resolve_device
 from bandit.metrics import METRICS
 from bandit.offline import OfflineSim, candidates_for, kept_count, make_dataset
 from bandit.samplers import SAMPLERS
@@ -270,7 +270,7 @@ def plot_env(results: dict, title: str, paths) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from analysis.style import sampler_colors
-    from bandit.plots import LOG_FLOOR, mean_band
+    from bandit.examples.plots import LOG_FLOOR, mean_band
 
     colors = sampler_colors(results)  # the fixed colour of each sampler, as in every figure of the project
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from bandit.envs import TabularEnv, load_rewards
-from bandit.experiment import BanditArgs, arg, resolve, run_experiment
+from bandit.examples.common import BanditArgs, arg, resolve, run_experiment
 from runlog import ConfigError, exit_on_config_error, parse_dataclass
 
 

@@ -150,7 +150,7 @@ def format_summary(summary: dict) -> str:
 
 def run_experiment(args, plan: Plan, env, title: str) -> Path:
     """Simulate every (setting, sampler) of the plan on `env`, write the run, print the summary."""
-    from bandit.plots import plot_setting  # matplotlib only when needed
+    from bandit.examples.plots import plot_setting  # matplotlib only when needed
 
     config = dataclasses.asdict(args) | {"resolved": {"settings": plan.settings, "samplers": plan.samplers,
                                                          "name": plan.name}}
