@@ -78,6 +78,7 @@ def test_hard_labels_and_heldout_pairs_follow_the_true_reward():
 
 # ------------------------------------------------------------------------------- the trained model
 
+@pytest.mark.slow
 def test_heldout_accuracy_beats_0_8(trained):
     info = json.loads((trained / "run.json").read_text())
     s = info["summary"]
@@ -98,6 +99,7 @@ def test_heldout_accuracy_beats_0_8(trained):
     assert 0.75 < resolved["train_label_agreement"] < 0.97  # Bradley-Terry labels are noisy
 
 
+@pytest.mark.slow
 def test_load_reward_scores_like_the_trainer(trained):
     """load_reward on the run folder reproduces the logged held-out accuracy: same texts, same tokens."""
     reward = load_reward(str(trained))
@@ -108,6 +110,7 @@ def test_load_reward_scores_like_the_trainer(trained):
     assert acc == pytest.approx(json.loads((trained / "run.json").read_text())["summary"]["heldout_accuracy_after"])
 
 
+@pytest.mark.slow
 def test_load_reward_orders_hand_made_pairs_like_the_true_reward(trained):
     reward = load_reward(str(trained))
     p2 = "write about ocean in 2 sentences :"
@@ -222,6 +225,7 @@ def test_help_describes_every_flag(capsys):
     assert "runs/alignment/reward_model" in text
 
 
+@pytest.mark.slow
 def test_python_dash_m_subprocess(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", HF_HUB_OFFLINE="1",
                PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))

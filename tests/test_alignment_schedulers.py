@@ -222,6 +222,7 @@ def test_sams_state_round_trips_through_a_checkpoint(tmp_path):
     (["--selector", "sams", "--select-ratio", "0"], "--select-ratio"),
     (["--selector", "random_subset", "--sams-pretrain-steps", "2"], "--sams-pretrain-steps"),
 ])
+@pytest.mark.slow
 def test_bad_selector_flags_exit_2(tmp_path, argv, flag):
     prefs = _write_prefs(tmp_path / "p.jsonl", PAIRS)
     r = _cli(["--preferences", str(prefs), "--policy", "toy:tiny", "--out", str(tmp_path / "out"), *argv], tmp_path)
@@ -253,6 +254,7 @@ def _two_vs_one(tmp_path, selector, extra=()):
 
 @pytest.mark.parametrize("selector, extra", [("sams", ["--sams-mode", "softmax", "--sams-pretrain-steps", "2"]),
                                              ("ae", ["--passes", "3"])])
+@pytest.mark.slow
 def test_two_gloo_processes_select_the_same_indices_as_one_process(tmp_path, selector, extra):
     """torchrun --nproc_per_node 2 with batch 2 per process against one process with batch 4: the same global
     candidate batches, so both ranks log the same selected global indices at every step, equal to the single

@@ -418,6 +418,7 @@ def test_cli_bad_input_is_one_error_line_exit_2_and_writes_nothing(cli_files, tm
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_cli_as_a_module(cli_files, tmp_path):
     root, rows = cli_files
     bad = subprocess.run([sys.executable, "-m", "alignment.select", "--method", "ae", "--policy", root / "m0",

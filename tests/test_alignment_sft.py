@@ -59,6 +59,7 @@ def heldout_loss(model, tok, rows) -> float:
 
 # ------------------------------------------------------------------------------ training does its job
 
+@pytest.mark.slow
 def test_training_lowers_the_heldout_loss(trained):
     info = json.loads((trained / "run.json").read_text())
     s = info["summary"]
@@ -80,6 +81,7 @@ def test_training_lowers_the_heldout_loss(trained):
         assert all(not isinstance(v, float) or math.isfinite(v) for v in r.values())
 
 
+@pytest.mark.slow
 def test_run_folder_layout_and_samples(trained):
     assert sorted(p.name for p in trained.iterdir()) == ["metrics.jsonl", "model", "run.json", "samples.jsonl"]
     no_hidden(trained.parent)
@@ -96,6 +98,7 @@ def test_run_folder_layout_and_samples(trained):
     assert s["mean_reward"] == pytest.approx(sum(r["reward"] for r in samples) / 16)
 
 
+@pytest.mark.slow
 def test_saved_model_reloads_offline_is_the_trained_one_and_generates(trained):
     folder = str(trained / "model")
     tok = load_tokenizer(folder)
@@ -226,6 +229,7 @@ def test_help_describes_every_flag(capsys):
 
 # ------------------------------------------------------------------------------------ subprocess
 
+@pytest.mark.slow
 def test_python_dash_m_subprocess(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", HF_HUB_OFFLINE="1",
                PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))

@@ -5,6 +5,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # one shell script, every stage for real (about a minute)
+
 REPO = Path(__file__).resolve().parents[1]
 
 TINY = """

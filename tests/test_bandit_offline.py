@@ -579,6 +579,7 @@ def test_help_explains_every_flag(capsys):
         assert word in text
 
 
+@pytest.mark.slow
 def test_subprocess_bad_flag_and_smoke(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1",
                PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))

@@ -194,6 +194,7 @@ def test_linear_newton_in_process(tmp_path):
         assert e[-1] < e[0]
 
 
+@pytest.mark.slow
 def test_tabular_subprocess_default_out_under_cwd(tmp_path):
     res = run_cli(TABULAR_PY, ["--setting", "exact", "--seeds", 2, "--iters", 3, "--samplers", "unif,mix_p",
                                "--no-plots"], cwd=tmp_path)
@@ -205,6 +206,7 @@ def test_tabular_subprocess_default_out_under_cwd(tmp_path):
     assert info["command"][0].endswith("tabular.py")
 
 
+@pytest.mark.slow
 def test_linear_subprocess(tmp_path):
     out = tmp_path / "out"
     res = run_cli(LINEAR_PY, ["--setting", "empirical", "--seeds", 2, "--iters", 3, "--num-samples", 32,
@@ -555,6 +557,7 @@ def test_out_is_a_file_is_bad_input(tmp_path, capsys):
     ("tabular", ["--rewards", "{files}/r3d.npy"], "--rewards"),
     ("linear", ["--dim", "0"], "--dim"),
 ])
+@pytest.mark.slow
 def test_bad_input_subprocess(script, argv, flag, bad_files, tmp_path):
     out = tmp_path / "out"
     res = run_cli(SCRIPTS[script][1], _argv(argv, bad_files, out), cwd=tmp_path)
@@ -674,6 +677,7 @@ def test_help_lists_every_flag(script, extra, absent, capsys, tmp_path, monkeypa
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_help_subprocess(tmp_path):
     res = run_cli(TABULAR_PY, ["--help"], cwd=tmp_path)
     assert res.returncode == 0 and res.stderr == ""
