@@ -287,8 +287,7 @@ def test_two_gloo_processes_select_the_same_indices_as_one_process(tmp_path, sel
 
 def test_bench_sams_runs_and_prints_its_table(capsys):
     """benchmarks/bench_sams.py on a tiny budget: every variant timed, the table printed (no timing assertions)."""
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    import bench_sams
+    from benchmarks import bench_sams
 
     res = bench_sams.main(["--model", "toy:tiny", "--steps", "3", "--repeats", "1", "--batch-size", "4"])
     assert set(res["median_s"]) == {"all", "random_subset", "sams"}

@@ -1,7 +1,6 @@
 """The offline regime (bandit/offline.py), the selector registry (bandit/selectors.py) and the entry point
 bandit/examples/offline.py, on hand-made cases whose answers are worked out here, not by the code.
 """
-import importlib.util
 import json
 import math
 import os
@@ -14,6 +13,7 @@ import pytest
 import torch
 
 from bandit.envs import LinearEnv, TabularEnv
+from bandit.examples import offline as offline_cli
 from bandit.metrics import METRICS
 from bandit.offline import (CountWidth, Dataset, DesignWidth, OfflineSim, make_dataset, margins, selected_grad_h,
                             selected_loss)
@@ -26,17 +26,6 @@ BETA = 2.0
 REPO = Path(__file__).resolve().parents[1]
 OFFLINE_PY = REPO / "bandit" / "examples" / "offline.py"
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
-
-
-def _load(path: Path, name: str):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-offline_cli = _load(OFFLINE_PY, "bandit_example_offline")
 
 
 def tab_env(r, beta=BETA):

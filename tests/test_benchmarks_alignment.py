@@ -19,8 +19,7 @@ TINY = ["--dpo-size", "tiny", "--dpo-pairs", "8", "--dpo-steps", "3", "--dpo-bat
 
 
 def _bench():
-    sys.path.insert(0, str(SCRIPT.parent))
-    import bench_alignment
+    from benchmarks import bench_alignment
 
     return bench_alignment
 

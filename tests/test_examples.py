@@ -4,7 +4,6 @@ headline Newton-step claim, reproducibility, --rewards, bad input, divergence ha
 Every run is tiny (few seeds, few iterations, small --num-samples) and writes under tmp_path only.
 """
 import datetime as dt
-import importlib.util
 import json
 import math
 import os
@@ -17,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+from bandit.examples import linear, tabular
 from bandit.metrics import METRICS, convergence_order, iterations_to
 
 REPO = Path(__file__).resolve().parents[1]
@@ -29,16 +29,6 @@ EVENT_KEYS = {"setting", "sampler", "seed", "step", "event", "diverged_at"}
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
 
-def _load(path: Path, name: str):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses and typing.get_type_hints look the module up by name
-    spec.loader.exec_module(module)
-    return module
-
-
-tabular = _load(TABULAR_PY, "bandit_example_tabular")
-linear = _load(LINEAR_PY, "bandit_example_linear")
 SCRIPTS = {"tabular": (tabular, TABULAR_PY), "linear": (linear, LINEAR_PY)}
 
 
