@@ -232,5 +232,9 @@ def test_python_dash_m_subprocess(tmp_path):
     res = subprocess.run([sys.executable, "-m", "alignment.reward_model", *TINY], cwd=tmp_path, env=env,
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
-    assert (tmp_path / "runs/alignment/reward_model/toy/model/config.json").is_file()
-    assert "held-out pairwise accuracy after training" in res.stdout
+    run = tmp_path / "runs/alignment/reward_model/toy"  # the default --out and --name, under the working folder
+    assert (run / "model/config.json").is_file()
+    s = json.loads((run / "run.json").read_text())["summary"]
+    acc = [(r["step"], r["heldout_accuracy"]) for r in read_jsonl(run / "metrics.jsonl") if "heldout_accuracy" in r]
+    assert s["steps"] == 3 and acc == [(0, s["heldout_accuracy_before"]), (3, s["heldout_accuracy_after"])]
+    assert 0 <= s["heldout_accuracy_after"] <= 1

@@ -238,7 +238,13 @@ def test_python_dash_m_subprocess(tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     run = tmp_path / "runs/alignment/sft/toy"  # the default --out and --name, under the working folder
     assert (run / "model" / "config.json").is_file() and (run / "samples.jsonl").is_file()
-    assert "held-out loss before training" in res.stdout and "fluency rate" in res.stdout
+    s = json.loads((run / "run.json").read_text())["summary"]
+    evals = [(r["step"], r["heldout_loss"]) for r in read_jsonl(run / "metrics.jsonl") if "heldout_loss" in r]
+    assert s["steps"] == 4 and evals == [(0, pytest.approx(s["heldout_loss_before"])),
+                                         (4, pytest.approx(s["heldout_loss_after"]))]
+    samples = read_jsonl(run / "samples.jsonl")
+    assert len(samples) == 4 == s["num_samples"]
+    assert s["fluency_rate"] == pytest.approx(sum(r["fluent"] for r in samples) / 4)
     bad = subprocess.run([sys.executable, "-m", "alignment.sft", "--batch-size", "0"], cwd=tmp_path, env=env,
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "--batch-size" in bad.stderr

@@ -580,5 +580,7 @@ def test_subprocess_bad_flag_and_smoke(tmp_path):
     assert list(tmp_path.iterdir()) == []
     ok = run(TINY + ["--env", "tabular", "--selectors", "unif,reward_gap,borda", "--no-plots"])
     assert ok.returncode == 0, ok.stderr
-    assert (tmp_path / "runs" / "bandit" / "offline" / "tabular-flip0" / "metrics.jsonl").is_file()
-    assert "reward_gap" in ok.stdout
+    run = tmp_path / "runs" / "bandit" / "offline" / "tabular-flip0"
+    assert (run / "metrics.jsonl").is_file()
+    summary = json.loads((run / "summary.json").read_text())
+    assert list(summary) == ["tabular"] and list(summary["tabular"]) == ["all", "reward_gap", "borda"]
