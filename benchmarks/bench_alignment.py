@@ -65,9 +65,9 @@ import time
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
-from isolated import run_isolated  # benchmarks/isolated.py, beside this script
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python benchmarks/bench_alignment.py` from anywhere
+
+from benchmarks.isolated import run_isolated
 
 VARIANTS = ("generate", "single", "mixp")
 
@@ -727,11 +727,8 @@ def main(argv=None):
     if a.what == "all":
         print()
     if a.what in ("sams", "all"):
-        import importlib.util
+        from benchmarks import bench_sams
 
-        spec = importlib.util.spec_from_file_location("bench_sams", Path(__file__).with_name("bench_sams.py"))
-        bench_sams = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(bench_sams)
         bench_sams.main(["--device", a.device] + (["--threads", str(a.threads)] if a.threads else []))
 
 

@@ -11,9 +11,13 @@ from __future__ import annotations
 
 import argparse
 import resource
+import sys
 import time
+from pathlib import Path
 
-from isolated import run_isolated  # benchmarks/isolated.py, beside this script
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python benchmarks/bench_bandit.py` from anywhere
+
+from benchmarks.isolated import run_isolated
 
 
 def _measure(variant: str, setting: str, seeds: int, iters: int, device: str, sampler: str, queue):

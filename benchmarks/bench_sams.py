@@ -36,9 +36,9 @@ import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python benchmarks/bench_sams.py` from anywhere
 
-from bench_alignment import dpo_pairs  # benchmarks/bench_alignment.py, beside this script: the same toy pairs
+from benchmarks.bench_alignment import dpo_pairs  # the same toy pairs as bench_alignment
 
 VARIANTS = ("all", "random_subset", "sams")  # train_dpo --selector values
 

@@ -52,6 +52,7 @@ def test_select_rows_keeps_the_widest_prompts_with_their_best_optimistic_respons
     assert len(select_rows(rows, keep=0.3, seed=0)) == 1
 
 
+@pytest.mark.slow
 def test_score_batch_is_certain_without_dropout_and_uncertain_with_it():
     from alignment.core import toy
     from tests.conftest import sharp_toy_model
@@ -94,6 +95,7 @@ def test_generate_borda_writes_one_pair_per_kept_prompt(tmp_path):
     (["--num-responses", "3"], "--num-responses"),
     (["--backend", "vllm"], "--sampler"),
 ])
+@pytest.mark.slow
 def test_bad_borda_flags_exit_2(tmp_path, argv, flag):
     r = _run(["--policy", "toy:tiny", "--sampler", "borda", "--out", str(tmp_path / "o"), *argv])
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and flag in r.stderr, r.stderr

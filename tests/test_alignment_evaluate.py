@@ -294,6 +294,7 @@ def test_toy_oracle_refuses_other_prompts(capsys, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_python_dash_m_bad_flag(tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
     res = subprocess.run([sys.executable, "-m", "alignment.evaluate", "--policy", "toy:tiny", "--kl-samples", "0",

@@ -372,6 +372,7 @@ def test_vllm_backend_plumbing_with_a_stand_in(tmp_path, monkeypatch):
 
 # ------------------------------------------------------------------------------------- a real process
 
+@pytest.mark.slow
 def test_python_dash_m_subprocess(tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
     res = subprocess.run([sys.executable, "-m", "alignment.generate", "--policy", "toy:tiny", "--prompts", "toy:3",
@@ -388,6 +389,7 @@ def test_python_dash_m_subprocess(tmp_path):
     assert not (tmp_path / "bad").exists()
 
 
+@pytest.mark.slow
 def test_two_processes_under_torchrun_shard_and_gather(tmp_path):
     """torchrun --nproc_per_node 2 (two gloo processes on a CPU): each generates its share of the prompts,
     the main process writes every row once, in prompt order; a batch is drawn as in a one-process run."""

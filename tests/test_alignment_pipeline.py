@@ -30,6 +30,7 @@ def _lines(path: Path) -> list[dict]:
     return [json.loads(l) for l in path.read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_iterations_chain_with_fixed_reference(tmp_path):
     out = tmp_path / "run"
     main(["--config", _recipe(tmp_path), "--sampler", "mix_p", "--iterations", "2", "--seed", "3", "--out", str(out)])
@@ -56,7 +57,8 @@ def test_iterations_chain_with_fixed_reference(tmp_path):
     assert json.loads((out / "run.json").read_text())["finished"] is not None
 
 
-@pytest.mark.parametrize("sampler", ["offline", "on_policy", "gshf", "borda"])
+@pytest.mark.parametrize("sampler", ["offline", "on_policy", pytest.param("gshf", marks=pytest.mark.slow),
+                                     pytest.param("borda", marks=pytest.mark.slow)])
 def test_each_sampler_runs_an_iteration(tmp_path, sampler):
     out = tmp_path / sampler
     main(["--config", _recipe(tmp_path), "--sampler", sampler, "--iterations", "1", "--out", str(out)])
@@ -83,6 +85,7 @@ def _kill_when(proc, condition, timeout=240):
     proc.wait()
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
     """SIGKILL in the middle of iteration 1's training, then in the middle of iteration 2's generation; the same
     command then finishes the run: no stage's temporary files remain, no line is duplicated, and every number
@@ -143,6 +146,7 @@ def _fails(argv, words, tmp_path):
     ("promptz: toy:3\n", ["'promptz'"]),
     ("prompt_template: 'no placeholder'\n", ["--prompt-template"]),
 ])
+@pytest.mark.slow
 def test_bad_recipe_fails_before_any_work(tmp_path, extra, words):
     text = tiny_pipeline_recipe()
     for key in ("generate", "annotate", "train", "evaluate"):  # a later section of the same name replaces the first
@@ -153,6 +157,7 @@ def test_bad_recipe_fails_before_any_work(tmp_path, extra, words):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow
 def test_another_recipe_into_the_same_out_is_refused(tmp_path):
     out = tmp_path / "run"
     main(["--config", _recipe(tmp_path), "--sampler", "on_policy", "--iterations", "1", "--out", str(out)])
@@ -193,12 +198,14 @@ def test_per_sampler_settings_and_overrides_reach_the_stages(tmp_path, capsys):
     ("", "train.lrr=3", ["--override train", "'lrr'"]),
     ("", "lr=3", ["--override", "STAGE.KEY=VALUE"]),
 ])
+@pytest.mark.slow
 def test_bad_per_sampler_or_override(tmp_path, extra, override, words):
     _fails(["--config", _recipe(tmp_path, extra=extra), "--sampler", "mix_p", "--override", override,
             "--out", str(tmp_path / "o")], words, tmp_path)
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow
 def test_offline_regime_trains_on_a_fixed_set_and_reports_its_label(tmp_path):
     prefs = tmp_path / "prefs.jsonl"
     rows = [{"id": f"q{i}", "prompt": f"write about food in {i % 3 + 1} sentences :", "chosen": " the warm bread shines .",

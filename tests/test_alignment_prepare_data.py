@@ -174,6 +174,7 @@ def test_bad_flags(tmp_path, flags, word):
         pd.resolve(pd.Args())
 
 
+@pytest.mark.slow
 def test_cli_bad_input_is_one_line_and_writes_nothing(tmp_path):
     data = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "q", "chosen": "a", "rejected": "a"}])
     out = tmp_path / "out"

@@ -192,6 +192,7 @@ def test_split_slices_select_the_training_and_held_out_rows(tmp_path):
 # ------------------------------------------------------------------------------------------------ the scripts
 
 @pytest.mark.parametrize("name", RECIPES)
+@pytest.mark.slow
 def test_dry_run_prints_every_stage_of_every_iteration(runs, name):
     res = runs[name]
     assert res["rc"] == 0, res["stderr"]
@@ -236,6 +237,7 @@ def test_dry_run_prints_every_stage_of_every_iteration(runs, name):
     assert _wrote_nothing(res)
 
 
+@pytest.mark.slow
 def test_vllm_backend_on_request(runs):
     """--backend vllm: the pipeline's --override for offline / online / gshf, and none for mixp (hf only)."""
     res = runs["vllm-safe_rlhf"]
@@ -261,6 +263,7 @@ def test_vllm_backend_on_request(runs):
     assert _wrote_nothing(res)
 
 
+@pytest.mark.slow
 def test_iterative_prompt_mixp_seq_under_vllm_keeps_its_online_pair(runs):
     """per_sampler (the recipe's on-policy pair) and --override (the script's vLLM) both apply."""
     res = runs["vllm-iterative_prompt"]
@@ -278,6 +281,7 @@ def test_iterative_prompt_mixp_seq_under_vllm_keeps_its_online_pair(runs):
     assert _wrote_nothing(res)
 
 
+@pytest.mark.slow
 def test_user_override_joins_the_scripts(runs):
     res = runs["vllm-user-override"]
     assert res["rc"] == 0, res["stderr"]
@@ -293,6 +297,7 @@ def test_user_override_joins_the_scripts(runs):
 
 
 @pytest.mark.parametrize("name", RECIPES)
+@pytest.mark.slow
 def test_unknown_key_in_a_section_is_one_error_line(runs, name):
     res = runs[f"bad-{name}"]
     assert res["rc"] == 2
@@ -302,6 +307,7 @@ def test_unknown_key_in_a_section_is_one_error_line(runs, name):
 
 
 @pytest.mark.parametrize("name", RECIPES)
+@pytest.mark.slow
 def test_script_help_and_bad_arguments(name, tmp_path):
     script = f"alignment/scripts/{name}.sh"
     run = lambda *a: subprocess.run(["bash", script, *a], cwd=REPO, env=_env(tmp_path), capture_output=True,

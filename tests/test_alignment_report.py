@@ -338,6 +338,7 @@ def test_bad_input_one_line_exit_2_nothing_written(case, runs, tmp_path, capsys)
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_subprocess_help_and_exit_2(tmp_path):
     env_cmd = [sys.executable, "-m", "alignment.report"]
     res = subprocess.run(env_cmd + ["--help"], cwd=ROOT, capture_output=True, text=True, timeout=60)

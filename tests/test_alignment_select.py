@@ -9,7 +9,6 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -282,21 +281,19 @@ def test_us_and_ae_scores_closed_forms():
 
 # ------------------------------------------------------------------------------------------------ tokenization
 
-def test_tokenize_pair_is_trls_tokenization(monkeypatch):
-    from contextlib import nullcontext
-
-    import trl.trainer.dpo_trainer as dpo_trainer
+def test_tokenize_pair_is_trls_tokenization(tmp_path):
     from datasets import Dataset
-    from trl import DPOTrainer
+    from trl import DPOConfig, DPOTrainer
 
-    # TRL's process ordering would create accelerate's global PartialState here; not needed in one process
-    monkeypatch.setattr(dpo_trainer, "global_then_local_main_first", nullcontext)
     tok = toy.build_tokenizer()
     rows = [{"prompt": toy.make_prompt("ocean", 1), "chosen": " the calm wave rests .", "rejected": " the cold ice ."},
             {"prompt": toy.make_prompt("space", 2), "chosen": " the star .<eos>", "rejected": ""}]
-    fake = SimpleNamespace(_tokenizer=tok)
-    args = SimpleNamespace(dataset_num_proc=None, max_length=None, truncation_mode="keep_start")
-    theirs = DPOTrainer._prepare_dataset(fake, Dataset.from_list(rows), tok, args, "train")
+    # TRL's own tokenization: what a DPOTrainer holds as its train_dataset
+    trainer = DPOTrainer(model=toy.build_model(tok, "tiny"), ref_model=toy.build_model(tok, "tiny"),
+                         processing_class=tok, train_dataset=Dataset.from_list(rows),
+                         args=DPOConfig(output_dir=str(tmp_path), max_length=None, report_to="none", use_cpu=True,
+                                        bf16=False))
+    theirs = trainer.train_dataset
     for row, t in zip(rows, theirs, strict=True):
         assert sel.tokenize_pair(tok, row) == {k: t[k] for k in ("prompt_ids", "chosen_ids", "rejected_ids")}
     assert sel.tokenize_pair(tok, rows[1])["rejected_ids"] == [tok.eos_token_id]  # an empty response is EOS alone
@@ -418,6 +415,7 @@ def test_cli_bad_input_is_one_error_line_exit_2_and_writes_nothing(cli_files, tm
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_cli_as_a_module(cli_files, tmp_path):
     root, rows = cli_files
     bad = subprocess.run([sys.executable, "-m", "alignment.select", "--method", "ae", "--policy", root / "m0",
@@ -429,7 +427,8 @@ def test_cli_as_a_module(cli_files, tmp_path):
                          "--data", root / "prefs.jsonl", "--out", tmp_path, "--name", "u", "--seed", "3"],
                         cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120)
     assert ok.returncode == 0, ok.stderr[-2000:]
-    assert "us: kept 5 of 14 pairs" in ok.stdout
+    (m,) = _read(tmp_path / "u" / "metrics.jsonl")
+    assert (m["method"], m["kept"], m["n"]) == ("us", 5, 14) and len(_read(tmp_path / "u" / "preferences.jsonl")) == 5
     # the same seed in-process gives the same scores: the dropout masks are seeded
     again = _main(["--method", "us", "--policy", root / "m0", "--data", root / "prefs.jsonl", "--out", tmp_path,
                    "--name", "u2", "--seed", "3"])

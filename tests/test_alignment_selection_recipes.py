@@ -106,6 +106,7 @@ def _plain(words: list[str]) -> bool:
 # ------------------------------------------------------------------------------------------------ sams
 
 @pytest.mark.parametrize("key,model", [("sams-llama3", "llama3"), ("sams-mistral", "mistral")])
+@pytest.mark.slow
 def test_sams_dry_run_uses_the_papers_beta_and_lr_per_model(runs, key, model):
     prep, train = _ok(runs[key])
     policy, data, beta, lr = SAMS_MODELS[model]
@@ -124,6 +125,7 @@ def test_sams_dry_run_uses_the_papers_beta_and_lr_per_model(runs, key, model):
     assert "--sams-pretrain-steps" not in train  # the recipe's pre-training applies to sams
 
 
+@pytest.mark.slow
 def test_sams_random_subset_control_and_other_data(runs):
     prep, train = _ok(runs["sams-gemma2-control"])
     assert (_flag(prep, "--data"), _flag(prep, "--split")) == ("HuggingFaceH4/ultrafeedback_binarized", "train_prefs")
@@ -152,6 +154,7 @@ def test_sams_recipe_holds_the_papers_settings():
 
 # ------------------------------------------------------------------------------------------------ active
 
+@pytest.mark.slow
 def test_active_dry_run_splits_sfts_and_selects(runs):
     res = runs["active-ae"]
     prep, sft, train = _ok(res)
@@ -171,6 +174,7 @@ def test_active_dry_run_splits_sfts_and_selects(runs):
         ("ae", str(out / "ae"), "seed0")
 
 
+@pytest.mark.slow
 def test_active_us_and_another_model(runs):
     prep, sft, train = _ok(runs["active-us"])
     assert _flag(sft, "--model") == "Qwen/Qwen2.5-0.5B"  # the script's --model replaces the recipe's
@@ -196,6 +200,7 @@ def test_active_recipe_holds_the_codes_settings():
 
 # ------------------------------------------------------------------------------------------------ difficulty
 
+@pytest.mark.slow
 def test_difficulty_dry_run_selects_ten_percent_then_trains_dpo_and_a_reward_model(runs):
     res = runs["difficulty"]
     prep, selection, select, dpo, rm = _ok(res)
@@ -219,6 +224,7 @@ def test_difficulty_dry_run_selects_ten_percent_then_trains_dpo_and_a_reward_mod
                                                             "google/gemma-2b-it")
 
 
+@pytest.mark.slow
 def test_difficulty_with_a_given_selection_model(runs):
     cmds = _ok(runs["difficulty-given"])
     assert [_module(c) for c in cmds] == ["alignment.prepare_data", "alignment.select", "alignment.train_dpo"]
@@ -245,6 +251,7 @@ def test_difficulty_recipe_holds_the_codes_settings():
 @pytest.mark.parametrize("key,words", [("bad-sams-train", ["section 'train'", "bogus_key_xyz", "unknown key"]),
                                        ("bad-difficulty-select", ["section 'select'", "bogus_key_xyz", "unknown key"]),
                                        ("bad-active-sft", ["section 'sft'", "'lr'", "must be a number"])])
+@pytest.mark.slow
 def test_a_bad_key_in_a_copied_recipe_is_one_error_line(runs, key, words):
     res = runs[key]
     lines = [line for line in res["stderr"].splitlines() if line.strip()]
@@ -260,6 +267,7 @@ def test_a_bad_key_in_a_copied_recipe_is_one_error_line(runs, key, words):
     ("active", ["--config", "nope.yaml"], "--config"), ("difficulty", ["--bogus"], "--bogus"),
     ("difficulty", ["--seed", "-1"], "--seed"),
 ])
+@pytest.mark.slow
 def test_bad_script_arguments_exit_2_with_one_line(tmp_path, script, args, word):
     r = subprocess.run(["bash", f"alignment/scripts/{script}.sh", "--dry-run", *args], cwd=REPO, env=_env(tmp_path),
                        capture_output=True, text=True, timeout=120)
@@ -270,6 +278,7 @@ def test_bad_script_arguments_exit_2_with_one_line(tmp_path, script, args, word)
 
 
 @pytest.mark.parametrize("script", ["sams", "active", "difficulty"])
+@pytest.mark.slow
 def test_help(tmp_path, script):
     r = subprocess.run(["bash", f"alignment/scripts/{script}.sh", "--help"], cwd=REPO, env=_env(tmp_path),
                        capture_output=True, text=True, timeout=60)
@@ -279,6 +288,7 @@ def test_help(tmp_path, script):
 
 # ------------------------------------------------------------------------------------------------ a real run
 
+@pytest.mark.slow
 def test_real_run_checks_everything_then_runs_and_resumes(tmp_path):
     """Without --dry-run: every command is checked first, then run in order; a finished stage is skipped on the
     next run. prepare_data runs for real on a local file; `accelerate` is a fake on PATH that records its command
@@ -317,6 +327,7 @@ run.mkdir(parents=True)
     assert second.stdout.count("done:") == 2 and len(log.read_text().splitlines()) == 1  # nothing rerun
 
 
+@pytest.mark.slow
 def test_active_qlora_adds_lora_and_4bit_to_the_dpo_stage(tmp_path):
     r = subprocess.run(["bash", "alignment/scripts/active.sh", "--dry-run", "--qlora"], cwd=REPO, env=_env(tmp_path),
                        capture_output=True, text=True, timeout=120)

@@ -59,6 +59,7 @@ def heldout_loss(model, tok, rows) -> float:
 
 # ------------------------------------------------------------------------------ training does its job
 
+@pytest.mark.slow
 def test_training_lowers_the_heldout_loss(trained):
     info = json.loads((trained / "run.json").read_text())
     s = info["summary"]
@@ -80,6 +81,7 @@ def test_training_lowers_the_heldout_loss(trained):
         assert all(not isinstance(v, float) or math.isfinite(v) for v in r.values())
 
 
+@pytest.mark.slow
 def test_run_folder_layout_and_samples(trained):
     assert sorted(p.name for p in trained.iterdir()) == ["metrics.jsonl", "model", "run.json", "samples.jsonl"]
     no_hidden(trained.parent)
@@ -96,6 +98,7 @@ def test_run_folder_layout_and_samples(trained):
     assert s["mean_reward"] == pytest.approx(sum(r["reward"] for r in samples) / 16)
 
 
+@pytest.mark.slow
 def test_saved_model_reloads_offline_is_the_trained_one_and_generates(trained):
     folder = str(trained / "model")
     tok = load_tokenizer(folder)
@@ -226,6 +229,7 @@ def test_help_describes_every_flag(capsys):
 
 # ------------------------------------------------------------------------------------ subprocess
 
+@pytest.mark.slow
 def test_python_dash_m_subprocess(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", HF_HUB_OFFLINE="1",
                PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
@@ -234,7 +238,13 @@ def test_python_dash_m_subprocess(tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     run = tmp_path / "runs/alignment/sft/toy"  # the default --out and --name, under the working folder
     assert (run / "model" / "config.json").is_file() and (run / "samples.jsonl").is_file()
-    assert "held-out loss before training" in res.stdout and "fluency rate" in res.stdout
+    s = json.loads((run / "run.json").read_text())["summary"]
+    evals = [(r["step"], r["heldout_loss"]) for r in read_jsonl(run / "metrics.jsonl") if "heldout_loss" in r]
+    assert s["steps"] == 4 and evals == [(0, pytest.approx(s["heldout_loss_before"])),
+                                         (4, pytest.approx(s["heldout_loss_after"]))]
+    samples = read_jsonl(run / "samples.jsonl")
+    assert len(samples) == 4 == s["num_samples"]
+    assert s["fluency_rate"] == pytest.approx(sum(r["fluent"] for r in samples) / 4)
     bad = subprocess.run([sys.executable, "-m", "alignment.sft", "--batch-size", "0"], cwd=tmp_path, env=env,
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "--batch-size" in bad.stderr

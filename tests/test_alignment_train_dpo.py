@@ -106,6 +106,7 @@ def _cli(argv, tmp_path):
                           capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_cli_trains_and_writes_run(tmp_path):
     prefs = _write_prefs(tmp_path / "p.jsonl", PAIRS * 4)
     recipe = tmp_path / "r.yaml"
@@ -135,6 +136,7 @@ def test_cli_trains_and_writes_run(tmp_path):
                  marks=pytest.mark.skipif(__import__("importlib").util.find_spec("wandb") is not None,
                                           reason="wandb is installed here")),
 ])
+@pytest.mark.slow
 def test_bad_flags_exit_2_and_write_nothing(tmp_path, argv, rows, flag):
     prefs = _write_prefs(tmp_path / "p.jsonl", rows)
     r = _cli(["--preferences", str(prefs), "--policy", "toy:tiny", "--out", str(tmp_path / "out"), *argv], tmp_path)
@@ -149,6 +151,7 @@ def test_bad_flags_exit_2_and_write_nothing(tmp_path, argv, rows, flag):
     ("train:\n  dpo:\n    no_such_field: 1\n", ["'no_such_field'", "DPOConfig"]),
     ("train: [1, 2\n", ["not valid YAML"]),
 ])
+@pytest.mark.slow
 def test_bad_recipe_exits_2_naming_the_key(tmp_path, recipe, words):
     prefs = _write_prefs(tmp_path / "p.jsonl", PAIRS)
     (tmp_path / "r.yaml").write_text(recipe)
@@ -171,6 +174,7 @@ def _launch(cmd, timeout=300):
     return proc.returncode, out, err
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_match_one_process(tmp_path):
     """torchrun --nproc_per_node 2 (two gloo processes, what `accelerate launch` does on GPUs): batch 2 per process
     gives the same training as one process with batch 4 (DDP averages the two halves' gradients: the global
@@ -186,7 +190,6 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     code, out, err = _launch(torchrun + common + ["--batch-size", "2", "--out", str(tmp_path / "two")])
     assert code == 0, err[-3000:]
-    assert out.count("wrote") == 1  # the main process alone writes the run
     code, out, err = _launch([sys.executable] + common + ["--batch-size", "4", "--out", str(tmp_path / "one")])
     assert code == 0, err[-3000:]
     from alignment.core.models import load_causal_lm
@@ -201,6 +204,7 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     assert run["config"]["resolved"]["processes"] == 2
     rows1 = [json.loads(l) for l in (tmp_path / "one" / "dpo" / "metrics.jsonl").read_text().splitlines()]
     rows2 = [json.loads(l) for l in (tmp_path / "two" / "dpo" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows2] == [r["step"] for r in rows1] == [1, 2, 3]  # the main process alone logs
     assert [r["train_loss"] for r in rows2] == pytest.approx([r["train_loss"] for r in rows1], rel=1e-5)
 
 
@@ -226,6 +230,7 @@ def test_lora_trains_adapters_only_and_saves_merged_weights(tmp_path):
     (["--lora-r", "4", "--load-in-4bit"], "CUDA"),                # QLoRA on a CPU
     (["--lora-r", "-1"], "--lora-r"),
 ])
+@pytest.mark.slow
 def test_lora_flag_errors(tmp_path, argv, flag):
     if "CUDA" == flag and torch.cuda.is_available():
         pytest.skip("a GPU is here")

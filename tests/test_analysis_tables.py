@@ -231,6 +231,7 @@ def test_cli_markdown_csv_and_malformed_line(tmp_path, capsys):
     (["--strict"], ["malformed", ":4:"]),
     (["--ci", "normal"], ["--ci", "bootstrap"]),
 ])
+@pytest.mark.slow
 def test_cli_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, args, words):
     run = _bandit_task(tmp_path)
     if "--strict" in args:
@@ -244,6 +245,7 @@ def test_cli_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, args, 
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_cli_missing_runs_folder(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "analysis.leaderboard", str(tmp_path / "nope")],
                           capture_output=True, text=True, cwd=REPO)

@@ -7,6 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # every test starts a process (the scripts, or the peak-memory child)
+
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "benchmarks" / "bench_alignment.py"
 ENV = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
@@ -15,8 +19,7 @@ TINY = ["--dpo-size", "tiny", "--dpo-pairs", "8", "--dpo-steps", "3", "--dpo-bat
 
 
 def _bench():
-    sys.path.insert(0, str(SCRIPT.parent))
-    import bench_alignment
+    from benchmarks import bench_alignment
 
     return bench_alignment
 

@@ -4,7 +4,6 @@ headline Newton-step claim, reproducibility, --rewards, bad input, divergence ha
 Every run is tiny (few seeds, few iterations, small --num-samples) and writes under tmp_path only.
 """
 import datetime as dt
-import importlib.util
 import json
 import math
 import os
@@ -17,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+from bandit.examples import linear, tabular
 from bandit.metrics import METRICS
 from bandit.rates import convergence_order, iterations_to
 
@@ -30,16 +30,6 @@ EVENT_KEYS = {"setting", "sampler", "seed", "step", "event", "diverged_at"}
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
 
-def _load(path: Path, name: str):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses and typing.get_type_hints look the module up by name
-    spec.loader.exec_module(module)
-    return module
-
-
-tabular = _load(TABULAR_PY, "bandit_example_tabular")
-linear = _load(LINEAR_PY, "bandit_example_linear")
 SCRIPTS = {"tabular": (tabular, TABULAR_PY), "linear": (linear, LINEAR_PY)}
 
 
@@ -195,6 +185,7 @@ def test_linear_newton_in_process(tmp_path):
         assert e[-1] < e[0]
 
 
+@pytest.mark.slow
 def test_tabular_subprocess_default_out_under_cwd(tmp_path):
     res = run_cli(TABULAR_PY, ["--setting", "exact", "--seeds", 2, "--iters", 3, "--samplers", "unif,mix_p",
                                "--no-plots"], cwd=tmp_path)
@@ -206,6 +197,7 @@ def test_tabular_subprocess_default_out_under_cwd(tmp_path):
     assert info["command"][0].endswith("tabular.py")
 
 
+@pytest.mark.slow
 def test_linear_subprocess(tmp_path):
     out = tmp_path / "out"
     res = run_cli(LINEAR_PY, ["--setting", "empirical", "--seeds", 2, "--iters", 3, "--num-samples", 32,
@@ -556,6 +548,7 @@ def test_out_is_a_file_is_bad_input(tmp_path, capsys):
     ("tabular", ["--rewards", "{files}/r3d.npy"], "--rewards"),
     ("linear", ["--dim", "0"], "--dim"),
 ])
+@pytest.mark.slow
 def test_bad_input_subprocess(script, argv, flag, bad_files, tmp_path):
     out = tmp_path / "out"
     res = run_cli(SCRIPTS[script][1], _argv(argv, bad_files, out), cwd=tmp_path)
@@ -675,6 +668,7 @@ def test_help_lists_every_flag(script, extra, absent, capsys, tmp_path, monkeypa
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_help_subprocess(tmp_path):
     res = run_cli(TABULAR_PY, ["--help"], cwd=tmp_path)
     assert res.returncode == 0 and res.stderr == ""

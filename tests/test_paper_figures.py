@@ -126,6 +126,7 @@ def _skipped(stdout: str) -> dict[str, str]:
 
 # ------------------------------------------------------------------------------------------ make_all, all logs
 
+@pytest.mark.slow
 def test_make_all_makes_every_figure_and_table(made):
     out, stdout = made
     assert "skipped (0): nothing" in stdout and "layout:" not in stdout and "failed" not in stdout
@@ -146,6 +147,7 @@ def test_make_all_makes_every_figure_and_table(made):
         [f"{n}.{s}" for n in FIGURES for s in ("png", "pdf")] + ["tables"])
 
 
+@pytest.mark.slow
 def test_tables_hold_every_task_and_mark_the_frontier(made, logs):
     from analysis.iterations import frontier, iteration_table
     from analysis.runs import load_tasks
@@ -171,6 +173,7 @@ def test_tables_hold_every_task_and_mark_the_frontier(made, logs):
 
 
 @pytest.mark.parametrize("figure", FIGURES)
+@pytest.mark.slow
 def test_each_method_is_drawn_in_its_fixed_colour(made, figure):
     from analysis.style import SAMPLER_COLORS
 
@@ -187,6 +190,7 @@ def test_each_method_is_drawn_in_its_fixed_colour(made, figure):
 
 # ------------------------------------------------------------------------------------------ missing logs
 
+@pytest.mark.slow
 def test_missing_logs_are_skipped_with_their_command(logs, tmp_path):
     out = tmp_path / "out"
     proc = subprocess.run([sys.executable, str(REPO / "paper_figures" / "make_all.py"), "--runs",
@@ -203,6 +207,7 @@ def test_missing_logs_are_skipped_with_their_command(logs, tmp_path):
     assert (out / "tables" / "convergence.csv").exists() and not (out / "tables" / "alignment_iterations.csv").exists()
 
 
+@pytest.mark.slow
 def test_one_noise_level_makes_the_figure_and_names_the_other_command(logs, tmp_path):
     report = make_all.main(["--runs", str(logs / "runs" / "bandit" / "offline" / "flip0"), "--out", str(tmp_path),
                             "--only", "offline_selection"])
@@ -212,6 +217,7 @@ def test_one_noise_level_makes_the_figure_and_names_the_other_command(logs, tmp_
     assert "only no label noise logged" in note and "python bandit/examples/offline.py --flip 0.2" in note
 
 
+@pytest.mark.slow
 def test_several_tasks_get_one_file_each(logs, tmp_path):
     from analysis.runs import load_tasks
     from paper_figures import tabular_exact, tabular_empirical
@@ -229,6 +235,7 @@ def test_several_tasks_get_one_file_each(logs, tmp_path):
 
 # ------------------------------------------------------------------------------------------ scripts alone
 
+@pytest.mark.slow
 def test_one_script_alone_writes_its_files(logs, tmp_path):
     out = tmp_path / "x"
     proc = subprocess.run([sys.executable, str(REPO / "paper_figures" / "tabular_exact.py"), "--runs",
@@ -239,6 +246,7 @@ def test_one_script_alone_writes_its_files(logs, tmp_path):
     assert proc.stdout.splitlines() == [f"wrote {out / 'tabular_exact.png'}", f"wrote {out / 'tabular_exact.pdf'}"]
 
 
+@pytest.mark.slow
 def test_one_script_without_its_logs_names_the_command(logs, tmp_path):
     out = tmp_path / "x"
     proc = subprocess.run([sys.executable, str(REPO / "paper_figures" / "selection_toy.py"), "--runs",
@@ -250,6 +258,7 @@ def test_one_script_without_its_logs_names_the_command(logs, tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_bad_input_subprocess_exits_2_with_one_line(tmp_path):
     out = tmp_path / "out"
     proc = subprocess.run([sys.executable, str(REPO / "paper_figures" / "make_all.py"), "--runs",
@@ -268,6 +277,7 @@ def test_bad_input_subprocess_exits_2_with_one_line(tmp_path):
     (["--bogus"], "unrecognized arguments"),
     (["--out", "{tmp}/file.txt"], "is not a folder"),
 ])
+@pytest.mark.slow
 def test_bad_input_in_process(argv, expected, logs, tmp_path, capsys):
     (tmp_path / "file.txt").write_text("x")
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]

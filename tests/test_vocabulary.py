@@ -58,11 +58,13 @@ def test_unknown_name_is_one_error_listing_the_known_names():
     assert v.normalise("my-label") == "my-label" and v.normalise("full") == "all" and v.normalise(None) is None
 
 
+@pytest.mark.slow
 def test_importing_the_vocabulary_loads_no_torch():
     code = "import sys, bandit.vocabulary, analysis.style; print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
 
 
+@pytest.mark.slow
 def test_cli_prints_the_table_and_canonical_names():
     run = lambda *a: subprocess.run([sys.executable, "-m", "bandit.vocabulary", *a], capture_output=True, text=True)
     table = run()
