@@ -120,8 +120,8 @@ def _iteration(words: list[str]) -> int:
 
 @pytest.mark.parametrize("name", RECIPES)
 def test_recipe_loads_and_holds_the_papers_settings(name):
-    from alignment import pipeline
-    from alignment.recipes import check_section
+    from alignment.pipeline import driver as pipeline
+    from alignment.pipeline.recipes import check_section
 
     r = yaml.safe_load((REPO / f"alignment/configs/{name}.yaml").read_text())
     # the pipeline's own check of the top-level keys and of every section (what its dry run does first)
@@ -130,7 +130,7 @@ def test_recipe_loads_and_holds_the_papers_settings(name):
         if stage == "select":  # optional: these recipes select nothing
             assert stage not in r
             continue
-        check_section(pipeline._stage_args_class(stage), r[stage], f"{name}:{stage}", skip=pipeline.OWNED[stage])
+        check_section(pipeline.stage_args_class(stage), r[stage], f"{name}:{stage}", skip=pipeline.OWNED[stage])
     assert r["reward"] == "sfairXC/FsfairX-LLaMA3-RM-v0.1" and r.get("eval_reward") is None
     assert r["launch"] == ZERO3 and r["iterations"] == 3 and r["num_eval_prompts"] == 200
     assert r["prompts_per_iteration"] == 10000 and r["split"] == "train[:10000]"
@@ -159,7 +159,7 @@ def test_recipe_loads_and_holds_the_papers_settings(name):
         # Mix-P's on-policy pair [code], for mixp and its sequence-level variant only (an error for the others)
         pair = {"generate": {"mixp_online_pair": True}}
         assert r["per_sampler"] == {"mix_p": pair, "mix_p_seq": pair}
-        check_section(pipeline._stage_args_class("generate"), pair["generate"], f"{name}:per_sampler")
+        check_section(pipeline.stage_args_class("generate"), pair["generate"], f"{name}:per_sampler")
         assert t["batch_size"] * t.get("grad_accum", 1) * 8 == 32
 
 
@@ -167,7 +167,7 @@ def test_iterative_prompt_template_takes_the_user_message(tmp_path):
     """The RLHFlow rows' context_messages (chat messages) go into the Alpaca template as the user's text."""
     import json
 
-    from alignment.pipeline import load_pipeline_prompts
+    from alignment.pipeline.driver import load_pipeline_prompts
 
     r = yaml.safe_load((REPO / "alignment/configs/iterative_prompt.yaml").read_text())
     f = tmp_path / "p.jsonl"
@@ -320,7 +320,7 @@ def test_script_help_and_bad_arguments(name, tmp_path):
 
 @pytest.mark.parametrize("name,stage", [("zero2", 2), ("zero3", 3)])
 def test_deepspeed_accelerate_configs(name, stage, monkeypatch):
-    from alignment.pipeline import check_launch
+    from alignment.pipeline.driver import check_launch
 
     monkeypatch.chdir(REPO)
     cfg = yaml.safe_load((REPO / f"alignment/configs/{name}.yaml").read_text())

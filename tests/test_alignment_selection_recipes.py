@@ -138,7 +138,7 @@ def test_sams_random_subset_control_and_other_data(runs):
 
 def test_sams_recipe_holds_the_papers_settings():
     from alignment import train_dpo
-    from alignment.recipes import check_section
+    from alignment.pipeline.recipes import check_section
 
     r = yaml.safe_load((REPO / "alignment/configs/sams.yaml").read_text())
     t = check_section(train_dpo.Args, r["train"], "sams.yaml train")
@@ -180,7 +180,7 @@ def test_active_us_and_another_model(runs):
 
 def test_active_recipe_holds_the_codes_settings():
     from alignment import prepare_data, sft, train_dpo
-    from alignment.recipes import check_section
+    from alignment.pipeline.recipes import check_section
 
     r = yaml.safe_load((REPO / "alignment/configs/active.yaml").read_text())
     d = check_section(prepare_data.Args, r["data"], "active.yaml data")
@@ -229,7 +229,7 @@ def test_difficulty_with_a_given_selection_model(runs):
 
 def test_difficulty_recipe_holds_the_codes_settings():
     from alignment import reward_model, select, train_dpo
-    from alignment.recipes import check_section
+    from alignment.pipeline.recipes import check_section
 
     r = yaml.safe_load((REPO / "alignment/configs/difficulty.yaml").read_text())
     t = check_section(train_dpo.Args, r["train"], "train")

@@ -1,5 +1,5 @@
 """paper_figures/: every figure and table from a small set of REAL logs made by the entry points on tiny budgets
-(bandit/examples/tabular.py, linear.py, offline.py twice, alignment/pipeline.py for two samplers and, in its offline
+(bandit/examples/tabular.py, linear.py, offline.py twice, alignment.pipeline for two samplers and, in its offline
 regime, two selection labels), the skipped list for missing logs, one script run alone, and bad input.
 """
 import csv
@@ -37,9 +37,9 @@ TINY_OFFLINE = ["--seeds", "2", "--steps", "6", "--dataset", "96", "--batch", "8
 
 def _pipeline(argv, monkeypatch):
     """alignment.pipeline's main in-process, with the command line it would have (run.json's command names it)."""
-    from alignment.pipeline import main
+    from alignment.pipeline.driver import main
 
-    monkeypatch.setattr(sys, "argv", [str(REPO / "alignment" / "pipeline.py"), *argv])
+    monkeypatch.setattr(sys, "argv", [str(REPO / "alignment" / "pipeline" / "__main__.py"), *argv])
     main(argv)
 
 

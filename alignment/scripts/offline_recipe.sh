@@ -1,7 +1,7 @@
 # Shared by the offline selection recipes (sams.sh, active.sh, difficulty.sh); sourced, not run.
 # The caller sets SCRIPT_NAME, DRY_RUN (0/1) and FRESH (0/1), reads its recipe with recipe_vars, adds its commands
 # with stage and calls run_stages:
-#   --dry-run  every command is checked by its own module's parser and checks (alignment.dryrun, which prints it;
+#   --dry-run  every command is checked by its own module's parser and checks (alignment.pipeline.dryrun, which prints it;
 #              the launcher words before -m are kept); nothing is loaded, run or written, no GPU or network needed.
 #   otherwise  the same check of every command first (a bad flag stops the recipe before its first GPU hour), then
 #              the commands in order; a stage whose run folder holds a finished run.json is skipped (rerun the
@@ -43,7 +43,7 @@ import importlib, shlex, sys
 
 script, path, specs = sys.argv[1], sys.argv[2], sys.argv[3:]
 try:
-    from alignment.recipes import check_section, load_yaml
+    from alignment.pipeline.recipes import check_section, load_yaml
     from runlog import ConfigError
 except Exception as e:  # noqa: BLE001  (no torch / yaml in this python)
     sys.exit(f"{script}: error: cannot import alignment ({e}); set PYTHON to the project's environment")
@@ -142,9 +142,9 @@ finished() {  # RUN_DIR: it holds a finished run (run.json with a finish time)
             "$1/run.json" 2>/dev/null
 }
 
-# check_stages QUIET: every command of the recipe through alignment.dryrun (its main(): the module's own parser and
+# check_stages QUIET: every command of the recipe through alignment.pipeline.dryrun (its main(): the module's own parser and
 # checks, loading nothing), in one Python process (the imports once, not once per command); stops at the first bad
-# command with its one error line and exit code 2. QUIET=0 prints each command (as alignment.dryrun does) after a
+# command with its one error line and exit code 2. QUIET=0 prints each command (as alignment.pipeline.dryrun does) after a
 # comment line naming its stage. Under --dry-run, a --device cuda flag (alignment.sft and alignment.reward_model
 # have no "auto" device) is checked as --device cpu on a machine without CUDA, where the module's own check would
 # refuse it; the command printed is the real one. A real run checks it as it is.
@@ -168,8 +168,8 @@ for a in rest:
         cur = []
     else:
         cur.append(a)
-sys.argv[0] = "python -m alignment.dryrun"  # its error lines name the command that reports them
-from alignment import dryrun
+sys.argv[0] = "python -m alignment.pipeline.dryrun"  # its error lines name the command that reports them
+from alignment.pipeline import dryrun
 
 for i, (label, folder, *words) in enumerate(stages):
     check = list(words)
@@ -202,7 +202,7 @@ run_stages() {
         check_stages 0
         return 0
     fi
-    echo "# checking the $n commands (alignment.dryrun)"
+    echo "# checking the $n commands (alignment.pipeline.dryrun)"
     check_stages 1
     for ((i = 0; i < n; i++)); do
         eval "words=(${STAGE_CMDS[i]})"
