@@ -309,10 +309,12 @@ def test_script_help_and_bad_arguments(name, tmp_path):
     h = run("--help")
     assert h.returncode == 0 and h.stdout.startswith(f"usage: alignment/scripts/{name}.sh")
     for args, word in ((["--sampler", "dpo"], "--sampler"), (["--seed", "x"], "--seed"),
-                       (["--backend", "tpu"], "--backend"), (["--bogus"], "--bogus"), (["--out"], "--out")):
+                       (["--backend", "tpu"], "--backend"), (["--bogus"], "--bogus"), (["--out"], "--out"),
+                       (["--", "--bogus-flag"], "--bogus-flag")):  # a pipeline flag: every pipeline checked first
         r = run(*args)
         lines = [line for line in r.stderr.splitlines() if line.strip()]
         assert r.returncode == 2 and len(lines) == 1 and word in lines[0], (args, r.stderr)
+        assert lines[0].startswith(f"{name}.sh: error:") and r.stdout == "", (args, r.stdout)
     assert not _ours(tmp_path)
 
 

@@ -1,7 +1,8 @@
 """The offline selection recipes (alignment/configs/{sams,active,difficulty}.yaml) and their GPU scripts (sams.sh,
-active.sh, difficulty.sh, sharing alignment/scripts/offline_recipe.sh), checked on a CPU machine through the dry
-run: every command is parsed by its own module's parser and checked (python -m alignment.dryrun), printed, and
-nothing is loaded, run or written. One real-mode run (a fake `accelerate` on PATH) checks the resume logic."""
+active.sh, difficulty.sh, wrappers of alignment/pipeline/offline.py), checked on a CPU machine through the dry
+run: every command is parsed by its own module's parser and checked (alignment.pipeline.dryrun), printed, and
+nothing is loaded, run or written. One real-mode run (a fake `accelerate` on PATH) checks the resume logic (the
+pipeline's rule: a run folder and its FOLDER.done marker)."""
 import json
 import os
 import re

@@ -18,24 +18,29 @@ from runlog import ConfigError, exit_on_config_error, parse_dataclass
 
 # modules that read defaults from a YAML recipe (--config): the recipe section they read
 CONFIG_SECTIONS = {"alignment.train_dpo": "train"}
+# packages run as python -m PACKAGE: the module holding their Args
+PACKAGE_MAIN = {"alignment.pipeline": "alignment.pipeline.driver"}
 
 
 def parse_command(module_name: str, argv: list[str]):
     """(module, Args): `argv` parsed by module_name's own parser, with the recipe defaults it reads itself (--config
-    of alignment.train_dpo: the recipe's train: section). Imports the module, loads no model; a bad flag raises
-    ConfigError."""
+    of alignment.train_dpo: the recipe's train: section; a module's own recipe_defaults(argv), as the pipeline's).
+    Imports the module, loads no model; a bad flag raises ConfigError."""
     from alignment.pipeline.recipes import stage_defaults
 
     if not module_name.startswith("alignment."):
         raise ConfigError(f"{module_name}: only alignment.* modules can be checked")
     try:
-        module = importlib.import_module(module_name)
+        module = importlib.import_module(PACKAGE_MAIN.get(module_name, module_name))
     except ModuleNotFoundError:
         raise ConfigError(f"{module_name}: no such module") from None
     if not hasattr(module, "Args") or not hasattr(module, "resolve"):
         raise ConfigError(f"{module_name}: has no Args / resolve to check")
     section = getattr(module, "CONFIG_SECTION", CONFIG_SECTIONS.get(module_name))
-    defaults = stage_defaults(module.Args, argv, section) if section else None
+    if hasattr(module, "recipe_defaults"):
+        defaults = module.recipe_defaults(argv)
+    else:
+        defaults = stage_defaults(module.Args, argv, section) if section else None
     import contextlib
     import io
 

@@ -7,8 +7,9 @@ place when it is complete). Once the stage has returned, the orchestrator writes
     FOLDER.done             {"stage": ..., "finished": ...}: written last, atomically
 
 A stage is done when both exist. A rerun skips the done stages and starts again at the first one that is not;
-before running a stage it removes what a killed attempt left beside FOLDER (hidden folders whose names start with
-".FOLDER.": RunDir's temporary folders, a trainer's scratch folder). Nothing else is ever deleted.
+before running a stage it removes the temporary folders a killed attempt left beside FOLDER (RunDir's hidden
+".FOLDER.*.tmp" folders, never resumable). Nothing else is deleted: a trainer's scratch folder (".FOLDER.trainer")
+is the trainer's own, removed by it when it finishes.
 """
 from __future__ import annotations
 
@@ -42,13 +43,13 @@ def forget(folder) -> None:
 
 
 def clean_partial(folder) -> list[Path]:
-    """Remove what a killed attempt at the stage writing `folder` left: the hidden folders ".NAME.*" beside it.
-    Returns the removed paths."""
+    """Remove the temporary folders a killed attempt at the stage writing `folder` left beside it (".NAME.*.tmp",
+    what runlog.RunDir builds a run in). Returns the removed paths."""
     folder = Path(folder)
     removed = []
     if folder.parent.is_dir():
         for p in folder.parent.iterdir():
-            if p.name.startswith(f".{folder.name}.") and p.is_dir():
+            if p.name.startswith(f".{folder.name}.") and p.name.endswith(".tmp") and p.is_dir():
                 shutil.rmtree(p, ignore_errors=True)
                 removed.append(p)
     return removed

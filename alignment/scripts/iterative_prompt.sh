@@ -4,5 +4,9 @@
 # on-policy pair is in the recipe (per_sampler:).
 #   bash alignment/scripts/iterative_prompt.sh [--dry-run] [--sampler S] [--seed N] [--out DIR] [--backend hf|vllm]
 #       [-- PIPELINE FLAGS]
-# Options: --help. The shared runner: alignment/scripts/paper_recipe.sh.
-exec bash "$(dirname "${BASH_SOURCE[0]}")/paper_recipe.sh" iterative_prompt "$@"
+# Options: --help. The runner: alignment/pipeline/paper.py.
+# Env: PYTHON (default: python on PATH), BACKEND.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+PYTHON="${PYTHON:-$(command -v python || command -v python3 || echo python)}"
+exec "$PYTHON" -m alignment.pipeline.paper iterative_prompt "$@"

@@ -3,5 +3,9 @@
 # iterations of online DPO per sampler, one node of 8 x 80 GB GPUs (DeepSpeed ZeRO-3 for training).
 #   bash alignment/scripts/safe_rlhf.sh [--dry-run] [--sampler S] [--seed N] [--out DIR] [--backend hf|vllm]
 #       [-- PIPELINE FLAGS]
-# Options: --help. The shared runner: alignment/scripts/paper_recipe.sh.
-exec bash "$(dirname "${BASH_SOURCE[0]}")/paper_recipe.sh" safe_rlhf "$@"
+# Options: --help. The runner: alignment/pipeline/paper.py.
+# Env: PYTHON (default: python on PATH), BACKEND.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+PYTHON="${PYTHON:-$(command -v python || command -v python3 || echo python)}"
+exec "$PYTHON" -m alignment.pipeline.paper safe_rlhf "$@"
