@@ -1,5 +1,5 @@
 """The samplers paper's GPU recipes (alignment/configs/safe_rlhf.yaml, iterative_prompt.yaml) and their launcher
-scripts (safe_rlhf.sh, iterative_prompt.sh, both running alignment/scripts/paper_recipe.sh), checked on a CPU machine
+scripts (safe_rlhf.sh, iterative_prompt.sh, both wrappers of alignment/pipeline/paper.py), checked on a CPU machine
 through the dry run: every stage's flags are parsed by that stage's own parser and checked, the commands are
 printed, and nothing is loaded, run or written. Also the DeepSpeed accelerate configs the recipes launch training
 with."""
@@ -43,7 +43,7 @@ def runs(tmp_path_factory):
         tmp = root / f"tmp-{name}"
         tmp.mkdir()
         out = root / f"out-{name}"
-        jobs[name] = (["bash", f"alignment/scripts/{name}.sh", "--dry-run", "--seed", "7", "--out", str(out)],
+        jobs[name] = (["bash", f"alignment/{name}.sh", "--dry-run", "--seed", "7", "--out", str(out)],
                       tmp, out)
     vllm = {"vllm-safe_rlhf": ["safe_rlhf"],  # the four samplers: mixp keeps hf
             "vllm-iterative_prompt": ["iterative_prompt", "--sampler", "mixp_seq"],  # vLLM and the on-policy pair
@@ -55,7 +55,7 @@ def runs(tmp_path_factory):
         tmp.mkdir()
         out = root / f"out-{key}"
         cut = flags.index("--") if "--" in flags else len(flags)
-        jobs[key] = (["bash", f"alignment/scripts/{name}.sh", "--dry-run", "--backend", "vllm", "--out", str(out),
+        jobs[key] = (["bash", f"alignment/{name}.sh", "--dry-run", "--backend", "vllm", "--out", str(out),
                       *flags[:cut], *flags[cut:]], tmp, out)
     for name, section in (("safe_rlhf", "generate"), ("iterative_prompt", "train")):
         recipe = yaml.safe_load((REPO / f"alignment/configs/{name}.yaml").read_text())
@@ -303,11 +303,11 @@ def test_unknown_key_in_a_section_is_one_error_line(runs, name):
 
 @pytest.mark.parametrize("name", RECIPES)
 def test_script_help_and_bad_arguments(name, tmp_path):
-    script = f"alignment/scripts/{name}.sh"
+    script = f"alignment/{name}.sh"
     run = lambda *a: subprocess.run(["bash", script, *a], cwd=REPO, env=_env(tmp_path), capture_output=True,
                                     text=True, timeout=60)
     h = run("--help")
-    assert h.returncode == 0 and h.stdout.startswith(f"usage: alignment/scripts/{name}.sh")
+    assert h.returncode == 0 and h.stdout.startswith(f"usage: alignment/{name}.sh")
     for args, word in ((["--sampler", "dpo"], "--sampler"), (["--seed", "x"], "--seed"),
                        (["--backend", "tpu"], "--backend"), (["--bogus"], "--bogus"), (["--out"], "--out"),
                        (["--", "--bogus-flag"], "--bogus-flag")):  # a pipeline flag: every pipeline checked first

@@ -65,7 +65,7 @@ def runs(tmp_path_factory):
     for key, (script, flags) in cases.items():
         tmp, out = root / f"tmp-{key}", root / f"out-{key}"
         tmp.mkdir()
-        cmd = ["bash", f"alignment/scripts/{script}.sh", "--dry-run", "--out", str(out), *flags]
+        cmd = ["bash", f"alignment/{script}.sh", "--dry-run", "--out", str(out), *flags]
         procs[key] = (subprocess.Popen(cmd, cwd=REPO, env=_env(tmp), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                        text=True), tmp, out)
     results = {}
@@ -262,7 +262,7 @@ def test_a_bad_key_in_a_copied_recipe_is_one_error_line(runs, key, words):
     ("difficulty", ["--seed", "-1"], "--seed"),
 ])
 def test_bad_script_arguments_exit_2_with_one_line(tmp_path, script, args, word):
-    r = subprocess.run(["bash", f"alignment/scripts/{script}.sh", "--dry-run", *args], cwd=REPO, env=_env(tmp_path),
+    r = subprocess.run(["bash", f"alignment/{script}.sh", "--dry-run", *args], cwd=REPO, env=_env(tmp_path),
                        capture_output=True, text=True, timeout=120)
     lines = [line for line in r.stderr.splitlines() if line.strip()]
     assert r.returncode == 2 and len(lines) == 1 and word in lines[0] and lines[0].startswith(f"{script}.sh: error:"), \
@@ -272,9 +272,9 @@ def test_bad_script_arguments_exit_2_with_one_line(tmp_path, script, args, word)
 
 @pytest.mark.parametrize("script", ["sams", "active", "difficulty"])
 def test_help(tmp_path, script):
-    r = subprocess.run(["bash", f"alignment/scripts/{script}.sh", "--help"], cwd=REPO, env=_env(tmp_path),
+    r = subprocess.run(["bash", f"alignment/{script}.sh", "--help"], cwd=REPO, env=_env(tmp_path),
                        capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0 and r.stdout.startswith(f"usage: alignment/scripts/{script}.sh")
+    assert r.returncode == 0 and r.stdout.startswith(f"usage: alignment/{script}.sh")
     assert "--dry-run" in r.stdout
 
 
@@ -302,7 +302,7 @@ run.mkdir(parents=True)
     tmp, out = tmp_path / "tmp", tmp_path / "out"
     tmp.mkdir()
     env = _env(tmp, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    cmd = ["bash", "alignment/scripts/sams.sh", "--data", str(data), "--out", str(out), "--", "--max-steps", "1"]
+    cmd = ["bash", "alignment/sams.sh", "--data", str(data), "--out", str(out), "--", "--max-steps", "1"]
     first = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert first.returncode == 0, first.stderr
     assert first.stdout.startswith("# checking the 2 commands")
@@ -319,7 +319,7 @@ run.mkdir(parents=True)
 
 
 def test_active_qlora_adds_lora_and_4bit_to_the_dpo_stage(tmp_path):
-    r = subprocess.run(["bash", "alignment/scripts/active.sh", "--dry-run", "--qlora"], cwd=REPO, env=_env(tmp_path),
+    r = subprocess.run(["bash", "alignment/active.sh", "--dry-run", "--qlora"], cwd=REPO, env=_env(tmp_path),
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     train = [l for l in r.stdout.splitlines() if "alignment.train_dpo" in l and not l.startswith("#")]

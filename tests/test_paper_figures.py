@@ -27,9 +27,9 @@ LABELS = ("all", "random_subset")
 DRAWN = {"tabular_exact": BANDIT_SAMPLERS, "tabular_empirical": BANDIT_SAMPLERS, "linear_bandit": BANDIT_SAMPLERS,
          "offline_selection": SELECTORS, "alignment_reward_vs_kl": PIPELINE_SAMPLERS,
          "alignment_reward_per_iteration": PIPELINE_SAMPLERS, "selection_toy": LABELS}
-COMMANDS = {"alignment_reward_vs_kl": "bash alignment/scripts/toy.sh",
-            "alignment_reward_per_iteration": "bash alignment/scripts/toy.sh",
-            "selection_toy": "bash alignment/scripts/toy_selection.sh"}
+COMMANDS = {"alignment_reward_vs_kl": "bash alignment/toy.sh",
+            "alignment_reward_per_iteration": "bash alignment/toy.sh",
+            "selection_toy": "bash alignment/toy_selection.sh"}
 
 TINY_BANDIT = ["--seeds", "2", "--iters", "5", "--num-samples", "64", "--no-plots"]
 TINY_OFFLINE = ["--seeds", "2", "--steps", "6", "--dataset", "96", "--batch", "8", "--no-plots"]
@@ -246,7 +246,7 @@ def test_one_script_without_its_logs_names_the_command(logs, tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and proc.stdout == ""
     (line,) = proc.stderr.strip().splitlines()
-    assert "selection_toy" in line and line.endswith("produce the logs with: bash alignment/scripts/toy_selection.sh")
+    assert "selection_toy" in line and line.endswith("produce the logs with: bash alignment/toy_selection.sh")
     assert not out.exists()
 
 

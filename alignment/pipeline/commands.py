@@ -26,11 +26,11 @@ from alignment.pipeline import resume
 from runlog import ArgParser, ConfigError
 
 PYTHON = sys.executable  # the commands run with the interpreter that runs the script (its wrapper's $PYTHON)
-SCRIPTS = "alignment/scripts"  # where the wrappers live (the repository root is the working directory)
+SCRIPTS = "alignment"  # where the wrappers live (the repository root is the working directory)
 
 
 def script_path(name: str) -> str:
-    """The wrapper script of a recipe, as users type it: alignment/scripts/NAME.sh."""
+    """The wrapper script of a recipe, as users type it: alignment/NAME.sh."""
     return f"{SCRIPTS}/{name}.sh"
 
 
@@ -50,10 +50,11 @@ def script_parser(script: str) -> ArgParser:
     return ArgParser(prog=script, add_help=False, allow_abbrev=False)
 
 
-def parse_script(parser: ArgParser, argv, usage: str, passthrough: bool = True):
+def parse_script(parser: ArgParser, argv, usage: str, passthrough: bool = True, positional: tuple = ()):
     """(args, the words after `--`). -h / --help (before `--`) prints `usage` and exits 0. Without passthrough a
     `--` is refused like any unknown argument. Empty values of value flags are refused ("--out needs a value"), so
-    a flag's dest must be its name and a value flag's default None or a non-empty text."""
+    a flag's dest must be its name and a value flag's default None or a non-empty text; `positional` names the
+    dests of positional arguments (their empty value is the one-line error "DEST: empty")."""
     argv = list(argv)
     cut = argv.index("--") if passthrough and "--" in argv else len(argv)
     own, extra = argv[:cut], argv[cut + 1:]
@@ -63,7 +64,7 @@ def parse_script(parser: ArgParser, argv, usage: str, passthrough: bool = True):
     args = parser.parse_args(own)
     for name, value in vars(args).items():  # (value flags default to None, never to "")
         if isinstance(value, str) and not value.strip():
-            parser.error(f"--{name.replace('_', '-')} needs a value")
+            parser.error(f"{name}: empty" if name in positional else f"--{name.replace('_', '-')} needs a value")
     return args, extra
 
 
