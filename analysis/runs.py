@@ -1,7 +1,8 @@
 """What kind of experiment a run folder holds, and which runs answer the same question (a "task").
 
 Everything comes from `run.json`: the entry point that wrote it (`command[0]`: bandit/examples/tabular.py,
-linear.py, offline.py, alignment/pipeline.py) gives the kind; the config gives the task:
+linear.py, offline.py, alignment/pipeline/__main__.py, or alignment/pipeline.py in older logs) gives the kind; the
+config gives the task:
 
 - bandit kinds (tabular, linear, offline): runs whose configs agree on every setting that changes the
   numbers (beta, lr, step rule, sizes, flip, ...) form one task; bookkeeping (name, out, seeds, device,
@@ -50,7 +51,8 @@ def read_info(folder: str) -> RunInfo | Problem:
     if not isinstance(meta, dict) or not isinstance(meta.get("config", {}), dict):
         return Problem(str(path), None, "run.json is not an object with a 'config' object")
     command = meta.get("command") or [""]
-    script = Path(str(command[0])).stem
+    entry = Path(str(command[0]))
+    script = entry.parent.name if entry.stem == "__main__" else entry.stem  # python -m PACKAGE: the package
     kind = script if script in KINDS else None
     config = {k.removeprefix("config."): v for k, v in flatten(meta.get("config", {}), "config").items()}
     return RunInfo(str(folder), kind, config, str(meta.get("started", "")))

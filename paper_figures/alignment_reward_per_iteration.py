@@ -10,7 +10,7 @@ from paper_figures import common
 from runlog import exit_on_config_error
 
 NAME = "alignment_reward_per_iteration"
-COMMAND = "bash alignment/scripts/toy.sh"
+COMMAND = "bash alignment/toy.sh"
 PANELS = ("reward_mean", "win_rate")
 
 

@@ -10,7 +10,7 @@ from paper_figures import common
 from runlog import exit_on_config_error
 
 NAME = "alignment_reward_vs_kl"
-COMMAND = "bash alignment/scripts/toy.sh"
+COMMAND = "bash alignment/toy.sh"
 OFFSETS = ((7, 7), (7, -8), (-7, 7), (-7, -8))   # points (right/left, up/down) of the iteration numbers
 
 

@@ -26,7 +26,7 @@ from runlog import ConfigError, atomic_write_text, exit_on_config_error
 
 TABLES = "tables"
 BANDIT_COMMAND = "python bandit/examples/tabular.py and python bandit/examples/linear.py"
-PIPELINE_COMMAND = "bash alignment/scripts/toy.sh (or bash alignment/scripts/toy_selection.sh)"
+PIPELINE_COMMAND = "bash alignment/toy.sh (or bash alignment/toy_selection.sh)"
 
 
 @dataclass

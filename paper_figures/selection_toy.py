@@ -12,7 +12,7 @@ from paper_figures import common
 from runlog import exit_on_config_error
 
 NAME = "selection_toy"
-COMMAND = "bash alignment/scripts/toy_selection.sh"
+COMMAND = "bash alignment/toy_selection.sh"
 PANELS = ("reward_mean", "kl")
 BASELINE = "all"
 

@@ -13,6 +13,8 @@ class ConfigError(ValueError):
 def program_name() -> str:
     """How the user ran us: "python -m alignment.sft" for a module, else the script's file name."""
     spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    if spec is not None and spec.name and spec.name.endswith(".__main__"):  # python -m PACKAGE
+        return f"python -m {spec.name[:-len('.__main__')]}"
     if spec is not None and spec.name and not spec.name.endswith("__main__"):
         return f"python -m {spec.name}"
     return sys.argv[0].rsplit("/", 1)[-1] if sys.argv and sys.argv[0] else "error"

@@ -1,7 +1,7 @@
-"""alignment.dryrun: a command is checked by its own module's parser and checks, and nothing runs."""
+"""alignment.pipeline.dryrun: a command is checked by its own module's parser and checks, and nothing runs."""
 import pytest
 
-from alignment.dryrun import main
+from alignment.pipeline.dryrun import main
 
 
 def test_good_command_is_printed_and_nothing_written(tmp_path, capsys):

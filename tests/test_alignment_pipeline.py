@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from alignment.pipeline import main
+from alignment.pipeline.driver import main
 from conftest import tiny_pipeline_recipe
 
 REPO = Path(__file__).resolve().parents[1]
@@ -134,6 +134,7 @@ def _fails(argv, words, tmp_path):
     r = subprocess.run([sys.executable, "-m", "alignment.pipeline", *argv], cwd=REPO, env=ENV, capture_output=True,
                        text=True, timeout=120)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert r.stderr.startswith("python -m alignment.pipeline: error: "), r.stderr  # the command the user typed
     assert all(w in r.stderr for w in words), r.stderr
 
 
@@ -190,6 +191,17 @@ def test_per_sampler_settings_and_overrides_reach_the_stages(tmp_path, capsys):
         assert train.index("--lr") > train.index("--config") and train[train.index("--lr") + 1] == "0.5"
         assert cmd["evaluate"][cmd["evaluate"].index("--temperature") + 1] == "0.2"
         assert "--batch-size" not in cmd["generate"]  # null: the stage's own default
+
+
+def test_fresh_deletes_only_a_pipeline_run_folder(tmp_path):
+    """--fresh starts OUT over only when OUT holds this driver's pipeline.json (or is empty); any other folder is left
+    alone with one error line."""
+    other = tmp_path / "not_a_run"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep me")
+    _fails(["--config", _recipe(tmp_path), "--sampler", "offline", "--iterations", "1", "--out", str(other),
+            "--fresh"], ["--fresh", "pipeline.json"], tmp_path)
+    assert (other / "notes.txt").read_text() == "keep me"
 
 
 @pytest.mark.parametrize("extra, override, words", [

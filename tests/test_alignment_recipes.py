@@ -1,5 +1,5 @@
 """The samplers paper's GPU recipes (alignment/configs/safe_rlhf.yaml, iterative_prompt.yaml) and their launcher
-scripts (safe_rlhf.sh, iterative_prompt.sh, both running alignment/scripts/paper_recipe.sh), checked on a CPU machine
+scripts (safe_rlhf.sh, iterative_prompt.sh, both wrappers of alignment/pipeline/paper.py), checked on a CPU machine
 through the dry run: every stage's flags are parsed by that stage's own parser and checked, the commands are
 printed, and nothing is loaded, run or written. Also the DeepSpeed accelerate configs the recipes launch training
 with."""
@@ -43,7 +43,7 @@ def runs(tmp_path_factory):
         tmp = root / f"tmp-{name}"
         tmp.mkdir()
         out = root / f"out-{name}"
-        jobs[name] = (["bash", f"alignment/scripts/{name}.sh", "--dry-run", "--seed", "7", "--out", str(out)],
+        jobs[name] = (["bash", f"alignment/{name}.sh", "--dry-run", "--seed", "7", "--out", str(out)],
                       tmp, out)
     vllm = {"vllm-safe_rlhf": ["safe_rlhf"],  # the four samplers: mixp keeps hf
             "vllm-iterative_prompt": ["iterative_prompt", "--sampler", "mixp_seq"],  # vLLM and the on-policy pair
@@ -55,7 +55,7 @@ def runs(tmp_path_factory):
         tmp.mkdir()
         out = root / f"out-{key}"
         cut = flags.index("--") if "--" in flags else len(flags)
-        jobs[key] = (["bash", f"alignment/scripts/{name}.sh", "--dry-run", "--backend", "vllm", "--out", str(out),
+        jobs[key] = (["bash", f"alignment/{name}.sh", "--dry-run", "--backend", "vllm", "--out", str(out),
                       *flags[:cut], *flags[cut:]], tmp, out)
     for name, section in (("safe_rlhf", "generate"), ("iterative_prompt", "train")):
         recipe = yaml.safe_load((REPO / f"alignment/configs/{name}.yaml").read_text())
@@ -120,8 +120,8 @@ def _iteration(words: list[str]) -> int:
 
 @pytest.mark.parametrize("name", RECIPES)
 def test_recipe_loads_and_holds_the_papers_settings(name):
-    from alignment import pipeline
-    from alignment.recipes import check_section
+    from alignment.pipeline import driver as pipeline
+    from alignment.pipeline.recipes import check_section
 
     r = yaml.safe_load((REPO / f"alignment/configs/{name}.yaml").read_text())
     # the pipeline's own check of the top-level keys and of every section (what its dry run does first)
@@ -130,7 +130,7 @@ def test_recipe_loads_and_holds_the_papers_settings(name):
         if stage == "select":  # optional: these recipes select nothing
             assert stage not in r
             continue
-        check_section(pipeline._stage_args_class(stage), r[stage], f"{name}:{stage}", skip=pipeline.OWNED[stage])
+        check_section(pipeline.stage_args_class(stage), r[stage], f"{name}:{stage}", skip=pipeline.OWNED[stage])
     assert r["reward"] == "sfairXC/FsfairX-LLaMA3-RM-v0.1" and r.get("eval_reward") is None
     assert r["launch"] == ZERO3 and r["iterations"] == 3 and r["num_eval_prompts"] == 200
     assert r["prompts_per_iteration"] == 10000 and r["split"] == "train[:10000]"
@@ -159,7 +159,7 @@ def test_recipe_loads_and_holds_the_papers_settings(name):
         # Mix-P's on-policy pair [code], for mixp and its sequence-level variant only (an error for the others)
         pair = {"generate": {"mixp_online_pair": True}}
         assert r["per_sampler"] == {"mix_p": pair, "mix_p_seq": pair}
-        check_section(pipeline._stage_args_class("generate"), pair["generate"], f"{name}:per_sampler")
+        check_section(pipeline.stage_args_class("generate"), pair["generate"], f"{name}:per_sampler")
         assert t["batch_size"] * t.get("grad_accum", 1) * 8 == 32
 
 
@@ -167,7 +167,7 @@ def test_iterative_prompt_template_takes_the_user_message(tmp_path):
     """The RLHFlow rows' context_messages (chat messages) go into the Alpaca template as the user's text."""
     import json
 
-    from alignment.pipeline import load_pipeline_prompts
+    from alignment.pipeline.driver import load_pipeline_prompts
 
     r = yaml.safe_load((REPO / "alignment/configs/iterative_prompt.yaml").read_text())
     f = tmp_path / "p.jsonl"
@@ -309,16 +309,18 @@ def test_unknown_key_in_a_section_is_one_error_line(runs, name):
 @pytest.mark.parametrize("name", RECIPES)
 @pytest.mark.slow
 def test_script_help_and_bad_arguments(name, tmp_path):
-    script = f"alignment/scripts/{name}.sh"
+    script = f"alignment/{name}.sh"
     run = lambda *a: subprocess.run(["bash", script, *a], cwd=REPO, env=_env(tmp_path), capture_output=True,
                                     text=True, timeout=60)
     h = run("--help")
-    assert h.returncode == 0 and h.stdout.startswith(f"usage: alignment/scripts/{name}.sh")
+    assert h.returncode == 0 and h.stdout.startswith(f"usage: alignment/{name}.sh")
     for args, word in ((["--sampler", "dpo"], "--sampler"), (["--seed", "x"], "--seed"),
-                       (["--backend", "tpu"], "--backend"), (["--bogus"], "--bogus"), (["--out"], "--out")):
+                       (["--backend", "tpu"], "--backend"), (["--bogus"], "--bogus"), (["--out"], "--out"),
+                       (["--", "--bogus-flag"], "--bogus-flag")):  # a pipeline flag: every pipeline checked first
         r = run(*args)
         lines = [line for line in r.stderr.splitlines() if line.strip()]
         assert r.returncode == 2 and len(lines) == 1 and word in lines[0], (args, r.stderr)
+        assert lines[0].startswith(f"{name}.sh: error:") and r.stdout == "", (args, r.stdout)
     assert not _ours(tmp_path)
 
 
@@ -326,7 +328,7 @@ def test_script_help_and_bad_arguments(name, tmp_path):
 
 @pytest.mark.parametrize("name,stage", [("zero2", 2), ("zero3", 3)])
 def test_deepspeed_accelerate_configs(name, stage, monkeypatch):
-    from alignment.pipeline import check_launch
+    from alignment.pipeline.driver import check_launch
 
     monkeypatch.chdir(REPO)
     cfg = yaml.safe_load((REPO / f"alignment/configs/{name}.yaml").read_text())

@@ -1,7 +1,8 @@
 """The offline selection recipes (alignment/configs/{sams,active,difficulty}.yaml) and their GPU scripts (sams.sh,
-active.sh, difficulty.sh, sharing alignment/scripts/offline_recipe.sh), checked on a CPU machine through the dry
-run: every command is parsed by its own module's parser and checked (python -m alignment.dryrun), printed, and
-nothing is loaded, run or written. One real-mode run (a fake `accelerate` on PATH) checks the resume logic."""
+active.sh, difficulty.sh, wrappers of alignment/pipeline/offline.py), checked on a CPU machine through the dry
+run: every command is parsed by its own module's parser and checked (alignment.pipeline.dryrun), printed, and
+nothing is loaded, run or written. One real-mode run (a fake `accelerate` on PATH) checks the resume logic (the
+pipeline's rule: a run folder and its FOLDER.done marker)."""
 import json
 import os
 import re
@@ -64,7 +65,7 @@ def runs(tmp_path_factory):
     for key, (script, flags) in cases.items():
         tmp, out = root / f"tmp-{key}", root / f"out-{key}"
         tmp.mkdir()
-        cmd = ["bash", f"alignment/scripts/{script}.sh", "--dry-run", "--out", str(out), *flags]
+        cmd = ["bash", f"alignment/{script}.sh", "--dry-run", "--out", str(out), *flags]
         procs[key] = (subprocess.Popen(cmd, cwd=REPO, env=_env(tmp), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                        text=True), tmp, out)
     results = {}
@@ -140,7 +141,7 @@ def test_sams_random_subset_control_and_other_data(runs):
 
 def test_sams_recipe_holds_the_papers_settings():
     from alignment import train_dpo
-    from alignment.recipes import check_section
+    from alignment.pipeline.recipes import check_section
 
     r = yaml.safe_load((REPO / "alignment/configs/sams.yaml").read_text())
     t = check_section(train_dpo.Args, r["train"], "sams.yaml train")
@@ -184,7 +185,7 @@ def test_active_us_and_another_model(runs):
 
 def test_active_recipe_holds_the_codes_settings():
     from alignment import prepare_data, sft, train_dpo
-    from alignment.recipes import check_section
+    from alignment.pipeline.recipes import check_section
 
     r = yaml.safe_load((REPO / "alignment/configs/active.yaml").read_text())
     d = check_section(prepare_data.Args, r["data"], "active.yaml data")
@@ -235,7 +236,7 @@ def test_difficulty_with_a_given_selection_model(runs):
 
 def test_difficulty_recipe_holds_the_codes_settings():
     from alignment import reward_model, select, train_dpo
-    from alignment.recipes import check_section
+    from alignment.pipeline.recipes import check_section
 
     r = yaml.safe_load((REPO / "alignment/configs/difficulty.yaml").read_text())
     t = check_section(train_dpo.Args, r["train"], "train")
@@ -269,7 +270,7 @@ def test_a_bad_key_in_a_copied_recipe_is_one_error_line(runs, key, words):
 ])
 @pytest.mark.slow
 def test_bad_script_arguments_exit_2_with_one_line(tmp_path, script, args, word):
-    r = subprocess.run(["bash", f"alignment/scripts/{script}.sh", "--dry-run", *args], cwd=REPO, env=_env(tmp_path),
+    r = subprocess.run(["bash", f"alignment/{script}.sh", "--dry-run", *args], cwd=REPO, env=_env(tmp_path),
                        capture_output=True, text=True, timeout=120)
     lines = [line for line in r.stderr.splitlines() if line.strip()]
     assert r.returncode == 2 and len(lines) == 1 and word in lines[0] and lines[0].startswith(f"{script}.sh: error:"), \
@@ -280,9 +281,9 @@ def test_bad_script_arguments_exit_2_with_one_line(tmp_path, script, args, word)
 @pytest.mark.parametrize("script", ["sams", "active", "difficulty"])
 @pytest.mark.slow
 def test_help(tmp_path, script):
-    r = subprocess.run(["bash", f"alignment/scripts/{script}.sh", "--help"], cwd=REPO, env=_env(tmp_path),
+    r = subprocess.run(["bash", f"alignment/{script}.sh", "--help"], cwd=REPO, env=_env(tmp_path),
                        capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0 and r.stdout.startswith(f"usage: alignment/scripts/{script}.sh")
+    assert r.returncode == 0 and r.stdout.startswith(f"usage: alignment/{script}.sh")
     assert "--dry-run" in r.stdout
 
 
@@ -311,7 +312,7 @@ run.mkdir(parents=True)
     tmp, out = tmp_path / "tmp", tmp_path / "out"
     tmp.mkdir()
     env = _env(tmp, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    cmd = ["bash", "alignment/scripts/sams.sh", "--data", str(data), "--out", str(out), "--", "--max-steps", "1"]
+    cmd = ["bash", "alignment/sams.sh", "--data", str(data), "--out", str(out), "--", "--max-steps", "1"]
     first = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert first.returncode == 0, first.stderr
     assert first.stdout.startswith("# checking the 2 commands")
@@ -329,7 +330,7 @@ run.mkdir(parents=True)
 
 @pytest.mark.slow
 def test_active_qlora_adds_lora_and_4bit_to_the_dpo_stage(tmp_path):
-    r = subprocess.run(["bash", "alignment/scripts/active.sh", "--dry-run", "--qlora"], cwd=REPO, env=_env(tmp_path),
+    r = subprocess.run(["bash", "alignment/active.sh", "--dry-run", "--qlora"], cwd=REPO, env=_env(tmp_path),
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     train = [l for l in r.stdout.splitlines() if "alignment.train_dpo" in l and not l.startswith("#")]

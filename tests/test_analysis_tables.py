@@ -67,6 +67,19 @@ def test_kinds_tasks_and_newest_duplicate(tmp_path):
     assert by["toy"].kind == "pipeline" and by["toy"].methods == ["on_policy"]  # an older log's alias, mapped
 
 
+def test_pipeline_runs_of_python_m_alignment_pipeline_and_of_older_logs_are_one_kind(tmp_path):
+    """`python -m alignment.pipeline` records alignment/pipeline/__main__.py as command[0]; older logs recorded
+    alignment/pipeline.py: both are pipeline runs, of one task per recipe."""
+    write_run(tmp_path / "new", "/x/alignment/pipeline/__main__.py", {"config": "alignment/configs/toy.yaml"},
+              pipeline_rows("mix_p", 0, [0.0, 1.0], [0.0, 1.0]))
+    write_run(tmp_path / "old", "/x/alignment/pipeline.py", {"config": "alignment/configs/toy.yaml"},
+              pipeline_rows("offline", 0, [0.0, 0.5], [0.0, 1.0]))
+    write_run(tmp_path / "other", "/x/alignment/other/__main__.py", {}, [{"step": 0, "loss": 1.0}])
+    tasks, problems = load_tasks([tmp_path])
+    assert problems == [] and [(t.name, t.kind) for t in tasks] == [("toy", "pipeline")]
+    assert sorted(tasks[0].methods) == ["mix_p", "offline"]
+
+
 def test_unreadable_run_json_is_a_problem_and_the_rest_loads(tmp_path):
     write_run(tmp_path / "good", "bandit/examples/tabular.py", {}, tabular_rows("unif", "exact", {0: [1.0]}))
     bad = write_run(tmp_path / "bad", "bandit/examples/tabular.py", {}, tabular_rows("unif", "exact", {1: [1.0]}))

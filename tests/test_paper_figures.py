@@ -1,5 +1,5 @@
 """paper_figures/: every figure and table from a small set of REAL logs made by the entry points on tiny budgets
-(bandit/examples/tabular.py, linear.py, offline.py twice, alignment/pipeline.py for two samplers and, in its offline
+(bandit/examples/tabular.py, linear.py, offline.py twice, alignment.pipeline for two samplers and, in its offline
 regime, two selection labels), the skipped list for missing logs, one script run alone, and bad input.
 """
 import csv
@@ -27,9 +27,9 @@ LABELS = ("all", "random_subset")
 DRAWN = {"tabular_exact": BANDIT_SAMPLERS, "tabular_empirical": BANDIT_SAMPLERS, "linear_bandit": BANDIT_SAMPLERS,
          "offline_selection": SELECTORS, "alignment_reward_vs_kl": PIPELINE_SAMPLERS,
          "alignment_reward_per_iteration": PIPELINE_SAMPLERS, "selection_toy": LABELS}
-COMMANDS = {"alignment_reward_vs_kl": "bash alignment/scripts/toy.sh",
-            "alignment_reward_per_iteration": "bash alignment/scripts/toy.sh",
-            "selection_toy": "bash alignment/scripts/toy_selection.sh"}
+COMMANDS = {"alignment_reward_vs_kl": "bash alignment/toy.sh",
+            "alignment_reward_per_iteration": "bash alignment/toy.sh",
+            "selection_toy": "bash alignment/toy_selection.sh"}
 
 TINY_BANDIT = ["--seeds", "2", "--iters", "5", "--num-samples", "64", "--no-plots"]
 TINY_OFFLINE = ["--seeds", "2", "--steps", "6", "--dataset", "96", "--batch", "8", "--no-plots"]
@@ -37,9 +37,9 @@ TINY_OFFLINE = ["--seeds", "2", "--steps", "6", "--dataset", "96", "--batch", "8
 
 def _pipeline(argv, monkeypatch):
     """alignment.pipeline's main in-process, with the command line it would have (run.json's command names it)."""
-    from alignment.pipeline import main
+    from alignment.pipeline.driver import main
 
-    monkeypatch.setattr(sys, "argv", [str(REPO / "alignment" / "pipeline.py"), *argv])
+    monkeypatch.setattr(sys, "argv", [str(REPO / "alignment" / "pipeline" / "__main__.py"), *argv])
     main(argv)
 
 
@@ -254,7 +254,7 @@ def test_one_script_without_its_logs_names_the_command(logs, tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and proc.stdout == ""
     (line,) = proc.stderr.strip().splitlines()
-    assert "selection_toy" in line and line.endswith("produce the logs with: bash alignment/scripts/toy_selection.sh")
+    assert "selection_toy" in line and line.endswith("produce the logs with: bash alignment/toy_selection.sh")
     assert not out.exists()
 
 

@@ -7,11 +7,12 @@ Iteration t (1..N) draws its prompts (the t-th chunk of --prompts, `prompts_per_
 responses with the sampler from the current policy pi_{t-1} and the fixed reference pi_0 (the initial policy),
 annotates them with --reward, trains pi_t from pi_{t-1} with DPO against pi_0, and evaluates pi_t against pi_0
 on the held-out prompts (reward, win rate, KL; alignment.evaluate). Iteration 0 evaluates pi_0 itself, so every
-curve starts at the initial policy. Each stage is the module's own entry point (alignment.generate, .annotate,
-.train_dpo, .evaluate) with the flags the recipe's section gives it: run in this process, or, with `launch`
-set (e.g. "accelerate launch --config_file alignment/configs/zero3.yaml"), as that command for training and
-HF generation and as `python -m` for the other stages. --dry-run checks every stage's flags and prints the
-commands without running anything (no GPU needed).
+curve starts at the initial policy. Each stage is a module of its own (alignment.generate, .annotate, .select,
+.train_dpo, .evaluate) given the flags the recipe's section sets: the stage's own parser reads them into its Args
+(the very flags --dry-run prints) and the stage runs in this process as module.run(args); with `launch` set (e.g.
+"accelerate launch --config_file alignment/configs/zero3.yaml") training and HF generation run as that command
+instead, with those flags. --dry-run checks every stage's flags and prints the commands without running anything
+(no GPU needed).
 
 Offline regime (--preferences D): every iteration trains on the fixed set D instead of generating and annotating;
 with a `select:` section that names a method (alignment.select: reward_gap, us, ae), a select stage keeps part of
@@ -30,10 +31,11 @@ Layout of OUT (default runs/alignment/pipeline/SAMPLER-seedS):
                                     checkpoint; select only with a select method; no generate/annotate offline)
     iter_T/STAGE.done               the stage's done marker;  iter_T/STAGE.log  its printed output
 
-Resume: a stage's run folder appears by an atomic rename once it is complete, and then its done marker is
-written; metrics.jsonl is rewritten whole (atomically) from the done evaluations after each iteration. Kill
-the process at any moment and run the same command again: it removes half-written temporary folders and
-continues from the first stage without a done marker. --fresh starts OUT over.
+Resume (alignment/pipeline/resume.py, the rule every orchestrator of this package follows): a stage's run folder
+appears by an atomic rename once it is complete, and then its done marker is written; metrics.jsonl is rewritten
+whole (atomically) from the done evaluations after each iteration. Kill the process at any moment and run the same
+command again: it removes half-written temporary folders and continues from the first stage without a done marker.
+--fresh starts OUT over (only a folder that holds this driver's pipeline.json, or an empty one, is deleted).
 """
 from __future__ import annotations
 
@@ -49,10 +51,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from runlog import (
-    ConfigError, arg, atomic_write_json, atomic_write_text, check_out, exit_on_config_error, parse_dataclass)
-from runlog.rundir import dumps
+from alignment.pipeline import resume
+from alignment.pipeline.recipes import check_section, config_path, load_yaml
 from bandit.vocabulary import PAIR_SAMPLER, canonical, names, normalise
+from runlog import ConfigError, arg, atomic_write_json, atomic_write_text, check_out, entry_point
+from runlog.rundir import dumps
 
 SAMPLERS = names(PAIR_SAMPLER, "alignment")
 STAGES = ("generate", "annotate", "select", "train", "evaluate")
@@ -111,7 +114,8 @@ class Args:
         "help": "recipe only: {sampler: {stage: {flag: value}}}, settings of one sampler on top of the sections"})
 
 
-def _stage_args_class(stage: str):
+def stage_args_class(stage: str):
+    """The Args dataclass of a stage's module (its flags)."""
     import importlib
 
     return importlib.import_module(MODULES[stage]).Args
@@ -187,9 +191,10 @@ def stage_seed(seed: int, t: int) -> int:
     return seed * 1000 + t
 
 
-def resolve(args: Args) -> Plan:
-    from alignment.recipes import check_section, load_yaml
-
+def resolve(args: Args, check_preferences: bool = True) -> Plan:
+    """Check the pipeline's flags, the recipe and every stage's flags (each stage's own parser and checks) before
+    anything runs. check_preferences=False leaves out reading --preferences, for a caller whose earlier command
+    writes that set (a recipe script's dry run); everything else is checked the same."""
     if not args.config:
         raise ConfigError("--config: required: a YAML recipe such as alignment/configs/toy.yaml")
     args.sampler = canonical(args.sampler, PAIR_SAMPLER, "alignment", "--sampler")
@@ -209,7 +214,7 @@ def resolve(args: Args) -> Plan:
         if stage == "select" and not (args.select or changes["select"]):
             sections[stage] = {}
             continue
-        cls = _stage_args_class(stage)
+        cls = stage_args_class(stage)
         where = f"--config: {args.config!r} section {stage!r}"
         sections[stage] = check_section(cls, getattr(args, stage) or {}, where, skip=OWNED[stage])
         for where, values in changes[stage]:
@@ -225,7 +230,7 @@ def resolve(args: Args) -> Plan:
         raise ConfigError(f"--label: {args.label!r} must be a plain name")
     if args.label is not None:
         args.label = normalise(args.label)
-    if args.preferences is not None:
+    if args.preferences is not None and check_preferences:
         from alignment.core.data import load_preferences
 
         load_preferences(args.preferences, "--preferences")  # checked once, before any work
@@ -268,7 +273,7 @@ def _changes(args: Args) -> dict:
 
 def _check_stage(stage: str, argv: list[str]) -> None:
     """Parse a stage's flags with its own parser and run its own checks (no model is loaded)."""
-    from alignment.dryrun import check_command
+    from alignment.pipeline.dryrun import check_command
 
     try:
         check_command(MODULES[stage], argv)
@@ -280,8 +285,6 @@ def _check_stage(stage: str, argv: list[str]) -> None:
 
 def check_launch(launch: str) -> None:
     """The accelerate config named in --launch must exist and be valid YAML."""
-    from alignment.recipes import load_yaml
-
     words = shlex.split(launch)
     if "--config_file" in words:
         i = words.index("--config_file")
@@ -298,19 +301,7 @@ def check_launch(launch: str) -> None:
                       f"(pip install -r requirements_vllm.txt on the GPU node)", file=sys.stderr)
 
 
-# ------------------------------------------------------------------------------------------------ resume
-
-def _done(d: Path, stage: str) -> bool:
-    return (d / f"{stage}.done").exists() and (d / stage / "run.json").exists()
-
-
-def _clean_partial(d: Path) -> None:
-    """Remove what a killed stage left: hidden temporary run folders and trainer scratch folders."""
-    if d.is_dir():
-        for p in d.iterdir():
-            if p.name.startswith(".") and p.is_dir():
-                shutil.rmtree(p, ignore_errors=True)
-
+# ------------------------------------------------------------------------------------------------ prompts
 
 def load_pipeline_prompts(spec: str, split: str, field_: str, template: str, flag: str) -> list[dict]:
     """Prompt rows {id, prompt}: toy prompts, or a file / Hub dataset's `field_` put into `template`."""
@@ -386,7 +377,16 @@ def summary_line(row: dict, total: int, seconds: float) -> str:
 
 # ------------------------------------------------------------------------------------------------ running
 
+def stage_args(plan: Plan, stage: str, t: int):
+    """(module, Args) of a stage at iteration t: the flags plan.argv gives it (what --dry-run prints and a launcher
+    gets), read by the stage's own parser."""
+    from alignment.pipeline.dryrun import parse_command
+
+    return parse_command(MODULES[stage], plan.argv(stage, t))
+
+
 def run_stage(plan: Plan, stage: str, t: int) -> None:
+    """Run one stage (in this process as module.run(args), or through --launch), then write its done marker."""
     d = plan.stage_dir(t)
     log = d / f"{stage}.log"
     if plan.args.launch:
@@ -395,17 +395,26 @@ def run_stage(plan: Plan, stage: str, t: int) -> None:
         if code:
             raise ConfigError(f"{stage} of iteration {t} failed (exit code {code}); its output: {log}")
     else:
-        import importlib
-
-        module = importlib.import_module(MODULES[stage])
+        module, args = stage_args(plan, stage, t)
         with open(log, "w") as f, contextlib.redirect_stdout(f):
             try:
-                module.main(plan.argv(stage, t))
-            except SystemExit as e:
-                if e.code:
-                    raise ConfigError(f"{stage} of iteration {t} stopped with exit code {e.code}; see {log} and the "
-                                      f"error line above") from None
-    atomic_write_json(d / f"{stage}.done", {"stage": stage, "iteration": t, "finished": time.time()})
+                path = _run_module(module, args, plan.argv(stage, t))
+            except ConfigError as e:
+                raise ConfigError(f"{stage} of iteration {t}: {e} (its output: {log})") from None
+            print(f"wrote {path}")
+    resume.mark_done(d / stage, stage=stage, iteration=t)
+
+
+def _run_module(module, args, argv: list[str]):
+    """module.run(args); a stage module without run() yet is called through its main() on the same flags."""
+    if hasattr(module, "run"):
+        return module.run(args)
+    try:  # alignment.train_dpo until it has run(args) like the other stages
+        return module.main(argv)
+    except SystemExit as e:
+        if e.code:
+            raise ConfigError(f"stopped with exit code {e.code}; see the error line above") from None
+        return None
 
 
 def _check_same_recipe(plan: Plan) -> None:
@@ -448,29 +457,44 @@ def _write_run_json(plan: Plan, started: str, summary: dict | None) -> None:
     atomic_write_json(plan.out / "run.json", info)
 
 
-@exit_on_config_error
-def main(argv=None):
-    from alignment.recipes import load_yaml, check_section
+def recipe_defaults(argv) -> dict:
+    """The pipeline keys of the recipe named by --config in argv: the parser's defaults, which the flags override."""
+    path = config_path(sys.argv[1:] if argv is None else list(argv))
+    if path is None:
+        return {}
+    return check_section(Args, load_yaml(path), f"--config: {path!r}", skip=("config", "dry_run", "fresh", "out"))
 
-    raw = sys.argv[1:] if argv is None else list(argv)
-    from alignment.recipes import config_path
 
-    path = config_path(raw)
-    defaults = {}
-    if path is not None:
-        defaults = check_section(Args, load_yaml(path), f"--config: {path!r}", skip=("config", "dry_run", "fresh", "out"))
-    args = parse_dataclass(Args, raw, description=__doc__.split("\n\n")[0], defaults=defaults)
+def print_commands(plan: Plan) -> None:
+    """What --dry-run prints: one comment line, then every stage's command in order."""
+    a = plan.args
+    print(f"# {a.sampler}, seed {a.seed}, {a.iterations} iterations -> {plan.out}   (all flags checked)")
+    for t in range(0, a.iterations + 1):
+        for stage in plan.stages(t):
+            print(shlex.join(plan.command(stage, t)))
+
+
+def _fresh(out: Path) -> None:
+    """--fresh: delete OUT, which must be a run folder of this driver (its pipeline.json) or empty."""
+    if not out.exists():
+        return
+    if not (out / "pipeline.json").is_file() and any(out.iterdir()):
+        raise ConfigError(f"--fresh: {str(out)!r} holds no pipeline.json, so it is not a pipeline run folder; it is "
+                          f"left alone (delete it yourself, or use another --out)")
+    shutil.rmtree(out)
+
+
+def run(args: Args) -> Path | None:
+    """The iterative pipeline on parsed arguments (what `python -m alignment.pipeline` runs): every stage of every
+    iteration, skipping the done ones. Under --dry-run: print the commands, run nothing and return None."""
     plan = resolve(args)
     t_total = args.iterations
-    stages = [(t, s) for t in range(0, t_total + 1) for s in plan.stages(t)]
     if args.dry_run:
-        print(f"# {args.sampler}, seed {args.seed}, {t_total} iterations -> {plan.out}   (all flags checked)")
-        for t, stage in stages:
-            print(shlex.join(plan.command(stage, t)))
+        print_commands(plan)
         return None
 
-    if args.fresh and plan.out.exists():
-        shutil.rmtree(plan.out)
+    if args.fresh:
+        _fresh(plan.out)
     _check_same_recipe(plan)
     started = _started(plan)
     _write_run_json(plan, started, None)
@@ -486,12 +510,13 @@ def main(argv=None):
     rows, t0 = [], time.perf_counter()
     for t in range(0, t_total + 1):
         d = plan.stage_dir(t)
-        _clean_partial(d)
+        for stage in plan.stages(t):  # what a killed attempt left
+            resume.clean_partial(d / stage)
         t_start = time.perf_counter()
         if t > 0 and not args.preferences:
             _write_prompts(plan, t, prompts)
         for stage in plan.stages(t):
-            if not _done(d, stage):
+            if not resume.is_done(d / stage):
                 d.mkdir(parents=True, exist_ok=True)
                 run_stage(plan, stage, t)
         rows.append(iteration_row(plan, t))
@@ -499,9 +524,7 @@ def main(argv=None):
         print(summary_line(rows[-1], t_total, time.perf_counter() - t_start), flush=True)
     _write_run_json(plan, started, {"iterations": t_total, "final": rows[-1],
                                     "wall_s_this_invocation": time.perf_counter() - t0})
-    print(f"wrote {plan.out}")
     return plan.out
 
 
-if __name__ == "__main__":
-    main()
+main = entry_point(Args, run, __doc__, defaults=recipe_defaults)

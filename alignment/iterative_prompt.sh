@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The samplers paper's Iterative-Prompt comparison (alignment/configs/iterative_prompt.yaml): open_llama_3b_v2,
+# 3 iterations of online DPO per sampler, one node of 8 x 80 GB GPUs (DeepSpeed ZeRO-3 for training). Mix-P's
+# on-policy pair is in the recipe (per_sampler:).
+#   bash alignment/iterative_prompt.sh [--dry-run] [--sampler S] [--seed N] [--out DIR] [--backend hf|vllm]
+#       [-- PIPELINE FLAGS]
+# Options: --help. The runner: alignment/pipeline/paper.py.
+# Env: PYTHON (default: python on PATH), BACKEND.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+PYTHON="${PYTHON:-$(command -v python || command -v python3 || echo python)}"
+exec "$PYTHON" -m alignment.pipeline.paper iterative_prompt "$@"
