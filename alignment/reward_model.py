@@ -20,18 +20,15 @@ OUT/NAME/{run.json, metrics.jsonl, model/} with the classifier and its tokenizer
 from __future__ import annotations
 
 import dataclasses
-import math
-import random
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from alignment.core.models import model_source
-from runlog import check_positive
-from alignment.sft import (check_common, make_callbacks, resolve_device, save_and_finish,
-                           shuffled_split, trainer_kwargs, use_quiet_progress)
-from runlog import ConfigError, RunDir, arg, exit_on_config_error, parse_dataclass
+from alignment.training.common import check_common, trainer_device
+from runlog import ConfigError, RunDir, arg, check_positive, entry_point
 
 LABELS = ("bt", "hard")
 
@@ -61,204 +58,27 @@ class Args:
     name: str = arg("toy", "run name; an older run of that name is replaced")
 
 
-# ----------------------------------------------------------------------------------------- toy pairs
-
-def _perturb(words: list[str], rng: random.Random, vocab: list[str]) -> list[str]:
-    """One random edit that (usually) breaks fluency: drop, repeat, insert, swap or truncate."""
-    words = list(words)
-    kind = rng.choice(["drop", "repeat", "insert", "swap", "truncate"])
-    i = rng.randrange(len(words))
-    if kind == "drop" and len(words) > 1:
-        del words[i]
-    elif kind == "repeat":
-        words.insert(i, words[i])
-    elif kind == "insert":
-        words.insert(i, rng.choice(vocab))
-    elif kind == "swap" and len(words) > 1:
-        i = min(i, len(words) - 2)
-        words[i], words[i + 1] = words[i + 1], words[i]
-    elif len(words) > 1:
-        words = words[:rng.randrange(1, len(words))]
-    return words
-
-
-def toy_response(task, prompt: str, rng: random.Random) -> str:
-    """A response covering the reward range: a demonstration (the SFT data) or sentences whose adjective
-    sentiment, topic match and length are drawn at random; a quarter get a non-fluent edit."""
-    from alignment.core import toy
-
-    topic, target = toy.parse_prompt(prompt)
-    if rng.random() < 0.3:
-        words = task.demonstration(prompt, rng).split()
-    else:
-        n = target if rng.random() < 0.5 else rng.randint(1, toy.MAX_SENTENCES + 2)
-        p_good = rng.random()
-        p_bad = rng.random() * (1 - p_good)
-        p_on = rng.random()
-        words = []
-        for _ in range(n):
-            u = rng.random()
-            adj = rng.choice(toy.GOOD if u < p_good else toy.BAD if u < p_good + p_bad else toy.NEUTRAL)
-            noun = rng.choice(toy.TOPICS[topic]) if rng.random() < p_on else rng.choice(list(toy.NOUN_TOPIC))
-            words += ["the", adj, noun, rng.choice(toy.VERBS), "."]
-    if rng.random() < 0.25:
-        words = _perturb(words, rng, [w for w in toy.VOCAB if w not in toy.SPECIAL])
-    return " ".join(words)
-
-
-def toy_pairs(seed: int, n: int, split: str, label: str) -> list[dict]:
-    """n labelled pairs {"prompt", "chosen", "rejected", "chosen_reward", "rejected_reward"}, one prompt each.
-
-    split "heldout" keeps only pairs with different true rewards and orders them by the true reward (the
-    held-out accuracy's reference); otherwise label "bt" samples the winner from the Bradley-Terry model of
-    the true reward and "hard" lets the higher reward win, skipping ties."""
-    from alignment.core.toy import ToyTask, true_reward
-
-    task = ToyTask(seed)
-    rng = random.Random(f"{seed}/{split}/rm-pairs")
-    label_rng = random.Random(f"{seed}/{split}/rm-labels")
-    rows, batch = [], 0
-    while len(rows) < n:  # redraw prompts (a new batch of the split) for pairs dropped as ties
-        for p in task.prompts(n, split if batch == 0 else f"{split}-{batch}"):
-            a, b = toy_response(task, p["prompt"], rng), toy_response(task, p["prompt"], rng)
-            ra, rb = true_reward(p["prompt"], a), true_reward(p["prompt"], b)
-            if label == "bt" and split != "heldout":
-                a_wins = label_rng.random() < 1.0 / (1.0 + math.exp(rb - ra))
-            elif ra == rb:
-                continue
-            else:
-                a_wins = ra > rb
-            (c, rc), (r, rr) = ((a, ra), (b, rb)) if a_wins else ((b, rb), (a, ra))
-            rows.append({"prompt": p["prompt"], "chosen": c, "rejected": r, "chosen_reward": rc, "rejected_reward": rr})
-            if len(rows) == n:
-                break
-        batch += 1
-    return rows
-
-
-# -------------------------------------------------------------------------------- files and rendering
-
-def load_file_pairs(args) -> tuple[list[dict], list[dict]]:
-    from alignment.core.data import load_rows, check_text
-
-    rows = load_rows(args.data, "--data", "train")
-    if not rows:
-        raise ConfigError(f"--data: {args.data!r} has no rows")
-    clean = []
-    for i, row in enumerate(rows):
-        row = {k: v for k, v in row.items() if v is not None}  # datasets fills a field missing from a row with None
-        where = f"--data: {args.data!r} row {i}"
-        for key in ("chosen", "rejected"):
-            if key not in row:
-                raise ConfigError(f"{where}: missing field {key!r} (rows need chosen, rejected and optionally prompt)")
-            check_text(row[key], where, key)
-        if "prompt" in row:
-            check_text(row["prompt"], where, "prompt")
-            if isinstance(row["prompt"], str) and not (isinstance(row["chosen"], str) and isinstance(row["rejected"], str)):
-                raise ConfigError(f"{where}: a plain-text 'prompt' needs plain-text 'chosen' and 'rejected'")
-        clean.append({"prompt": row.get("prompt"), "chosen": row["chosen"], "rejected": row["rejected"]})
-    return shuffled_split(clean, args.num_pairs, args.num_heldout, args.seed, "--data", repr(args.data))
-
-
-def render(tokenizer, prompt, response) -> str:
-    """The text a reward model scores: as alignment.core.rewards.HFRewardModel.texts renders it."""
-    from alignment.core.rewards import join_text
-
-    if prompt is None:
-        messages = response if isinstance(response, list) else None
-        if messages is None:
-            return response
-    elif isinstance(prompt, list):
-        messages = prompt + (response if isinstance(response, list) else [{"role": "assistant", "content": response}])
-    else:
-        return join_text(prompt, response)
-    if getattr(tokenizer, "chat_template", None) is None:
-        raise ConfigError("--data: conversational rows need a tokenizer with a chat template; --model has none")
-    return tokenizer.apply_chat_template(messages, tokenize=False)
-
-
-def tokenize_pairs(tokenizer, rows: list[dict]) -> list[dict]:
-    """chosen_ids / rejected_ids as the scorer tokenizes them (no EOS appended: the scorer adds none), so
-    RewardTrainer takes them as they are."""
-    out = []
-    for r in rows:
-        ids = [tokenizer(render(tokenizer, r["prompt"], r[k]))["input_ids"] for k in ("chosen", "rejected")]
-        out.append({"chosen_ids": ids[0], "rejected_ids": ids[1]})
-    return out
-
-
-@torch.no_grad()
-def score_ids(model, pad_id: int, seqs: list[list[int]], batch_size: int = 64) -> torch.Tensor:
-    """One score per token sequence, right-padded like HFRewardModel.score."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    scores = []
-    for i in range(0, len(seqs), batch_size):
-        chunk = seqs[i:i + batch_size]
-        width = max(len(s) for s in chunk)
-        ids = torch.tensor([s + [pad_id] * (width - len(s)) for s in chunk], device=device)
-        mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in chunk], device=device)
-        scores.append(model(input_ids=ids, attention_mask=mask).logits[:, 0].float().cpu())
-    model.train(was_training)
-    return torch.cat(scores)
-
-
-def pair_accuracy(model, pad_id: int, pairs: list[dict], batch_size: int = 64) -> float:
-    """Fraction of pairs whose chosen text scores strictly higher than the rejected one."""
-    chosen = score_ids(model, pad_id, [p["chosen_ids"] for p in pairs], batch_size)
-    rejected = score_ids(model, pad_id, [p["rejected_ids"] for p in pairs], batch_size)
-    return float((chosen > rejected).float().mean())
-
-
-# ------------------------------------------------------------------------------------------ model
-
-def build_classifier(source: str, tokenizer, seed: int, trust_remote_code: bool):
-    from alignment.core import toy
-    from alignment.core.models import check_source, toy_size, is_toy
-
-    torch.manual_seed(seed)  # a Hub / sft backbone gets a fresh score head: seed it
-    if is_toy(source):
-        from transformers import LlamaForSequenceClassification
-
-        config = toy.build_model(tokenizer, toy_size(source, "--model"), seed=seed).config
-        config.num_labels = 1
-        config.architectures = ["LlamaForSequenceClassification"]
-        torch.manual_seed(seed)
-        model = LlamaForSequenceClassification(config)
-    else:
-        from transformers import AutoModelForSequenceClassification
-
-        check_source(source, "--model")
-        try:
-            model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=1, dtype=torch.float32,
-                                                                       trust_remote_code=trust_remote_code)
-        except (OSError, ValueError) as e:
-            raise ConfigError(f"--model: cannot load a sequence classifier from {source!r} "
-                              f"({str(e).splitlines()[0]})") from None
-    model.config.pad_token_id = tokenizer.pad_token_id
-    return model
-
-
 def resolve(args: Args) -> torch.device:
+    """Check every flag before anything is loaded or written; returns the device."""
     check_positive("num-pairs", args.num_pairs, integer=True)
     check_common(args)
     if args.label not in LABELS:
         raise ConfigError(f"--label: unknown {args.label!r}; known: {', '.join(LABELS)}")
-    return resolve_device(args.device)
+    return trainer_device(args.device)
 
 
-@exit_on_config_error
-def main(argv=None):
-    args = parse_dataclass(Args, argv, description=__doc__.split("\n\n")[0])
+def run(args: Args) -> Path:
+    """The reward_model stage on parsed arguments (what `python -m alignment.reward_model` runs)."""
     device = resolve(args)
     t0 = time.perf_counter()
 
     from datasets import Dataset, disable_progress_bars
-    from transformers import TrainerCallback
+    from trl import RewardConfig, RewardTrainer
 
     from alignment.core.models import load_tokenizer
-    from trl import RewardConfig, RewardTrainer
+    from alignment.training.common import make_callbacks, save_and_finish, trainer_kwargs, use_quiet_progress
+    from alignment.training.data import load_file_pairs, tokenize_pairs, toy_pairs
+    from alignment.training.reward import HeldoutAccuracy, build_classifier, pair_accuracy
 
     disable_progress_bars()
     source = model_source(args.model)
@@ -289,16 +109,10 @@ def main(argv=None):
     config = dataclasses.asdict(args) | {"resolved": resolved}
     with RunDir(args.out, args.name, config, [args.seed]) as run:
         log_cb, quiet = make_callbacks(run, args.seed, "reward_model")
-
-        class HeldoutAccuracy(TrainerCallback):
-            def on_step_end(self, targs, state, control, model=None, **kw):
-                if args.eval_every and state.global_step % args.eval_every == 0 and state.global_step < state.max_steps:
-                    run.log({"stage": "reward_model", "seed": args.seed, "step": state.global_step,
-                             "heldout_accuracy": pair_accuracy(model, pad_id, heldout, args.batch_size)})
-
+        accuracy_cb = HeldoutAccuracy(run, args.seed, pad_id, heldout, args.eval_every, args.batch_size)
         rm_args = RewardConfig(**trainer_kwargs(args, device, run.path("trainer")), disable_dropout=True)
         trainer = RewardTrainer(model=model, args=rm_args, train_dataset=Dataset.from_list(train),
-                                processing_class=tokenizer, callbacks=[log_cb, HeldoutAccuracy()])
+                                processing_class=tokenizer, callbacks=[log_cb, accuracy_cb])
         use_quiet_progress(trainer, quiet)
         print(f"reward_model: {args.model} ({num_params / 1e6:.2f}M parameters), {len(train)} training pairs, "
               f"{len(heldout)} held-out pairs, on {device}")
@@ -316,9 +130,11 @@ def main(argv=None):
         summary = {"heldout_accuracy_before": before, "heldout_accuracy_after": after, "steps": steps,
                    "train_loss_mean": result.metrics.get("train_loss"), "num_params": num_params}
         path = save_and_finish(run, model, tokenizer, summary, t0)
-    print(f"wrote {path} ({summary['wall_s']:.0f} s)")
+    print(f"finished in {summary['wall_s']:.0f} s")
     return path
 
+
+main = entry_point(Args, run, __doc__)
 
 if __name__ == "__main__":
     main()

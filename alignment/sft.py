@@ -12,8 +12,6 @@ tokenizer (save_pretrained), loadable with alignment.core.models.load_causal_lm 
 from __future__ import annotations
 
 import dataclasses
-import random
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,11 +19,8 @@ from pathlib import Path
 import torch
 
 from alignment.core.models import model_source
-from runlog import (ConfigError, RunDir, arg, check_name, check_out, check_positive, exit_on_config_error, parse_dataclass,
-                    resolve_device as runlog_resolve_device)
-
-TOY_CONTEXT = 128  # the toy model's max_position_embeddings and the toy tokenizer's model_max_length
-
+from alignment.training.common import check_common, trainer_device
+from runlog import ConfigError, RunDir, arg, check_positive, entry_point
 
 
 @dataclass
@@ -53,209 +48,29 @@ class Args:
     name: str = arg("toy", "run name; an older run of that name is replaced")
 
 
-# ------------------------------------------------------------------------------------ shared checks
-
-def check_common(args) -> None:
-    """Checks shared by sft and reward_model: model size, budget, optimiser, seed, output place."""
-    from alignment.core.models import toy_size, is_toy
-
-    if is_toy(args.model):
-        toy_size(args.model, "--model")  # before any data is built
-    check_positive("num-heldout", args.num_heldout, integer=True)
-    if args.eval_every < 0:
-        raise ConfigError(f"--eval-every: must be an integer >= 0, got {args.eval_every}")
-    check_positive("epochs", args.epochs)
-    if args.max_steps is not None:
-        check_positive("max-steps", args.max_steps, integer=True)
-    check_positive("lr", args.lr)
-    check_positive("batch-size", args.batch_size, integer=True)
-    check_positive("max-length", args.max_length, integer=True)
-    if args.max_length < 2:
-        raise ConfigError(f"--max-length: must be at least 2 tokens, got {args.max_length}")
-    if args.seed < 0:
-        raise ConfigError(f"--seed: must be an integer >= 0, got {args.seed}")
-    check_name(args.name)
-    check_out(args.out)
-
-
-def resolve_device(name: str) -> torch.device:
-    """cpu or cuda; the Trainer places the model itself, so cuda:N must go through CUDA_VISIBLE_DEVICES."""
-    return runlog_resolve_device(name, types=("cpu", "cuda"), first_gpu_only=True)
-
-
-def trainer_kwargs(args, device: torch.device, output_dir: Path) -> dict:
-    """TrainingArguments shared by the SFT and reward trainers: no checkpoints, no reporting, no gradient
-    checkpointing (TRL turns it on by default), fp32 on CPU (TRL would default to bf16 autocast there) and
-    bf16 autocast on a GPU that has it."""
-    bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
-    return dict(
-        output_dir=str(output_dir), learning_rate=args.lr, per_device_train_batch_size=args.batch_size,
-        per_device_eval_batch_size=args.batch_size, num_train_epochs=args.epochs,
-        max_steps=args.max_steps if args.max_steps is not None else -1, lr_scheduler_type="linear",
-        warmup_steps=0.05, weight_decay=0.0, seed=args.seed, data_seed=args.seed, use_cpu=device.type == "cpu",
-        bf16=bf16, fp16=False, gradient_checkpointing=False, save_strategy="no", report_to="none", logging_steps=10,
-        dataloader_num_workers=0, dataloader_pin_memory=device.type == "cuda", max_length=args.max_length,
-        trust_remote_code=args.trust_remote_code,
-    )
-
-
-# Trainer log keys -> metrics.jsonl keys (run-time keys such as train_runtime are left out: they differ per run)
-LOG_KEYS = {"loss": "train_loss", "grad_norm": "grad_norm", "learning_rate": "lr", "epoch": "epoch",
-            "mean_token_accuracy": "train_token_accuracy", "accuracy": "train_accuracy", "margin": "train_margin",
-            "eval_loss": "heldout_loss", "eval_mean_token_accuracy": "heldout_token_accuracy",
-            # DPOTrainer's: implicit rewards beta log(pi / pi_ref) of chosen and rejected, their margin and accuracy
-            "rewards/chosen": "train_reward_chosen", "rewards/rejected": "train_reward_rejected",
-            "rewards/margins": "train_reward_margin", "rewards/accuracies": "train_reward_accuracy",
-            "logps/chosen": "train_logp_chosen", "logps/rejected": "train_logp_rejected",
-            "soft_target": "train_soft_target",
-            # alignment.train_dpo --selector: the K kept pairs of each batch, their loss and margin, SamS's reward
-            "select/kept": "select_kept", "select/loss": "select_loss", "select/margin": "select_margin",
-            "select/reward": "sams_reward"}
-
-
-def make_callbacks(run: RunDir, seed: int, stage: str, extra: dict | None = None):
-    """A callback writing the trainer's logs to metrics.jsonl (each row with stage, seed, step and `extra`, e.g.
-    the pipeline's iteration and sampler), and a progress bar that shows them as a postfix instead of printing
-    a dict per log step."""
-    from transformers import ProgressCallback, TrainerCallback
-
-    class LogToRun(TrainerCallback):
-        def __init__(self):
-            self.last_eval_step = None
-
-        def on_log(self, targs, state, control, logs=None, **kw):
-            row = {LOG_KEYS[k]: float(v) for k, v in (logs or {}).items() if k in LOG_KEYS}
-            if set(row) <= {"epoch"}:  # the end-of-training summary (run times) carries nothing else we keep
-                return
-            if "heldout_loss" in row:
-                self.last_eval_step = state.global_step
-            run.log({"stage": stage, **(extra or {}), "seed": seed, "step": state.global_step, **row})
-
-    class QuietProgress(ProgressCallback):
-        def on_log(self, targs, state, control, logs=None, **kw):
-            if state.is_world_process_zero and self.training_bar is not None and logs and "loss" in logs:
-                self.training_bar.set_postfix(loss=f"{logs['loss']:.4g}", refresh=False)
-
-    return LogToRun(), QuietProgress
-
-
-def use_quiet_progress(trainer, quiet_cls) -> None:
-    from transformers import ProgressCallback
-
-    if any(isinstance(cb, ProgressCallback) for cb in trainer.callback_handler.callbacks):
-        trainer.remove_callback(ProgressCallback)
-        trainer.add_callback(quiet_cls)
-
-
-def shuffled_split(rows: list[dict], num_train: int, num_heldout: int, seed: int, field_: str, source: str):
-    """Held-out rows: a seeded random subset; training rows: up to num_train of the rest."""
-    if len(rows) < num_heldout + 1:
-        raise ConfigError(f"{field_}: {source} has {len(rows)} rows; need more than --num-heldout {num_heldout}")
-    order = list(range(len(rows)))
-    random.Random(f"{seed}/split").shuffle(order)
-    heldout = [rows[i] for i in order[:num_heldout]]
-    train = [rows[i] for i in order[num_heldout:num_heldout + num_train]]
-    return train, heldout
-
-
-# ------------------------------------------------------------------------------------------- data
-
-def _sft_row(row: dict, where: str, fmt: str | None) -> tuple[dict, str]:
-    from alignment.core.data import check_text
-
-    if "prompt" in row or "messages" not in row:
-        for key in ("prompt", "completion"):
-            if key not in row:
-                raise ConfigError(f"{where}: missing field {key!r} (rows need prompt + completion, or messages)")
-            check_text(row[key], where, key)
-        kind = "conversational" if isinstance(row["prompt"], list) else "text"
-        if isinstance(row["completion"], list) != (kind == "conversational"):
-            raise ConfigError(f"{where}: fields 'prompt' and 'completion' must both be strings or both messages")
-        out, new_fmt = {"prompt": row["prompt"], "completion": row["completion"]}, f"prompt-completion ({kind})"
-    else:
-        check_text(row["messages"], where, "messages")
-        if isinstance(row["messages"], str):
-            raise ConfigError(f"{where}: field 'messages' must be a list of {{'role', 'content'}} messages")
-        out, new_fmt = {"messages": row["messages"]}, "messages"
-    if fmt is not None and new_fmt != fmt:
-        raise ConfigError(f"{where}: row format {new_fmt} differs from the first row's, {fmt}")
-    return out, new_fmt
-
-
-def load_sft_data(args) -> tuple[list[dict], list[dict], str]:
-    """(train rows, held-out rows, format) with only the fields SFTTrainer reads."""
-    from alignment.core.toy import ToyTask
-
-    if args.data == "toy":
-        task = ToyTask(args.seed)
-        keep = lambda rows: [{"prompt": r["prompt"], "completion": r["completion"]} for r in rows]
-        return (keep(task.demonstrations(args.num_train, "train")), keep(task.demonstrations(args.num_heldout, "heldout")),
-                "prompt-completion (text)")
-    if args.data.startswith("toy:"):
-        raise ConfigError(f"--data: use 'toy' with --num-train / --num-heldout, not {args.data!r}")
-    from alignment.core.data import load_rows
-
-    rows = load_rows(args.data, "--data", "train")
-    if not rows:
-        raise ConfigError(f"--data: {args.data!r} has no rows")
-    fmt, clean = None, []
-    for i, row in enumerate(rows):
-        row = {k: v for k, v in row.items() if v is not None}  # datasets fills a field missing from a row with None
-        r, fmt = _sft_row(row, f"--data: {args.data!r} row {i}", fmt)
-        clean.append(r)
-    train, heldout = shuffled_split(clean, args.num_train, args.num_heldout, args.seed, "--data", repr(args.data))
-    return train, heldout, fmt
-
-
-# ---------------------------------------------------------------------------------------- sampling
-
-@torch.no_grad()
-def sample_toy(model, tokenizer, num: int, seed: int, max_new_tokens: int, batch_size: int = 64) -> list[dict]:
-    """One plain sampled response (temperature 1, no top-k / top-p) per held-out toy prompt, seeded."""
-    from alignment.core.toy import ToyTask, is_fluent, true_reward
-
-    model.eval()
-    device = next(model.parameters()).device
-    tokenizer.padding_side = "left"
-    prompts = ToyTask(seed).prompts(num, "heldout")
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    rows = []
-    for i in range(0, num, batch_size):
-        chunk = prompts[i:i + batch_size]
-        batch = tokenizer([r["prompt"] for r in chunk], return_tensors="pt", padding=True).to(device)
-        torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
-        out = model.generate(**batch, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
-                             max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                             eos_token_id=tokenizer.eos_token_id)
-        texts = tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
-        for r, text in zip(chunk, texts):
-            text = " ".join(text.split())
-            rows.append({"id": r["id"], "prompt": r["prompt"], "response": text, "fluent": is_fluent(text),
-                         "reward": true_reward(r["prompt"], text)})
-    return rows
-
-
-# -------------------------------------------------------------------------------------------- main
-
 def resolve(args: Args) -> torch.device:
+    """Check every flag before anything is loaded or written; returns the device."""
     check_positive("num-train", args.num_train, integer=True)
     check_common(args)
     if args.num_samples < 0:
         raise ConfigError(f"--num-samples: must be an integer >= 0, got {args.num_samples}")
     check_positive("max-new-tokens", args.max_new_tokens, integer=True)
-    return resolve_device(args.device)
+    return trainer_device(args.device)
 
 
-@exit_on_config_error
-def main(argv=None):
-    args = parse_dataclass(Args, argv, description=__doc__.split("\n\n")[0])
+def run(args: Args) -> Path:
+    """The sft stage on parsed arguments (what `python -m alignment.sft` runs)."""
     device = resolve(args)
     t0 = time.perf_counter()
 
     from datasets import Dataset, disable_progress_bars
-
-    from alignment.core.models import load_causal_lm, load_tokenizer
     from trl import SFTConfig, SFTTrainer
+
+    from alignment.core.data import write_jsonl
+    from alignment.core.models import load_causal_lm, load_tokenizer
+    from alignment.core.toy import sample_toy
+    from alignment.training.common import make_callbacks, save_and_finish, trainer_kwargs, use_quiet_progress
+    from alignment.training.data import load_sft_data
 
     disable_progress_bars()  # datasets' map bars; the training bar stays
     source = model_source(args.model)
@@ -294,8 +109,6 @@ def main(argv=None):
         model = trainer.model
         if args.data == "toy" and args.num_samples:
             samples = sample_toy(model, tokenizer, args.num_samples, args.seed, args.max_new_tokens)
-            from alignment.core.data import write_jsonl
-
             write_jsonl(run.path("samples.jsonl"), samples)
             summary |= {"num_samples": len(samples),
                         "fluency_rate": sum(s["fluent"] for s in samples) / len(samples),
@@ -307,18 +120,11 @@ def main(argv=None):
                      "fluency_rate": summary["fluency_rate"], "mean_reward": summary["mean_reward"]})
         tokenizer.padding_side = "left"
         path = save_and_finish(run, model, tokenizer, summary, t0)
-    print(f"wrote {path} ({summary['wall_s']:.0f} s)")
+    print(f"finished in {summary['wall_s']:.0f} s")
     return path
 
 
-def save_and_finish(run, model, tokenizer, summary: dict, t0: float):
-    """Save model and tokenizer under the run's model/, drop the trainer's scratch folder, finish the run."""
-    model.save_pretrained(run.path("model"))
-    tokenizer.save_pretrained(run.path("model"))
-    shutil.rmtree(run.path("trainer"), ignore_errors=True)
-    summary["wall_s"] = time.perf_counter() - t0
-    return run.finish(summary=summary)
-
+main = entry_point(Args, run, __doc__)
 
 if __name__ == "__main__":
     main()

@@ -11,8 +11,8 @@ in a fresh process per variant (peak RSS on the CPU, where the interpreter and l
 toy models; peak allocated GPU memory on CUDA), next to the weights plus full KV caches each variant holds.
 
 --what dpo: DPO training through our layer against a plain TRL DPOTrainer. `ours, sigmoid` and `ours, rev_kl`
-are alignment.train_dpo.train(...) itself (SamplerDPOTrainer, dpo_config, the metrics.jsonl callback writing
-through RunDir.log, the quiet progress bar; rev_kl adds its forward hooks and soft-label term); `TRL DPOTrainer`
+are alignment.training.trainer.fit(...) itself (SamplerDPOTrainer, train_dpo.dpo_config, the metrics.jsonl callback
+writing through RunDir.log, the quiet progress bar; rev_kl adds its forward hooks and soft-label term); `TRL DPOTrainer`
 is trl.DPOTrainer with its default callbacks and a DPOConfig written out by hand with the same hyperparameters
 (checked field by field against dpo_config's: report_to none, logging every step, no saving, dropout off, fp32 on
 the CPU, bf16 autocast on a GPU that has it). Every run starts from deep copies of one toy:--dpo-size init (the
@@ -263,8 +263,10 @@ def trl_config(a, device, output_dir, steps: int):
 def config_differences(a, device, scratch) -> list[str]:
     """DPOConfig fields where TRL's hand-written config and our dpo_config differ (apart from DPO_CONFIG_FREE)."""
     from alignment.train_dpo import dpo_config
+    from alignment.training.config import SAMPLER_FIELDS
 
     ours = dpo_config(_dpo_args(a, "sigmoid", a.dpo_steps), device, scratch / "ours").to_dict()
+    ours = {k: v for k, v in ours.items() if k not in SAMPLER_FIELDS}  # our loss and selector fields: not TRL's
     theirs = trl_config(a, device, scratch / "trl", a.dpo_steps).to_dict()
     return [f"{k}: ours {ours.get(k)!r}, TRL {theirs.get(k)!r}" for k in sorted(set(ours) | set(theirs))
             if k not in DPO_CONFIG_FREE and ours.get(k) != theirs.get(k)]
@@ -308,14 +310,14 @@ class DPOBench:
         import torch
         from datasets import disable_progress_bars
 
-        from alignment.sft import resolve_device
+        from alignment.training.common import trainer_device
         from alignment.core.toy import build_model, build_tokenizer
 
         if a.threads:
             torch.set_num_threads(a.threads)
         disable_progress_bars()  # datasets' tokenization bars
         self.a = a
-        self.device = resolve_device(a.device)
+        self.device = trainer_device(a.device)
         self.tok = build_tokenizer()
         self.init = build_model(self.tok, a.dpo_size, seed=0).float()
         self.rows = dpo_pairs(a.dpo_pairs)
@@ -327,7 +329,8 @@ class DPOBench:
     def run(self, variant: str, steps: int, hook=lambda step: None) -> dict:
         """One whole training run of `variant` from fresh copies of the init; hook(step) runs at each step's log.
         Returns the final loss."""
-        from alignment.train_dpo import train
+        from alignment.train_dpo import dpo_config
+        from alignment.training.trainer import fit
 
         policy, ref = copy.deepcopy(self.init), copy.deepcopy(self.init)  # identical weights, an explicit reference
         self.runs += 1
@@ -343,7 +346,7 @@ class DPOBench:
         else:
             log = _scratch_run_class()(self.scratch / f"{self.runs}-{variant}.jsonl", hook)
             args = _dpo_args(self.a, variant, steps)
-            trainer, _ = train(policy, ref, self.tok, self.rows, args, log, self.device, out)
+            trainer, _ = fit(policy, ref, self.tok, self.rows, dpo_config(args, self.device, out), log)
             log._metrics.close()
             logged = Path(log._metrics.name).read_text().splitlines()
             assert len(logged) == steps, f"{len(logged)} metrics.jsonl rows for {steps} steps"

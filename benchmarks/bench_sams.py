@@ -1,7 +1,7 @@
 """Cost of a SamS training step against a plain DPO step, measured side by side in one run.
 
-Three trainers, each alignment.train_dpo's SamplerDPOTrainer with dpo_config's settings, on the same toy preference
-pairs, from deep copies of one policy init (and one explicit reference), the same candidate batch of --batch-size
+Three trainers, each alignment.training's SamplerDPOTrainer with train_dpo.dpo_config's settings, on the same toy
+preference pairs, from deep copies of one policy init (and one explicit reference), the same candidate batch of --batch-size
 pairs per step:
     all             plain DPO: TRL's loss over every pair of the batch
     random_subset   TRL's forward and backward over the whole batch, the loss masked to a random K (its forward
@@ -74,7 +74,9 @@ def _trainer(variant: str, a, policy, ref, tokenizer, rows, scratch: Path, devic
     from datasets import Dataset
     from transformers import PrinterCallback, TrainerCallback
 
-    from alignment.train_dpo import Args, dpo_config, make_trainer_class, selector_kwargs, training_rows
+    from alignment.train_dpo import Args, dpo_config
+    from alignment.training.data import training_rows
+    from alignment.training.trainer import SamplerDPOTrainer
 
     args = Args(preferences="bench", selector=variant, select_ratio=a.ratio, max_steps=a.steps,
                 batch_size=a.batch_size, device=str(device), dtype=a.dtype, warmup_ratio=0.0, lr=1e-5)
@@ -88,9 +90,9 @@ def _trainer(variant: str, a, policy, ref, tokenizer, rows, scratch: Path, devic
 
     config = dpo_config(args, device, scratch)
     config.disable_tqdm = True
-    trainer = make_trainer_class()(model=policy, ref_model=ref, args=config,
-                                   train_dataset=Dataset.from_list(training_rows(rows, "sigmoid", 1.0)),
-                                   processing_class=tokenizer, callbacks=[TakeTurns()], **selector_kwargs(args))
+    trainer = SamplerDPOTrainer(model=policy, ref_model=ref, args=config,
+                                train_dataset=Dataset.from_list(training_rows(rows, "sigmoid", 1.0)),
+                                processing_class=tokenizer, callbacks=[TakeTurns()])
     trainer.remove_callback(PrinterCallback)
     if trainer.batch_scheduler is not None:  # time spent inside the scheduler itself
         inner = trainer.batch_scheduler.step

@@ -130,9 +130,7 @@ def test_sft_split_errors_and_blank_responses():
 
 def test_main_writes_what_every_stage_reads(tmp_path):
     from alignment.core.data import load_preferences
-    from alignment.reward_model import load_file_pairs
-    from alignment.sft import load_sft_data
-    from alignment.train_dpo import training_rows
+    from alignment.training.data import load_file_pairs, load_sft_data, training_rows
 
     rows = [{"chosen": conv(f"question {i % 30}?", f"good {i}"), "rejected": conv(f"question {i % 30}?", f"bad {i}"),
              "source": "s"} for i in range(60)]

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from alignment.core import toy
-from alignment.reward_model import main, toy_pairs, toy_response
+from alignment.reward_model import main
+from alignment.training.data import toy_pairs, toy_response
 from alignment.core.rewards import load_reward
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")

@@ -1,4 +1,5 @@
-"""alignment.selection.batch and train_dpo --selector: SamS picks exactly K and learns, random_subset's loss is SamS's
+"""alignment.selection.batch and train_dpo --selector (alignment.training.trainer):
+SamS picks exactly K and learns, random_subset's loss is SamS's
 for the same mask (and the hand-computed masked mean), selector none is TRL's loss exactly, us/ae keep their top
 scores, the SamS state survives a checkpoint, pre-training leaves the policy alone, and two gloo processes select
 the same indices as one process with the same global candidate batch."""
@@ -13,7 +14,9 @@ import torch.nn.functional as F
 
 from alignment.selection import batch as sch
 from alignment.core import toy
-from alignment.train_dpo import Args, dpo_config, make_trainer_class, selector_kwargs, training_rows
+from alignment.train_dpo import Args, dpo_config
+from alignment.training.data import training_rows
+from alignment.training.trainer import SamplerDPOTrainer
 from tests.conftest import sharp_toy_model
 from tests.test_alignment_train_dpo import ENV, PAIRS, _cli, _hand_logp, _launch, _write_prefs
 
@@ -31,15 +34,13 @@ def _trainer(tmp_path, selector="none", loss="sigmoid", rows=ROWS, batch_size=4,
     policy = policy if policy is not None else sharp_toy_model(seed=1, scale=2.0).float()
     ref = ref if ref is not None else sharp_toy_model(seed=2, scale=2.0).float()
     args = Args(preferences="x", loss=loss, beta=beta, margin_scale=2.0, batch_size=batch_size, device="cpu",
-                **{k: v for k, v in kw.items() if k in Args.__dataclass_fields__})
+                selector=selector, **{k: v for k, v in kw.items() if k in Args.__dataclass_fields__})
     extra = {k: v for k, v in kw.items() if k not in Args.__dataclass_fields__}
     config = dpo_config(args, torch.device("cpu"), tmp_path)
     for k, v in extra.items():
         setattr(config, k, v)
-    args.selector = selector
-    trainer = make_trainer_class()(model=policy, ref_model=ref, args=config,
-                                   train_dataset=Dataset.from_list(training_rows(rows, loss, 2.0)),
-                                   processing_class=tok, soft_labels=loss == "rev_kl", **selector_kwargs(args))
+    trainer = SamplerDPOTrainer(model=policy, ref_model=ref, args=config,
+                                train_dataset=Dataset.from_list(training_rows(rows, loss, 2.0)), processing_class=tok)
     return trainer, tok, policy, ref
 
 
@@ -182,7 +183,7 @@ def test_us_ae_keep_the_top_of_their_scores(tmp_path, selector, loss):
             scores = selection.us_scores(samples)
         else:
             ref_logps = torch.cat(trainer.compute_ref_log_probs(ref, {k: v for k, v in batch.items() if k != "target"}))
-            scores = selection.ae_scores(samples, ref_logps, 0.5, trainer.gamma)
+            scores = selection.ae_scores(samples, ref_logps, 0.5, trainer.args.gamma)
     idx = trainer.last_selection
     assert idx.numel() == 2
     assert set(idx.tolist()) == set(scores.topk(2).indices.tolist())

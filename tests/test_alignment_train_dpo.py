@@ -13,7 +13,10 @@ import torch
 import torch.nn.functional as F
 
 from alignment.core import toy
-from alignment.train_dpo import Args, dpo_config, main, make_trainer_class, soft_target, training_rows
+from alignment.train_dpo import Args, dpo_config, main
+from alignment.training.data import training_rows
+from alignment.training.losses import soft_target
+from alignment.training.trainer import SamplerDPOTrainer
 from tests.conftest import sharp_toy_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,9 +39,8 @@ def _trainer(tmp_path, loss, margin_scale=1.0, beta=0.5, rows=PAIRS, policy=None
     ref = ref if ref is not None else sharp_toy_model(seed=2, scale=2.0).float()
     args = Args(preferences="x", loss=loss, beta=beta, margin_scale=margin_scale, batch_size=2, device="cpu")
     data = training_rows(rows, loss, margin_scale)
-    trainer = make_trainer_class()(model=policy, ref_model=ref, args=dpo_config(args, torch.device("cpu"), tmp_path),
-                                   train_dataset=Dataset.from_list(data), processing_class=tok,
-                                   soft_labels=loss == "rev_kl")
+    trainer = SamplerDPOTrainer(model=policy, ref_model=ref, args=dpo_config(args, torch.device("cpu"), tmp_path),
+                                train_dataset=Dataset.from_list(data), processing_class=tok)
     return trainer, tok, policy, ref
 
 

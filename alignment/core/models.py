@@ -79,3 +79,20 @@ def load_causal_lm(name: str, field: str = "--model", device="cpu", dtype: str =
         if quantization_config is not None:  # already placed; quantized weights cannot be moved with .to()
             return model.eval()
     return model.to(device).eval()
+
+
+def quantization_config(load_in_4bit: bool, device, field: str = "--load-in-4bit"):
+    """bitsandbytes' 4-bit NF4 config (bf16 compute) for QLoRA, or None; checked when the models are loaded (a dry
+    run on a laptop passes)."""
+    if not load_in_4bit:
+        return None
+    import importlib.util
+
+    if torch.device(device).type != "cuda":
+        raise ConfigError(f"{field}: bitsandbytes' 4-bit weights need a CUDA GPU; drop it on a CPU")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ConfigError(f"{field}: needs bitsandbytes (pip install -r requirements_vllm.txt on a GPU node)")
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=torch.bfloat16)

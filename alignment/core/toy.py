@@ -156,3 +156,30 @@ def build_model(tokenizer, size: str = "small", seed: int = 0):
                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     torch.manual_seed(seed)
     return LlamaForCausalLM(config)
+
+
+def sample_toy(model, tokenizer, num: int, seed: int, max_new_tokens: int, batch_size: int = 64) -> list[dict]:
+    """One plain sampled response (temperature 1, no top-k / top-p) per held-out toy prompt, seeded, with its
+    fluency and true reward: {"id", "prompt", "response", "fluent", "reward"} (alignment.sft's check of a model)."""
+    import torch
+
+    model.eval()
+    device = next(model.parameters()).device
+    tokenizer.padding_side = "left"
+    prompts = ToyTask(seed).prompts(num, "heldout")
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    rows = []
+    with torch.no_grad():
+        for i in range(0, num, batch_size):
+            chunk = prompts[i:i + batch_size]
+            batch = tokenizer([r["prompt"] for r in chunk], return_tensors="pt", padding=True).to(device)
+            torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
+            out = model.generate(**batch, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
+                                 max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                                 eos_token_id=tokenizer.eos_token_id)
+            texts = tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+            for r, text in zip(chunk, texts):
+                text = " ".join(text.split())
+                rows.append({"id": r["id"], "prompt": r["prompt"], "response": text, "fluent": is_fluent(text),
+                             "reward": true_reward(r["prompt"], text)})
+    return rows

@@ -1,5 +1,5 @@
 """Batch selectors for DPO training: which pairs of each training batch get gradient (DESIGN.md section 3,
-offline regime; alignment.train_dpo --selector).
+offline regime; alignment.train_dpo --selector; alignment/training/trainer.py runs them inside TRL's DPOTrainer).
 
 Every selector sees a *candidate batch* (the --batch-size pairs per device that the data loader yields, gathered
 over all processes: the global candidate batch of n pairs) and keeps K = keep_count(n, --select-ratio) of them.
@@ -16,7 +16,8 @@ over all processes: the global candidate batch of n pairs) and keeps K = keep_co
                     candidates (alignment.selection.scores), the top K are trained on
 
 random_subset and sams are *in-batch*: TRL's forward runs over the whole candidate batch (SamS needs every
-candidate's hidden states, which that forward gives for free) and the loss is masked:
+candidate's hidden states, which that forward gives for free) and the loss is masked
+(alignment.training.losses.masked_mean):
     loss = sum_i mask_i l_i * processes / K
 so that DDP's gradient average over the processes is the mean over the K selected pairs of the global batch.
 us and ae are *per-step*: the candidates are scored first under no_grad (each pair's Monte Carlo dropout noise
@@ -54,23 +55,7 @@ def step_generator(seed: int, step: int, micro: int = 0, stream: str = "select")
     return torch.Generator(device="cpu").manual_seed(int.from_bytes(digest[:8], "little") >> 1)
 
 
-# ------------------------------------------------------------------------------------------- losses
-
-def pair_losses(chosen, rejected, ref_chosen, ref_rejected, beta: float, target=None):
-    """Per-pair DPO losses and margins D = beta ((c - c_ref) - (r - r_ref)), in TRL's order of operations.
-    target None: sigmoid, -log sigmoid(D); else rev_kl with soft label q, -log sigmoid(D) + (1 - q) D."""
-    margin = beta * ((chosen - ref_chosen) - (rejected - ref_rejected))
-    losses = -F.logsigmoid(margin)
-    if target is not None:
-        losses = losses + (1.0 - target.to(margin.device, margin.dtype)) * margin
-    return losses, margin
-
-
-def masked_loss(losses: torch.Tensor, mask: torch.Tensor, k: int, processes: int = 1) -> torch.Tensor:
-    """sum(mask * losses) * processes / k: with DDP averaging the processes' gradients, the gradient of the mean
-    loss over the k selected pairs of the global batch. The same normalisation for every selector."""
-    return (losses * mask.to(losses.dtype)).sum() * (processes / k)
-
+# ------------------------------------------------------------------------------------------- features
 
 def pooled_response_states(hidden: torch.Tensor, completion_mask: torch.Tensor) -> torch.Tensor:
     """[2B, T, d] final hidden states (TRL's layout: B chosen rows, then B rejected rows) -> [B, 2d]: the mean over

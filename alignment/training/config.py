@@ -1,0 +1,102 @@
+"""SamplerDPOConfig: TRL's DPOConfig plus the fields of our loss and of the batch selectors, checked in
+__post_init__ as TRL's DPOConfig checks its own (a bad value is one ConfigError naming the train_dpo flag).
+
+    loss                  sigmoid (TRL's DPO loss) or rev_kl (soft labels; alignment/training/losses.py)
+    margin_scale          rev_kl: k of the soft label q = sigmoid(k (r_chosen - r_rejected))
+    selector              all, random_subset, sams, us, ae (aliases accepted, the canonical name kept)
+    select_ratio          the fraction K / n of each global candidate batch that gets gradient
+    sams_mode, sams_pretrain_steps, sams_hidden, sams_lr, sams_explore_weight     the SamS scheduler's settings
+    passes, dropout, gamma                                                         us / ae: Monte Carlo dropout
+
+The field names are alignment.train_dpo's flag names (SAMPLER_FIELDS), so the stage copies them over by name and an
+error names the flag the user typed. rev_kl and the selectors rebuild TRL's plain sigmoid loss per pair: with
+either, TRL's loss_type must stay ["sigmoid"] without ld_alpha, use_weighting or another f_divergence_type.
+
+Importing this module imports trl (slow); the stages import it when they train, not for --help.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from trl import DPOConfig
+
+from alignment.selection.batch import SAMS_MODES, SELECTORS
+from alignment.training.losses import LOSSES
+from bandit.vocabulary import SELECTOR, canonical
+from runlog import ConfigError, check_number, check_positive, check_ratio
+
+SAMPLER_FIELDS = ("loss", "margin_scale", "selector", "select_ratio", "sams_mode", "sams_pretrain_steps", "sams_hidden",
+                  "sams_lr", "sams_explore_weight", "passes", "dropout", "gamma")
+
+
+def check_sampler_fields(cfg) -> None:
+    """Check the SAMPLER_FIELDS of `cfg` (a SamplerDPOConfig, or train_dpo's Args: the same names); the selector
+    becomes its canonical name. ConfigError names the flag."""
+    if cfg.loss not in LOSSES:
+        raise ConfigError(f"--loss: unknown loss {cfg.loss!r}; known: {', '.join(LOSSES)}")
+    check_positive("margin-scale", cfg.margin_scale)
+    cfg.selector = canonical(cfg.selector, SELECTOR, "alignment", "--selector", allowed=SELECTORS)
+    check_ratio("select-ratio", cfg.select_ratio)
+    if cfg.sams_mode not in SAMS_MODES:
+        raise ConfigError(f"--sams-mode: unknown mode {cfg.sams_mode!r}; known: {', '.join(SAMS_MODES)}")
+    check_number("sams-pretrain-steps", cfg.sams_pretrain_steps, low=0, integer=True)
+    if cfg.sams_pretrain_steps and cfg.selector != "sams":
+        raise ConfigError(f"--sams-pretrain-steps: pre-trains the SamS scheduler; it needs --selector sams, "
+                          f"not {cfg.selector}")
+    check_positive("sams-hidden", cfg.sams_hidden, integer=True)
+    check_positive("sams-lr", cfg.sams_lr)
+    check_number("sams-explore-weight", cfg.sams_explore_weight, low=0)
+    check_positive("passes", cfg.passes, integer=True)
+    if not (0 <= cfg.dropout < 1):
+        raise ConfigError(f"--dropout: must be in [0, 1), got {cfg.dropout}")
+    check_positive("gamma", cfg.gamma)
+
+
+def _help(text: str) -> dict:
+    return {"help": text}
+
+
+@dataclass
+class SamplerDPOConfig(DPOConfig):
+    """DPOConfig with the rev_kl loss and the batch selectors' settings (module doc); SamplerDPOTrainer reads them
+    from here. Defaults are alignment.train_dpo's."""
+
+    loss: str = field(default="sigmoid", metadata=_help("sigmoid: DPO on hard labels; rev_kl: soft labels "
+                                                        "sigmoid(margin_scale (r_chosen - r_rejected))"))
+    margin_scale: float = field(default=1.0, metadata=_help("rev_kl: margin scale k of the soft label"))
+    selector: str = field(default="all", metadata=_help("which pairs of each batch get gradient: all, "
+                                                        "random_subset, sams, us, ae"))
+    select_ratio: float = field(default=0.5, metadata=_help("selectors: K / n of each global candidate batch"))
+    sams_mode: str = field(default="topk", metadata=_help("sams: topk or softmax"))
+    sams_pretrain_steps: int = field(default=0, metadata=_help("sams: scheduler pre-training batches"))
+    sams_hidden: int = field(default=128, metadata=_help("sams: width of both MLPs"))
+    sams_lr: float = field(default=1e-3, metadata=_help("sams: Adam learning rate of both MLPs"))
+    sams_explore_weight: float = field(default=0.1, metadata=_help("sams: weight of the exploration net's score"))
+    passes: int = field(default=5, metadata=_help("us / ae: Monte Carlo dropout passes"))
+    dropout: float = field(default=0.05, metadata=_help("us / ae: dropout probability of the passes"))
+    gamma: float = field(default=2.0, metadata=_help("ae: width multiplier of the confidence bound"))
+
+    def __post_init__(self):
+        check_sampler_fields(self)
+        self.sams_pretrain_steps = int(self.sams_pretrain_steps)
+        super().__post_init__()
+        plain = self.loss_type == ["sigmoid"] and self.ld_alpha is None and not self.use_weighting \
+            and self.f_divergence_type == "reverse_kl"
+        if self.loss == "rev_kl" and not plain:
+            raise ConfigError("--loss: rev_kl builds on TRL's plain sigmoid loss; remove loss_type, ld_alpha, "
+                              "use_weighting and f_divergence_type from the recipe's dpo: mapping")
+        if self.selector != "all" and not plain:
+            raise ConfigError("--selector: the selectors rebuild TRL's plain sigmoid (or rev_kl) loss per pair; "
+                              "remove loss_type, ld_alpha, use_weighting and f_divergence_type from the recipe's "
+                              "dpo: mapping")
+
+
+def lora_config(r: int, alpha: int, dropout: float, targets: str):
+    """peft's LoraConfig for a causal LM (None for r = 0: full fine-tuning); targets "all-linear" or
+    comma-separated module names."""
+    if not r:
+        return None
+    from peft import LoraConfig
+
+    modules = targets if targets == "all-linear" else [t.strip() for t in targets.split(",")]
+    return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=modules, task_type="CAUSAL_LM")
