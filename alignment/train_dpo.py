@@ -40,7 +40,7 @@ Selectors need TRL's plain sigmoid loss underneath (no loss_type / ld_alpha / us
 
 The reference model is always loaded as its own frozen copy and passed to the trainer (--ref, default: the
 same weights as --policy): TRL never re-loads it from a path. Config: flags, or a YAML recipe (--config; its
-`train:` section, see alignment/recipes.py) whose values the flags override. DPOConfig fields that have no
+`train:` section, see alignment/pipeline/recipes.py) whose values the flags override. DPOConfig fields that have no
 flag here go in the recipe's `dpo:` mapping (e.g. {warmup_ratio: 0.03, gradient_checkpointing: true}).
 
 Writes OUT/NAME/{run.json, metrics.jsonl (the trainer's logs: loss, reward margins and accuracies, lr),
@@ -59,7 +59,7 @@ from pathlib import Path
 import torch
 
 from alignment.core.models import model_source
-from alignment.recipes import stage_defaults
+from alignment.pipeline.recipes import stage_defaults
 from alignment.selection.batch import SAMS_MODES
 from alignment.training.common import trainer_device
 from alignment.training.losses import LOSSES

@@ -55,7 +55,6 @@ import argparse
 import copy
 import gc
 import os
-import random
 import resource
 import statistics
 import sys
@@ -67,7 +66,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python benchmarks/bench_alignment.py` from anywhere
 
-from benchmarks.isolated import run_isolated
+from benchmarks.common import dpo_pairs, run_isolated
 
 VARIANTS = ("generate", "single", "mixp")
 
@@ -216,24 +215,6 @@ DPO_VARIANTS = ("trl", "sigmoid", "rev_kl")
 DPO_NAMES = {"trl": "TRL DPOTrainer", "sigmoid": "ours, sigmoid", "rev_kl": "ours, rev_kl"}
 # DPOConfig fields that may differ between the two trainers' configs (where they write, not what they do)
 DPO_CONFIG_FREE = {"output_dir", "logging_dir"}
-
-
-def dpo_pairs(n: int, seed: int = 0) -> list[dict]:
-    """n toy preference pairs: two demonstration-like responses per ToyTask prompt, the better one (by the toy
-    task's true reward) as chosen, both rewards kept (rev_kl's soft labels need them)."""
-    from alignment.core.toy import ToyTask, true_reward
-
-    task = ToyTask(seed)
-    rng = random.Random(f"{seed}/bench/pairs")
-    rows = []
-    for r in task.prompts(n):
-        a, b = (" " + task.demonstration(r["prompt"], rng) for _ in range(2))
-        ra, rb = true_reward(r["prompt"], a), true_reward(r["prompt"], b)
-        if rb > ra:
-            a, b, ra, rb = b, a, rb, ra
-        rows.append({"id": r["id"], "prompt": r["prompt"], "chosen": a, "rejected": b, "chosen_reward": ra,
-                     "rejected_reward": rb})
-    return rows
 
 
 def _dpo_args(a, loss: str, steps: int):

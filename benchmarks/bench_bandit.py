@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python benchmarks/bench_bandit.py` from anywhere
 
-from benchmarks.isolated import run_isolated
+from benchmarks.common import run_isolated
 
 
 def _measure(variant: str, setting: str, seeds: int, iters: int, device: str, sampler: str, queue):

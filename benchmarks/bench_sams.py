@@ -38,7 +38,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python benchmarks/bench_sams.py` from anywhere
 
-from benchmarks.bench_alignment import dpo_pairs  # the same toy pairs as bench_alignment
+from benchmarks.common import dpo_pairs  # the same toy pairs as bench_alignment
 
 VARIANTS = ("all", "random_subset", "sams")  # train_dpo --selector values
 

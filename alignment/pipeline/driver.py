@@ -398,23 +398,11 @@ def run_stage(plan: Plan, stage: str, t: int) -> None:
         module, args = stage_args(plan, stage, t)
         with open(log, "w") as f, contextlib.redirect_stdout(f):
             try:
-                path = _run_module(module, args, plan.argv(stage, t))
+                path = module.run(args)
             except ConfigError as e:
                 raise ConfigError(f"{stage} of iteration {t}: {e} (its output: {log})") from None
             print(f"wrote {path}")
     resume.mark_done(d / stage, stage=stage, iteration=t)
-
-
-def _run_module(module, args, argv: list[str]):
-    """module.run(args); a stage module without run() yet is called through its main() on the same flags."""
-    if hasattr(module, "run"):
-        return module.run(args)
-    try:  # alignment.train_dpo until it has run(args) like the other stages
-        return module.main(argv)
-    except SystemExit as e:
-        if e.code:
-            raise ConfigError(f"stopped with exit code {e.code}; see the error line above") from None
-        return None
 
 
 def _check_same_recipe(plan: Plan) -> None:

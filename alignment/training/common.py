@@ -2,7 +2,7 @@
 their common flags, the TrainingArguments they all set alike, the metrics.jsonl callback and the quiet progress
 bar, the seeded held-out split of a file's rows, and saving the trained model into the run.
 
-transformers is imported inside the functions that need it: the stages' checks (and `alignment.dryrun`) run
+transformers is imported inside the functions that need it: the stages' checks (and `alignment.pipeline.dryrun`) run
 without loading it.
 """
 from __future__ import annotations
