@@ -75,6 +75,20 @@ def check_uint(flag: str, value: str, low: int = 0) -> int:
     return int(value)
 
 
+def dispatch(module: str, doc: str, bodies: dict, what: str, argv=None) -> None:
+    """`python -m MODULE NAME FLAGS...`: run bodies[NAME] as the script NAME.sh (run_script); --help prints doc;
+    a missing or unknown NAME is one error line and exit code 2."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in ("-h", "--help"):
+        print(doc)
+        return
+    if not argv or argv[0] not in bodies:
+        print(f"python -m {module}: error: the first argument must name {what}: {', '.join(bodies)}; "
+              f"got {argv[0] if argv else 'nothing'!r}", file=sys.stderr)
+        sys.exit(2)
+    run_script(f"{argv[0]}.sh", bodies[argv[0]], argv[1:])
+
+
 def run_script(script: str, body, argv=None) -> None:
     """Run body(argv) as the script `script`: a ConfigError is one line and exit code 2, a failed command stops the
     script with its exit code, and a Python without this project's packages is told so."""

@@ -13,10 +13,9 @@ command resumes; --fresh reruns them all.
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-from alignment.pipeline.commands import (PYTHON, Command, Recipe, check_uint, parse_script, run_commands, run_script,
+from alignment.pipeline.commands import (PYTHON, Command, Recipe, check_uint, dispatch, parse_script, run_commands,
                                          script_parser, script_path, slug)
 from bandit.vocabulary import SELECTOR, canonical
 from runlog import ConfigError
@@ -266,15 +265,7 @@ def run(name: str, argv) -> None:
 
 
 def main(argv=None) -> None:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if argv and argv[0] in ("-h", "--help"):
-        print(__doc__)
-        return
-    if not argv or argv[0] not in RECIPES:
-        print(f"python -m alignment.pipeline.offline: error: the first argument must name a recipe: "
-              f"{', '.join(RECIPES)}; got {argv[0] if argv else 'nothing'!r}", file=sys.stderr)
-        sys.exit(2)
-    run_script(f"{argv[0]}.sh", lambda rest: run(argv[0], rest), argv[1:])
+    dispatch("alignment.pipeline.offline", __doc__, {n: (lambda rest, n=n: run(n, rest)) for n in RECIPES}, "a recipe", argv)
 
 
 if __name__ == "__main__":

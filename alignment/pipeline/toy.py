@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from alignment.pipeline import resume
-from alignment.pipeline.commands import (PYTHON, StageFailed, check_uint, parse_script, run_script, script_parser,
+from alignment.pipeline.commands import (PYTHON, StageFailed, check_uint, dispatch, parse_script, script_parser,
                                          script_path)
 from bandit.vocabulary import PAIR_SAMPLER, SELECTOR, canonical
 from runlog import ConfigError
@@ -375,15 +375,7 @@ SCRIPTS = {"toy": toy, "toy_selection": toy_selection}
 
 
 def main(argv=None) -> None:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if argv and argv[0] in ("-h", "--help"):
-        print(__doc__)
-        return
-    if not argv or argv[0] not in SCRIPTS:
-        print(f"python -m alignment.pipeline.toy: error: the first argument must name a comparison: "
-              f"{', '.join(SCRIPTS)}; got {argv[0] if argv else 'nothing'!r}", file=sys.stderr)
-        sys.exit(2)
-    run_script(f"{argv[0]}.sh", SCRIPTS[argv[0]], argv[1:])
+    dispatch("alignment.pipeline.toy", __doc__, SCRIPTS, "a comparison", argv)
 
 
 if __name__ == "__main__":
