@@ -103,6 +103,15 @@ def parse_dataclass(cls, argv=None, description: str | None = None, defaults: di
     return cls(**vars(parser.parse_args(argv)), **recipe_only)
 
 
+def close_distributed() -> None:
+    """Tear down torch.distributed's process group if this process started one (torchrun / accelerate launch),
+    so that a process exits without its gloo threads still running (which aborts it: "terminate called without
+    an active exception"). Loads nothing that is not loaded already."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def entry_point(args_cls, run, doc: str | None = None, defaults=None):
     """The `main(argv)` of an entry point whose work is `run(args) -> Path`: parse argv into `args_cls` (an Args
     dataclass; the first paragraph of `doc` is the --help description), call run, print "wrote PATH", and turn a
@@ -114,7 +123,10 @@ def entry_point(args_cls, run, doc: str | None = None, defaults=None):
     def main(argv=None):
         args = parse_dataclass(args_cls, argv, description=description,
                                defaults=defaults(argv) if defaults is not None else None)
-        path = run(args)
+        try:
+            path = run(args)
+        finally:
+            close_distributed()
         if path is not None:
             print(f"wrote {path}")
         return path
