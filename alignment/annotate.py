@@ -17,10 +17,12 @@ Pair rules (one pair per prompt; chosen = the higher reward; the samplers paper'
                    are the two halves of the list: with probability p the SECOND half, else the first. The paper's
                    files are laid out that way (generation/concat.py puts the on-policy responses of get_hf2.py
                    first and the fused ones of get_hf_mixp.py second, and run_dpo.py takes the first half with
-                   probability 0.3), so p = 0.7 is the paper's rule in both layouts. (Its second branch indexes the
-                   whole list with positions counted inside the second half, so it pairs first-half responses: a
-                   bug, not followed here.) The halves need an even number K of responses (generate
-                   --num-responses); an odd K is an error; K = 2 has a single pair, which is taken (max_min).
+                   probability 0.3), so p = 0.7 is the paper's rule in both layouts: alignment.generate writes
+                   the fused responses first (mix+, mix-, then the on-policy pair), which the components rule
+                   does not depend on. (The paper's second branch indexes the whole list with positions counted
+                   inside the second half, so it pairs first-half responses: a bug, not followed here.) The halves
+                   need an even number K of responses (generate --num-responses); an odd K is an error; K = 2 has
+                   a single pair, which is taken (max_min).
 max_min, random, max_random and max_max ignore components.
 --flip q swaps chosen and rejected of each kept pair with probability q (a seeded stream per prompt): simulated
 annotator noise for the selection experiments; such rows carry "flipped": true and keep each reward with its
