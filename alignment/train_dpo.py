@@ -15,8 +15,8 @@ Losses (alignment/training/losses.py), with h = beta * log(pi / pi_ref) summed o
 rev_kl runs TRL's own sigmoid loss and adds (1 - q) D, since -q log s(D) - (1-q) log s(-D) = -log s(D) + (1-q) D
 exactly: TRL's forward passes, metrics and distributed code stay untouched.
 Every other --loss is TRL 1.16's own DPOConfig loss_type of that name, computed by TRL (D as above, margin
-logits = D / beta): hinge max(0, 1 - D) (SLiC), ipo (logits / T - 1 / (2 beta))^2 with the log-ratios averaged over
-the T response tokens as TRL does, exo_pair (needs label_smoothing in dpo:), nca_pair, robust, bco_pair, sppo_hard,
+logits = D / beta): hinge max(0, 1 - D) (SLiC), ipo (l_c / T_c - l_r / T_r - 1 / (2 beta))^2 with l the
+log-ratio log(pi / pi_ref) of a response and T its token count (TRL averages per token), exo_pair (needs label_smoothing in dpo:), nca_pair, robust, bco_pair, sppo_hard,
 aot, aot_unpaired, apo_zero, apo_down, discopop, sft, sigmoid_norm. The samplers paper's run_dpo.py offers sigmoid,
 hinge, ipo and rev_kl among these (its cross_entropy, raft, kl, tv and hellinger are not TRL losses and are not
 offered here). The selectors need sigmoid or rev_kl.
