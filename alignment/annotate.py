@@ -2,15 +2,28 @@
 
     python -m alignment.annotate --generations runs/alignment/generate/NAME --reward toy-oracle --rule max_min
 
-Pair rules (one pair per prompt; chosen = the higher reward):
-    max_min        the highest- vs the lowest-reward response (on equal rewards, the first in list order)
+Pair rules (one pair per prompt; chosen = the higher reward; the samplers paper's run_dpo.py `choose_type`s):
+    max_min        the highest- vs the lowest-reward response (on equal rewards, the first in list order).
+                   --length-penalty c > 0 (the paper's max_min_p): the two are the highest and the lowest of
+                   reward - c * len(response), len in characters of the response text as the paper's code counts
+                   it; chosen and rejected are then the two ordered by their plain rewards, as in its code
     random         two distinct responses (positions) drawn uniformly at random
-    mixed_max_min  with probability p max_min, else random.
-                   mix_p variant: when a prompt's responses carry both fused components ("mix+"/"mix-" or
-                   "mixseq+"/"mixseq-") and on-policy ones ("policy"), the rule instead picks the fused
-                   responses with probability p, else the on-policy ones, and applies max_min within them
-                   ("ref" responses then take no part). Without components, or without both kinds,
-                   it is the plain mixed rule over all responses. max_min and random ignore components.
+    max_random     the highest-reward response vs one of the others drawn uniformly at random (the paper's code takes
+                   the first other response in list order, which is a uniform draw when the responses are i.i.d.)
+    max_max        the highest- vs the second-highest-reward response
+    mixed_max_min  max_min within one of two groups of responses: with probability p the fused Mix-P responses,
+                   else the on-policy ones. With components ("mix+"/"mix-" or "mixseq+"/"mixseq-" and "policy"),
+                   the groups are those components ("ref" responses take no part); without both kinds, the groups
+                   are the two halves of the list: with probability p the SECOND half, else the first. The paper's
+                   files are laid out that way (generation/concat.py puts the on-policy responses of get_hf2.py
+                   first and the fused ones of get_hf_mixp.py second, and run_dpo.py takes the first half with
+                   probability 0.3), so p = 0.7 is the paper's rule in both layouts: alignment.generate writes
+                   the fused responses first (mix+, mix-, then the on-policy pair), which the components rule
+                   does not depend on. (The paper's second branch indexes the whole list with positions counted
+                   inside the second half, so it pairs first-half responses: a bug, not followed here.) The halves
+                   need an even number K of responses (generate --num-responses); an odd K is an error; K = 2 has
+                   a single pair, which is taken (max_min).
+max_min, random, max_random and max_max ignore components.
 --flip q swaps chosen and rejected of each kept pair with probability q (a seeded stream per prompt): simulated
 annotator noise for the selection experiments; such rows carry "flipped": true and keep each reward with its
 response (so their chosen_reward is below their rejected_reward).
@@ -39,7 +52,8 @@ from bandit.vocabulary import PAIR_SAMPLER, normalise
 from alignment.core.data import GENERATIONS_FILE, PREFERENCES_FILE, load_generations, write_jsonl
 from runlog import ConfigError, RunDir, arg, check_name, check_out, entry_point, read_run
 
-RULES = ("max_min", "random", "mixed_max_min")
+RULES = ("max_min", "random", "max_random", "max_max", "mixed_max_min")
+HOWS = ("max_min", "random", "max_random", "max_max", "fused", "policy", "first_half", "second_half")
 FUSED = ("mix+", "mix-", "mixseq+", "mixseq-")
 POLICY = ("policy",)
 
@@ -51,10 +65,15 @@ class Args:
                                   "{id, prompt, responses, components?, num_tokens?} (required)", metavar="PATH")
     reward: str = arg("toy-oracle", "reward: 'toy-oracle' (the toy task's true reward), a reward-model folder "
                       "(or an alignment.reward_model run folder) or a Hub name", metavar="SPEC")
-    rule: str = arg("max_min", "pair rule: max_min (highest vs lowest reward), random (a random pair), "
-                    "mixed_max_min (max_min with probability p, else random; fused vs on-policy responses "
-                    "for mix_p generations)", choices=list(RULES))
-    p: float = arg(0.7, "mixed_max_min: probability of the max_min pick (or of the fused responses), in [0, 1]")
+    rule: str = arg("max_min", "pair rule: max_min (highest vs lowest reward), random (a random pair), max_random "
+                    "(highest vs a random other), max_max (highest vs second highest), mixed_max_min (max_min within "
+                    "the fused Mix-P responses with probability p, else within the on-policy ones; without such "
+                    "components, within the second half of the responses with probability p, else the first half: "
+                    "an even K)", choices=list(RULES))
+    p: float = arg(0.7, "mixed_max_min: probability of the fused responses (or of the second half), in [0, 1]; "
+                   "0.7 is the samplers paper's")
+    length_penalty: float = arg(0.0, "max_min only: pick the highest and lowest of reward - c * len(response) "
+                                "(characters; the samplers paper's max_min_p, its len_penalty c); 0: off")
     flip: float = arg(0.0, "label noise: swap each pair's chosen and rejected with this probability (simulated annotator "
                       "errors, e.g. 0.2; the rewards stay with their responses, rows get flipped: true)")
     seed: int = arg(0, "seed of the random picks (each prompt draws from its own stream of seed and id)")
@@ -88,30 +107,64 @@ def _groups(components) -> tuple[list[int], list[int]] | None:
     return (fused, policy) if fused and policy else None
 
 
-def pick_pair(rewards, rule: str, rng: random.Random, p: float = 0.7, components=None) -> Pick | None:
+def halves_error(k: int, where: str = "") -> ConfigError:
+    return ConfigError(f"--rule: mixed_max_min without fused and on-policy components takes max_min within one half "
+                       f"of the responses, so it needs an even number of them (generate --num-responses){where}; "
+                       f"got {k}")
+
+
+def check_rule_inputs(rows: list[dict], rule: str) -> None:
+    """What the rule cannot pair, found before any scoring: mixed_max_min's halves need an even K."""
+    if rule != "mixed_max_min":
+        return
+    for row in rows:
+        k = len(row["responses"])
+        if k >= 2 and k % 2 and _groups(row.get("components")) is None:
+            raise halves_error(k, f"; prompt id {row['id']!r} has an odd number")
+
+
+def pick_pair(rewards, rule: str, rng: random.Random, p: float = 0.7, components=None, lengths=None,
+              length_penalty: float = 0.0) -> Pick | None:
     """The pair a rule picks from one prompt's rewards; None if its candidates are fewer than 2.
 
-    The chosen side is the higher reward; equal rewards come back as they are (the caller drops ties).
+    The chosen side is the higher reward; equal rewards come back as they are (the caller drops ties). lengths
+    (the responses' lengths) is needed with length_penalty > 0 (rule max_min only).
     """
+    if rule not in RULES:
+        raise ConfigError(f"--rule: unknown rule {rule!r}; known: {', '.join(RULES)}")
     everyone = list(range(len(rewards)))
+    if len(everyone) < 2:
+        return None
+    orient = lambda a, b: (a, b) if rewards[a] >= rewards[b] else (b, a)
     if rule == "max_min":
+        if length_penalty:
+            score = [rewards[i] - length_penalty * lengths[i] for i in everyone]
+            return Pick(*orient(*max_min(score, everyone)), "max_min")
         how, candidates = "max_min", everyone
     elif rule == "random":
         how, candidates = "random", everyone
+    elif rule in ("max_random", "max_max"):
+        best = max_min(rewards, everyone)[0]
+        rest = [i for i in everyone if i != best]
+        other = rng.choice(rest) if rule == "max_random" else max_min(rewards, rest)[0]
+        return Pick(*orient(best, other), rule)
     elif rule == "mixed_max_min":
         u = rng.random()
         groups = _groups(components)
         if groups is not None:
             how, candidates = ("fused", groups[0]) if u < p else ("policy", groups[1])
+        elif len(everyone) == 2:
+            how, candidates = "max_min", everyone  # one pair: both halves have a single response
+        elif len(everyone) % 2:
+            raise halves_error(len(everyone))
         else:
-            how, candidates = ("max_min" if u < p else "random"), everyone
-    else:
-        raise ConfigError(f"--rule: unknown rule {rule!r}; known: {', '.join(RULES)}")
+            half = len(everyone) // 2
+            how, candidates = ("second_half", everyone[half:]) if u < p else ("first_half", everyone[:half])
     if len(candidates) < 2:
         return None
     if how == "random":
         a, b = rng.sample(candidates, 2)
-        hi, lo = (a, b) if rewards[a] >= rewards[b] else (b, a)
+        hi, lo = orient(a, b)
     else:
         hi, lo = max_min(rewards, candidates)
     return Pick(hi, lo, how)
@@ -127,15 +180,17 @@ def completion(prompt, response: str):
 
 
 def annotate(rows: list[dict], scores: list[list[float]], rule: str, p: float, seed: int,
-             flip: float = 0.0) -> tuple[list[dict], dict]:
+             flip: float = 0.0, length_penalty: float = 0.0) -> tuple[list[dict], dict]:
     """Preference rows and the summary counts, given each prompt's response rewards."""
+    check_rule_inputs(rows, rule)
     out = []
     counts = {"prompts": len(rows), "pairs": 0, "ties_dropped": 0, "too_few_responses": 0, "flipped": 0,
-              "picks": {k: 0 for k in ("max_min", "random", "fused", "policy")}}
+              "picks": {k: 0 for k in HOWS}}
     chosen_r, rejected_r = [], []
     for row, rewards in zip(rows, scores, strict=True):
         rng = random.Random(f"{seed}/{row['id']}")  # str seeds hash with sha512: stable across processes
-        pick = pick_pair(rewards, rule, rng, p, row.get("components"))
+        lengths = [len(r) for r in row["responses"]] if length_penalty else None
+        pick = pick_pair(rewards, rule, rng, p, row.get("components"), lengths, length_penalty)
         if pick is None:
             counts["too_few_responses"] += 1
             continue
@@ -232,6 +287,11 @@ def resolve(args: Args) -> str:
         raise ConfigError(f"--flip: must be a probability in [0, 1), got {args.flip}")
     if not 0.0 <= args.p <= 1.0:  # NaN fails too
         raise ConfigError(f"--p: must be a probability in [0, 1], got {args.p}")
+    if not (math.isfinite(args.length_penalty) and args.length_penalty >= 0):
+        raise ConfigError(f"--length-penalty: must be a number >= 0 (0: off), got {args.length_penalty}")
+    if args.length_penalty and args.rule != "max_min":
+        raise ConfigError(f"--length-penalty: applies to --rule max_min only (the samplers paper's max_min_p), "
+                          f"not {args.rule}")
     if args.seed < 0:
         raise ConfigError(f"--seed: must be an integer >= 0, got {args.seed}")
     if args.batch_size < 1:
@@ -260,10 +320,11 @@ def run(args: Args) -> Path | None:
     rows = load_generations(args.generations)
     if all(len(r["responses"]) < 2 for r in rows):
         raise ConfigError("--generations: every prompt has fewer than 2 responses; a pair needs 2")
+    check_rule_inputs(rows, args.rule)
     reward = load_reward(args.reward, device=device, batch_size=args.batch_size)
     check_reward_inputs(reward, rows)
     scores = score_all(reward, rows, args.batch_size)
-    prefs, summary = annotate(rows, scores, args.rule, args.p, args.seed, args.flip)
+    prefs, summary = annotate(rows, scores, args.rule, args.p, args.seed, args.flip, args.length_penalty)
 
     config = dataclasses.asdict(args) | {"resolved": {"name": name, "device": str(device)}}
     metrics = {"sampler": _generation_sampler(args.generations), "rule": args.rule, "seed": args.seed, "step": 0,

@@ -1,4 +1,4 @@
-"""DPO training with TRL's DPOTrainer: the hard-label `sigmoid` loss or the soft-label `rev_kl` loss.
+"""DPO training with TRL's DPOTrainer: the hard-label `sigmoid` loss, the soft-label `rev_kl` loss, or TRL's others.
 
     python -m alignment.train_dpo --preferences runs/alignment/annotate/online          # toy: the SFT'd policy
     python -m alignment.train_dpo --config alignment/configs/toy.yaml --preferences P --loss rev_kl --margin-scale 4
@@ -14,6 +14,15 @@ Losses (alignment/training/losses.py), with h = beta * log(pi / pi_ref) summed o
               rejected_reward in every row (alignment.annotate writes them).
 rev_kl runs TRL's own sigmoid loss and adds (1 - q) D, since -q log s(D) - (1-q) log s(-D) = -log s(D) + (1-q) D
 exactly: TRL's forward passes, metrics and distributed code stay untouched.
+Every other --loss is TRL 1.16's own DPOConfig loss_type of that name, computed by TRL (D as above, margin
+logits = D / beta): hinge max(0, 1 - D) (SLiC), ipo (l_c / T_c - l_r / T_r - 1 / (2 beta))^2 with l the
+log-ratio log(pi / pi_ref) of a response and T its token count (TRL averages per token), exo_pair (needs label_smoothing in dpo:), nca_pair, robust, bco_pair, sppo_hard,
+aot, aot_unpaired, apo_zero, apo_down, discopop, sft, sigmoid_norm. The samplers paper's run_dpo.py offers sigmoid,
+hinge, ipo and rev_kl among these (its cross_entropy, raft, kl, tv and hellinger are not TRL losses and are not
+offered here). The selectors need sigmoid or rev_kl.
+
+Dropout: --disable-dropout (the default, TRL's) turns the policy's own dropout off for training; --no-disable-dropout
+trains with it on, as the AE / US code does (its have_llm_dropout: true). The reference model never has dropout.
 
 Batch selection (--selector; alignment/selection/batch.py has the math, alignment/training/trainer.py the trainer):
 each batch the data loader yields is a *candidate batch* (batch-size pairs per process; n over all processes) of which
@@ -62,7 +71,7 @@ from alignment.core.models import model_source
 from alignment.pipeline.recipes import stage_defaults
 from alignment.selection.batch import SAMS_MODES
 from alignment.training.common import trainer_device
-from alignment.training.losses import LOSSES
+from alignment.training.losses import TRAIN_LOSSES
 from runlog import ConfigError, RunDir, arg, check_name, check_out, check_positive, entry_point
 
 DEFAULT_POLICY = "runs/alignment/sft/toy/model"
@@ -71,7 +80,7 @@ REPORTERS = ("none", "wandb", "tensorboard")
 OWN_FIELDS = {"output_dir", "learning_rate", "per_device_train_batch_size", "per_device_eval_batch_size",
               "gradient_accumulation_steps", "num_train_epochs", "max_steps", "lr_scheduler_type", "warmup_ratio",
               "warmup_steps", "seed", "data_seed", "use_cpu", "bf16", "fp16", "max_length", "beta", "loss_type",
-              "loss_weights", "report_to", "trust_remote_code", "precompute_ref_log_probs"}
+              "loss_weights", "report_to", "trust_remote_code", "precompute_ref_log_probs", "disable_dropout"}
 
 
 @dataclass
@@ -86,7 +95,8 @@ class Args:
     ref: str | None = arg(None, "the fixed reference pi_ref (default: the same weights as --policy, loaded as a "
                           "separate frozen copy)")
     loss: str = arg("sigmoid", "sigmoid: DPO on hard labels; rev_kl: soft labels sigmoid(k (r_chosen - "
-                    "r_rejected)) from the pairs' rewards", choices=list(LOSSES))
+                    "r_rejected)) from the pairs' rewards; the others are TRL's loss_type of that name (module doc; "
+                    "the selectors need sigmoid or rev_kl)", choices=list(TRAIN_LOSSES))
     beta: float = arg(0.1, "KL strength beta of the implicit reward beta log(pi / pi_ref)")
     margin_scale: float = arg(1.0, "rev_kl: margin scale k of the soft label sigmoid(k (r_chosen - r_rejected))")
     lr: float = arg(1e-4, "peak learning rate (AdamW); the samplers paper uses 5e-7 for 3B-7B models")
@@ -97,6 +107,9 @@ class Args:
     batch_size: int = arg(16, "pairs per device per forward pass")
     grad_accum: int = arg(1, "forward passes per optimizer step (global batch = batch-size x grad-accum x processes)")
     max_length: int = arg(512, "tokens per sequence (prompt + response); longer ones are cut at the end")
+    disable_dropout: bool = arg(True, "turn the policy's own dropout off for training (TRL's default); "
+                                "--no-disable-dropout trains with it on, as the AE / US code does. The reference "
+                                "model has no dropout either way")
     precompute_ref: bool = arg(False, "compute the reference log-probs once before training (saves the reference's "
                                "forward pass per step)")
     dtype: str = arg("float32", "weights' dtype; on a GPU that has bf16 the forward passes run under bf16 autocast "
@@ -168,7 +181,7 @@ def check_lora(args: Args) -> None:
 
 def resolve(args: Args) -> torch.device:
     """Check every argument before anything is loaded or written; ConfigError names the bad flag."""
-    from alignment.training.config import check_sampler_fields
+    from alignment.training.config import check_sampler_fields, check_trl_loss
 
     check_lora(args)
     if not args.preferences:
@@ -197,6 +210,9 @@ def resolve(args: Args) -> torch.device:
     check_out(args.out)
     check_dpo_extras(args.dpo)
     check_sampler_fields(args)  # --loss, --margin-scale and the selector flags; the selector's canonical name
+    d = args.dpo
+    check_trl_loss(args.loss, d.get("label_smoothing", 0.0), d.get("f_divergence_type", "reverse_kl"),
+                   d.get("use_weighting", False))
     return trainer_device(args.device)  # auto: cuda when there is a GPU
 
 
@@ -207,8 +223,9 @@ def dpo_config(args: Args, device: torch.device, output_dir: Path):
 
     kw = trainer_kwargs(args, device, output_dir) | dict(
         lr_scheduler_type=args.lr_scheduler, warmup_steps=args.warmup_ratio, gradient_accumulation_steps=args.grad_accum,
-        beta=args.beta, loss_type=["sigmoid"], precompute_ref_log_probs=args.precompute_ref,
-        report_to=args.report_to, disable_dropout=True, logging_steps=1, remove_unused_columns=True)
+        beta=args.beta, loss_type=["sigmoid" if args.loss == "rev_kl" else args.loss],
+        precompute_ref_log_probs=args.precompute_ref, report_to=args.report_to, disable_dropout=args.disable_dropout,
+        logging_steps=1, remove_unused_columns=True)
     return SamplerDPOConfig(**(kw | {name: getattr(args, name) for name in SAMPLER_FIELDS} | args.dpo))
 
 

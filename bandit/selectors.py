@@ -306,7 +306,10 @@ def borda_scores(h: torch.Tensor, width: torch.Tensor, x: torch.Tensor, y_pi: to
     y_pi [S, M, m] actions from pi, y_ref [S, M, m] actions from pi_ref. The Borda score of y is its
     win probability against a reference action, estimated over the reference samples y'_j as
     mean_j sigmoid(h(y) - h(y'_j) +- gamma w(x, y, y'_j)); h includes beta, so this is AE-Borda's
-    sigmoid(beta * implicit-reward difference), shifted by +- gamma widths.
+    sigmoid(beta * implicit-reward difference), shifted by +- gamma widths. The `borda` selector passes
+    w(x, y, y') = s(x, y) + s(x, y') (`borda_widths`), optimistic on y and pessimistic on y' by their own
+    widths, as AE-Borda's code sums the two responses' dropout standard deviations
+    (alignment/selection/borda.py).
     """
     S, E, A = h.shape
     M, m = y_pi.shape[1:]
@@ -316,6 +319,15 @@ def borda_scores(h: torch.Tensor, width: torch.Tensor, x: torch.Tensor, y_pi: to
     vals = tables.reshape(S, 2, E * A * A).gather(2, cell.reshape(S, 1, -1).expand(S, 2, -1))
     vals = vals.reshape(S, 2, M, m, m).mean(-1)
     return vals[:, 0], vals[:, 1]
+
+
+def borda_widths(unc, S: int, E: int, A: int, device) -> torch.Tensor:
+    """w(x, y, y') = s(x, y) + s(x, y') for every ordered pair, [S, E, A, A]: the per-response widths s of `unc`
+    (the same response_width that `ae` uses) summed over the two actions of a comparison."""
+    xs = torch.arange(E, device=device).repeat_interleave(A).expand(S, -1)
+    ys = torch.arange(A, device=device).repeat(E).expand(S, -1)
+    s = unc.response_width(xs, ys).reshape(S, E, A)
+    return s[..., :, None] + s[..., None, :]
 
 
 def borda_pick(h, width, x, y_pi, y_ref, gamma: float, keep: int):
@@ -339,7 +351,8 @@ def sample_actions(log_p: torch.Tensor, x: torch.Tensor, m: int, sim: OfflineSim
 
 class Borda(Selector):
     """AE-Borda in the online regime: fresh pairs each step, labelled by Bradley-Terry (then flipped with
-    probability --flip), pair widths from the pairs trained on so far. Ties (best action = the reference
+    probability --flip), per-response widths from the pairs trained on so far, summed over a comparison's two
+    actions (borda_widths). Ties (best action = the reference
     action) are kept: they add log 2 to the loss and nothing to its gradient."""
 
     name = "borda"
@@ -356,7 +369,8 @@ class Borda(Selector):
         x = torch.randint(E, (S, M), generator=gen, device=sim.r.device)
         y_pi = sample_actions(sim.log_pi, x, m, sim)
         y_ref = sample_actions(sim.env.log_ref, x, m, sim)
-        mask, best, _ = borda_pick(sim.h, sim.unc.pair_width_table(), x, y_pi, y_ref, self.cfg.gamma, sim.batch)
+        width = borda_widths(sim.unc, S, E, sim.r.shape[2], sim.r.device)
+        mask, best, _ = borda_pick(sim.h, width, x, y_pi, y_ref, self.cfg.gamma, sim.batch)
         other = y_ref.gather(-1, torch.randint(m, (S, M, 1), generator=gen, device=sim.r.device)).squeeze(-1)
         p = torch.sigmoid(gather_actions(sim.r, x, best) - gather_actions(sim.r, x, other))
         best_wins = (sim.rand(S, M) < p) ^ (sim.rand(S, M) < sim.flip)

@@ -80,17 +80,19 @@ def test_random_rule_is_a_uniform_pair_of_distinct_positions_with_chosen_higher(
 
 
 @pytest.mark.parametrize("p", [0.7, 0.3])
-def test_mixed_rule_picks_max_min_with_probability_p(p):
+def test_mixed_rule_takes_max_min_within_the_second_half_with_probability_p(p):
+    """Without components, mixed_max_min is max_min within the second half (probability p) or the first half of
+    the K = 4 responses: rewards [0, 2, 1, -1] give (2, 3) or (1, 0), never a pair across the halves."""
     n = 4000
     rows = [{"id": f"q{i}", "prompt": P1, "responses": [f"r{j}" for j in range(4)]} for i in range(n)]
     scores = [[0.0, 2.0, 1.0, -1.0]] * n
     prefs, counts = annotate(rows, scores, "mixed_max_min", p, seed=5)
-    share = counts["picks"]["max_min"] / n
-    assert counts["picks"]["max_min"] + counts["picks"]["random"] == n
+    share = counts["picks"]["second_half"] / n
+    assert counts["picks"]["second_half"] + counts["picks"]["first_half"] == n
     assert abs(share - p) < 4 * math.sqrt(p * (1 - p) / n), share
-    # every max_min pick is (1, 3); random picks spread over the other pairs as well
-    mm = sum(1 for r in prefs if (r["chosen"], r["rejected"]) == (" r1", " r3"))
-    assert mm >= counts["picks"]["max_min"]
+    pairs = [(r["chosen"], r["rejected"]) for r in prefs]
+    assert set(pairs) == {(" r2", " r3"), (" r1", " r0")}
+    assert pairs.count((" r2", " r3")) == counts["picks"]["second_half"]
     again, _ = annotate(rows, scores, "mixed_max_min", p, seed=5)
     assert again == prefs  # seeded
     other, _ = annotate(rows, scores, "mixed_max_min", p, seed=6)
@@ -99,8 +101,80 @@ def test_mixed_rule_picks_max_min_with_probability_p(p):
 
 def test_mixed_rule_extremes():
     rewards = [0.0, 2.0, 1.0, -1.0]
-    assert all(pick_pair(rewards, "mixed_max_min", random.Random(s), p=1.0) == Pick(1, 3, "max_min") for s in range(50))
-    assert all(pick_pair(rewards, "mixed_max_min", random.Random(s), p=0.0).how == "random" for s in range(50))
+    assert all(pick_pair(rewards, "mixed_max_min", random.Random(s), p=1.0) == Pick(2, 3, "second_half")
+               for s in range(50))
+    assert all(pick_pair(rewards, "mixed_max_min", random.Random(s), p=0.0) == Pick(1, 0, "first_half")
+               for s in range(50))
+
+
+def test_mixed_rule_halves_against_the_old_rule_and_the_papers_indexing():
+    """K = 4, rewards [5, 0, 3, 4]. The old rule (max_min over all with probability p, else a random pair) could
+    return (0, 1) and pairs across the halves such as (0, 2); the halves rule picks (0, 1) in the first half and
+    (3, 2) in the second. The paper's code (run_dpo.py) in its second branch takes argmax / argmin of the second
+    half's rewards [3, 4] (positions 1 and 0 there) as positions of the whole list: responses 1 and 0 of the first
+    half, which the intended rule never pairs in that branch."""
+    rewards = [5.0, 0.0, 3.0, 4.0]
+    n, p = 4000, 0.7
+    picks = [pick_pair(rewards, "mixed_max_min", random.Random(s), p) for s in range(n)]
+    halves = ({0, 1}, {2, 3})
+    assert all({q.chosen, q.rejected} in halves for q in picks)  # every pick within one half
+    assert {(q.chosen, q.rejected, q.how) for q in picks} == {(0, 1, "first_half"), (3, 2, "second_half")}
+    first = sum(q.how == "first_half" for q in picks) / n
+    assert abs(first - (1 - p)) < 4 * math.sqrt(p * (1 - p) / n), first  # the paper's random() <= 0.3 branch
+    # the paper's second-branch indexing, written out: positions inside the second half used on the whole list
+    second = rewards[2:]
+    buggy = {second.index(max(second)), second.index(min(second))}
+    assert buggy == {1, 0} and not any({q.chosen, q.rejected} == buggy and q.how == "second_half" for q in picks)
+
+
+def test_mixed_rule_odd_k_is_an_error_and_k2_is_its_one_pair():
+    with pytest.raises(ConfigError, match="--rule.*--num-responses"):
+        pick_pair([1.0, 2.0, 3.0], "mixed_max_min", random.Random(0))
+    rows = [{"id": "odd", "prompt": P1, "responses": ["a", "b", "c"]}]
+    with pytest.raises(ConfigError, match="'odd'"):
+        annotate(rows, [[1.0, 2.0, 3.0]], "mixed_max_min", 0.7, seed=0)
+    assert all(pick_pair([1.0, 7.0], "mixed_max_min", random.Random(s)) == Pick(1, 0, "max_min") for s in range(20))
+    # with fused and on-policy components the groups decide, whatever K
+    assert pick_pair([1.0, 2.0, 3.0], "mixed_max_min", random.Random(0), 0.0, ["mix+", "policy", "policy"]) == \
+        Pick(2, 1, "policy")
+
+
+def test_max_random_hand_computed():
+    """max_random: the best response (position 1) against a uniform draw of the other three."""
+    rewards = [0.0, 2.0, 1.0, -1.0]
+    n = 3000
+    seen = {}
+    for s in range(n):
+        q = pick_pair(rewards, "max_random", random.Random(s))
+        assert q.chosen == 1 and q.how == "max_random"
+        seen[q.rejected] = seen.get(q.rejected, 0) + 1
+    assert set(seen) == {0, 2, 3}
+    se = math.sqrt((1 / 3) * (2 / 3) / n)
+    assert all(abs(c / n - 1 / 3) < 5 * se for c in seen.values()), seen
+    assert pick_pair([3.0, 3.0, 1.0], "max_random", random.Random(0)).chosen == 0  # equal best: the first in order
+
+
+def test_max_max_hand_computed():
+    assert pick_pair([0.0, 2.0, 1.0, -1.0], "max_max", random.Random(0)) == Pick(1, 2, "max_max")
+    assert pick_pair([4.0, -1.0, 9.0, 8.9], "max_max", random.Random(0)) == Pick(2, 3, "max_max")
+    assert pick_pair([1.0, 5.0], "max_max", random.Random(0)) == Pick(1, 0, "max_max")
+
+
+def test_max_min_length_penalty_hand_computed():
+    """max_min_p: argmax / argmin of r - c len; chosen / rejected ordered by the plain rewards."""
+    rewards = [3.0, 2.0, 0.0, 1.0]
+    lengths = [10, 1, 2, 30]
+    c = 0.1  # penalised: [2.0, 1.9, -0.2, -2.0] -> max 0, min 3
+    assert pick_pair(rewards, "max_min", random.Random(0), lengths=lengths, length_penalty=c) == Pick(0, 3, "max_min")
+    c = 0.2  # penalised: [1.0, 1.8, -0.4, -5.0] -> max 1, min 3 (plain rewards 2 > 1: 1 is chosen)
+    assert pick_pair(rewards, "max_min", random.Random(0), lengths=lengths, length_penalty=c) == Pick(1, 3, "max_min")
+    # the penalised max can have the lower plain reward: then it is the rejected side
+    assert pick_pair([1.0, 2.0], "max_min", random.Random(0), lengths=[1, 50], length_penalty=0.1) == \
+        Pick(1, 0, "max_min")
+    assert pick_pair(rewards, "max_min", random.Random(0)) == Pick(0, 2, "max_min")  # off: plain max_min
+    rows = [{"id": "a", "prompt": P1, "responses": ["x" * 10, "y", "zz", "w" * 30]}]
+    prefs, _ = annotate(rows, [rewards], "max_min", 0.7, seed=0, length_penalty=0.2)  # lengths = characters
+    assert (prefs[0]["chosen"], prefs[0]["rejected"]) == (" y", " " + "w" * 30)
 
 
 @pytest.mark.parametrize("plus, minus", [("mix+", "mix-"), ("mixseq+", "mixseq-")])
@@ -119,11 +193,11 @@ def test_mixp_component_pick(plus, minus):
     assert pick_pair(rewards, "max_min", random.Random(0), p, components) == Pick(6, 2, "max_min")
 
 
-def test_mixp_without_both_kinds_is_the_plain_mixed_rule():
+def test_mixp_without_both_kinds_is_the_halves_rule():
     rewards = [1.0, 5.0, -3.0, 2.0]
     for components in (["mix+", "mix+", "mix-", "mix-"], ["ref", "ref", "policy", "policy"], None):
-        hows = {pick_pair(rewards, "mixed_max_min", random.Random(s), 0.5, components).how for s in range(40)}
-        assert hows == {"max_min", "random"}
+        picks = {pick_pair(rewards, "mixed_max_min", random.Random(s), 0.5, components) for s in range(40)}
+        assert picks == {Pick(1, 0, "first_half"), Pick(3, 2, "second_half")}
     # one fused response only: the fused pick has no pair
     assert pick_pair([1.0, 2.0, 3.0], "mixed_max_min", random.Random(0), 1.0, ["mix+", "policy", "policy"]) is None
 
@@ -139,7 +213,7 @@ def test_ties_dropped_and_counted():
             {"id": "t3", "prompt": P1, "responses": ["same", "same"]},      # same text: a tie whatever the scores
             {"id": "t4", "prompt": P1, "responses": ["only"]}]              # too few
     scores = [[1.0, 1.0, 1.0], [0.0, 2.0], [1.0, 1.0 + 1e-7], [3.0]]
-    for rule in ("max_min", "random", "mixed_max_min"):
+    for rule in ("max_min", "random", "max_random", "max_max"):  # mixed_max_min: odd K is an error (above)
         prefs, counts = annotate(rows, scores, rule, 0.7, seed=0)
         assert [r["id"] for r in prefs] == ["t2"]
         assert (counts["prompts"], counts["pairs"], counts["ties_dropped"], counts["too_few_responses"]) == (4, 1, 2, 1)
@@ -260,7 +334,7 @@ def test_smoke_main_toy_oracle(tmp_path, capsys):
 
 def test_seeded_and_replaces_an_older_run(tmp_path, capsys):
     gen = write_gen(tmp_path / "gens.jsonl")
-    argv = ["--generations", gen, "--out", tmp_path / "o", "--rule", "mixed_max_min", "--p", "0.5", "--seed", "3"]
+    argv = ["--generations", gen, "--out", tmp_path / "o", "--rule", "max_random", "--seed", "3"]
     first = ann.main([str(a) for a in argv])
     assert first.name == "gens"
     text = (first / "preferences.jsonl").read_text()
@@ -288,7 +362,8 @@ def test_subprocess_smoke_and_help(tmp_path):
     assert "wrote" in res.stdout
     res = run_cli(["--help"], cwd=tmp_path)
     assert res.returncode == 0
-    for flag in ("--generations", "--reward", "--rule", "--p", "--seed", "--batch-size", "--device", "--out", "--name"):
+    for flag in ("--generations", "--reward", "--rule", "--p", "--length-penalty", "--seed", "--batch-size", "--device",
+                 "--out", "--name", *ann.RULES):
         assert flag in res.stdout
 
 
@@ -334,6 +409,10 @@ def _bad_cases(tmp: Path):
         "batch size": (["--generations", good, "--batch-size", "0", *base], ["--batch-size", ">= 1"]),
         "seed": (["--generations", good, "--seed", "-1", *base], ["--seed"]),
         "rule": (["--generations", good, "--rule", "best", *base], ["--rule", "max_min"]),
+        "length penalty rule": (["--generations", good, "--rule", "random", "--length-penalty", "0.1", *base],
+                                ["--length-penalty", "max_min"]),
+        "length penalty negative": (["--generations", good, "--length-penalty", "-1", *base], ["--length-penalty"]),
+        "odd K halves": (["--generations", good, "--rule", "mixed_max_min", *base], ["--rule", "--num-responses"]),
         "reward folder": (["--generations", good, "--reward", tmp / "no_rm", *base], ["--reward", "no_rm"]),
         "not a toy prompt": (["--generations", not_toy, *base], ["--reward", "toy-oracle", "row 0", "tell me a story"]),
         "name": (["--generations", good, "--name", "a/b", *base], ["--name"]),
@@ -345,7 +424,8 @@ def _bad_cases(tmp: Path):
 
 BAD_NAMES = ["missing field", "empty text", "non-string text", "non-finite reward", "duplicate id", "malformed JSON",
              "wrong suffix", "missing file", "no generations", "single responses", "p above 1", "p nan",
-             "batch size", "seed", "rule", "reward folder", "not a toy prompt", "name", "out is a file", "device"]
+             "batch size", "seed", "rule", "length penalty rule", "length penalty negative", "odd K halves",
+             "reward folder", "not a toy prompt", "name", "out is a file", "device"]
 
 
 @pytest.mark.parametrize("case", BAD_NAMES)

@@ -20,14 +20,48 @@ def test_bounds_match_a_hand_computation():
     h_pi = torch.tensor([[[0.0, 1.0]], [[0.2, 1.4]]], dtype=torch.float64)
     h_ref = torch.tensor([[[0.5]], [[0.3]]], dtype=torch.float64)
     upper, lower = borda_bounds(h_pi, h_ref, gamma=2.0)
-    for i, diffs in enumerate(([-0.5, -0.1], [0.5, 1.1])):
-        mu = sum(diffs) / 2
-        sd = math.sqrt(sum((d - mu) ** 2 for d in diffs))  # n - 1 = 1
-        assert upper[0, i].item() == pytest.approx(sig(mu + 2 * sd), abs=1e-12)
-        assert lower[0, i].item() == pytest.approx(sig(mu - 2 * sd), abs=1e-12)
+    # per response: mean and sample sd (n - 1 = 1) over the 2 passes; y' has mean 0.4, sd 0.1 sqrt(2)
+    s_ref = math.sqrt(0.1 ** 2 + 0.1 ** 2)
+    for i, (m, s) in enumerate(((0.1, math.sqrt(0.02)), (1.2, math.sqrt(0.08)))):
+        assert upper[0, i].item() == pytest.approx(sig(m - 0.4 + 2 * (s + s_ref)), abs=1e-12)
+        assert lower[0, i].item() == pytest.approx(sig(m - 0.4 - 2 * (s + s_ref)), abs=1e-12)
     assert prompt_gaps(upper, lower).item() == pytest.approx(max(upper[0]).item() - max(lower[0]).item())
     with pytest.raises(ValueError):
         borda_bounds(h_pi[:1], h_ref[:1], 2.0)
+
+
+def test_bounds_are_the_ae_borda_codes_formula():
+    """The formula of belakaria/active-llm-alignment's select_borda_elements written out on log-probs: per response
+    the mean and variance of log pi over the dropout passes, UCB/LCB = mean +- active_beta sqrt(var),
+    ucb_logits = beta ((ref(a) - UCB(a)) + (LCB(a') - ref(a'))), U = mean over a' of 1 / (1 + exp(ucb_logits)),
+    and L likewise with the bounds swapped. borda_bounds gets h = beta (log pi - log pi_ref) per pass."""
+    beta, active_beta = 0.3, 1.5
+    logp_a = [[-3.0, -5.0, -2.0], [-3.4, -4.1, -2.2], [-2.9, -4.6, -1.5]]  # [pass][a]: 3 passes, 3 policy samples
+    logp_b = [[-4.0, -1.0], [-4.5, -1.3], [-3.2, -0.8]]                    # [pass][a']: 2 reference samples
+    ref_a, ref_b = [-3.1, -4.4, -2.0], [-3.9, -1.1]
+
+    def stats(rows, k):
+        xs = [r[k] for r in rows]
+        m = sum(xs) / len(xs)
+        return m, math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
+
+    U, L = [], []
+    for i in range(3):
+        ma, sa = stats(logp_a, i)
+        u = l = 0.0
+        for j in range(2):
+            mb, sb = stats(logp_b, j)
+            ucb_logits = beta * ((ref_a[i] - (ma + active_beta * sa)) + ((mb - active_beta * sb) - ref_b[j]))
+            lcb_logits = beta * ((ref_a[i] - (ma - active_beta * sa)) + ((mb + active_beta * sb) - ref_b[j]))
+            u += 1 / (1 + math.exp(ucb_logits)) / 2
+            l += 1 / (1 + math.exp(lcb_logits)) / 2
+        U.append(u)
+        L.append(l)
+    h_pi = beta * (torch.tensor(logp_a, dtype=torch.float64) - torch.tensor(ref_a, dtype=torch.float64))[:, None, :]
+    h_ref = beta * (torch.tensor(logp_b, dtype=torch.float64) - torch.tensor(ref_b, dtype=torch.float64))[:, None, :]
+    upper, lower = borda_bounds(h_pi, h_ref, gamma=active_beta)
+    assert upper[0].tolist() == pytest.approx(U, abs=1e-12) and lower[0].tolist() == pytest.approx(L, abs=1e-12)
+    assert prompt_gaps(upper, lower).item() == pytest.approx(max(U) - max(L), abs=1e-12)
 
 
 def _row(i, upper, lower):

@@ -133,7 +133,9 @@ def test_cli_trains_and_writes_run(tmp_path):
     (["--beta", "0"], PAIRS, "--beta"),
     (["--margin-scale", "-1"], PAIRS, "--margin-scale"),
     (["--warmup-ratio", "1.5"], PAIRS, "--warmup-ratio"),
-    (["--loss", "ipo"], PAIRS, "--loss"),
+    (["--loss", "raft"], PAIRS, "--loss"),  # the samplers paper's, not a TRL loss type
+    (["--loss", "ipo", "--selector", "ae"], PAIRS, "--selector"),  # the selectors rebuild sigmoid / rev_kl only
+    (["--loss", "exo_pair"], PAIRS, "--loss"),  # needs label_smoothing
     pytest.param(["--report-to", "wandb"], PAIRS, "--report-to",
                  marks=pytest.mark.skipif(__import__("importlib").util.find_spec("wandb") is not None,
                                           reason="wandb is installed here")),

@@ -108,7 +108,8 @@ def test_config_defaults_are_the_stage_defaults_and_errors_name_the_flag(tmp_pat
     assert {k: config_defaults[k] for k in SAMPLER_FIELDS} == {k: args_defaults[k] for k in SAMPLER_FIELDS}
     ok = dict(output_dir=str(tmp_path), use_cpu=True, report_to="none")
     assert SamplerDPOConfig(**ok, selector="none").selector == "all"  # the canonical name
-    for bad, flag in [({"select_ratio": 0.0}, "--select-ratio"), ({"loss": "ipo"}, "--loss"),
+    for bad, flag in [({"select_ratio": 0.0}, "--select-ratio"), ({"loss": "raft"}, "--loss"),
+                      ({"loss": "ipo", "selector": "us"}, "--selector"),
                       ({"sams_pretrain_steps": 2}, "--sams-pretrain-steps"), ({"dropout": 1.0}, "--dropout"),
                       ({"loss": "rev_kl", "use_weighting": True}, "--loss"),
                       ({"selector": "sams", "ld_alpha": 0.5}, "--selector")]:

@@ -4,13 +4,20 @@ the online sampler `borda` of alignment.generate.
 For each candidate prompt x, n responses y_1..y_n are sampled from pi and n responses y'_1..y'_n from pi_ref.
 The implicit reward h(y) = beta * (log pi(y|x) - log pi_ref(y|x)) is evaluated under `passes` Monte Carlo
 dropout draws of pi (alignment.selection.scores.dropout_logps: the model's own dropout plus dropout on the final
-hidden state; pi_ref without dropout). For each policy response and reference response, the difference
-d_k(y_i, y'_j) = h_k(y_i) - h_k(y'_j) over the passes k has a mean mu_ij and a standard deviation s_ij; the
-generalised Borda score of y_i (its probability of beating a reference response) gets the bounds
-    U(y_i) = mean_j sigmoid(mu_ij + gamma s_ij)      L(y_i) = mean_j sigmoid(mu_ij - gamma s_ij)
-(the bandit package's `borda` uses the same formula with its design-matrix widths in place of s). A prompt's
-value is its best policy response's, and how much there is to learn at x is the width of that value's
-interval: gap(x) = max_i U(y_i) - max_i L(y_i) >= 0. The prompts with the largest gap are kept (a fraction
+hidden state; pi_ref without dropout). Each response gets the mean m(y) and the standard deviation s(y) of its h
+over the passes (n - 1 in the denominator, as torch.var), and the generalised Borda score of y_i (its probability
+of beating a reference response) gets the bounds, optimistic on y_i and pessimistic on y'_j, averaged over j:
+    U(y_i) = mean_j sigmoid(m(y_i) - m(y'_j) + gamma (s(y_i) + s(y'_j)))
+    L(y_i) = mean_j sigmoid(m(y_i) - m(y'_j) - gamma (s(y_i) + s(y'_j)))
+This is AE-Borda's code (belakaria/active-llm-alignment, data_selection.py, select_borda_elements): its
+ucb_logits = beta ((log pi_ref(a) - UCB log pi(a)) + (LCB log pi(a') - log pi_ref(a'))) with UCB/LCB = mean +-
+active_beta * std of log pi over the dropout passes, and U = mean over a' of 1 / (1 + exp(ucb_logits)). Its
+beta * active_beta * std(log pi) is gamma * s here, because beta is already inside h and pi_ref is fixed. (Its
+pi_ref log-probs also run with the reference's own dropout on and are averaged over passes; here pi_ref has no
+dropout.) An earlier version here used the standard deviation of the per-pass difference h(y_i) - h(y'_j)
+instead of s(y_i) + s(y'_j); no paper or code defines that form, so it is gone. The bandit package's `borda`
+uses this formula with per-response widths (counts or the design matrix) in place of s. A prompt's value is its
+best policy response's, and how much there is to learn at x is the width of that value's interval: gap(x) = max_i U(y_i) - max_i L(y_i) >= 0. The prompts with the largest gap are kept (a fraction
 `keep` of the candidates, alignment.selection.scores.keep_count); each kept prompt's pair is its best optimistic
 policy response argmax_i U(y_i) and one reference response drawn at random (seeded per prompt). The pair is
 then labelled by alignment.annotate like any other.
@@ -24,12 +31,15 @@ import torch
 
 def borda_bounds(h_policy: torch.Tensor, h_ref: torch.Tensor, gamma: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(U, L), each [P, n], from implicit rewards per dropout pass: h_policy [passes, P, n] of the policy's
-    responses and h_ref [passes, P, m] of the reference's (module doc). Needs passes >= 2."""
+    responses and h_ref [passes, P, m] of the reference's (module doc: each response's mean +- gamma times its own
+    standard deviation over the passes, summed over the two responses of a comparison). Needs passes >= 2."""
     if h_policy.shape[0] < 2:
         raise ValueError(f"a spread over dropout passes needs passes >= 2, got {h_policy.shape[0]}")
-    d = h_policy[..., :, None] - h_ref[..., None, :]  # [passes, P, n, m]
-    mu, sd = d.mean(0), d.std(0, correction=1)
-    return torch.sigmoid(mu + gamma * sd).mean(-1), torch.sigmoid(mu - gamma * sd).mean(-1)
+    m_pi, s_pi = h_policy.mean(0), h_policy.std(0, correction=1)  # [P, n]
+    m_ref, s_ref = h_ref.mean(0), h_ref.std(0, correction=1)  # [P, m]
+    mu = m_pi[..., :, None] - m_ref[..., None, :]  # [P, n, m]
+    width = gamma * (s_pi[..., :, None] + s_ref[..., None, :])
+    return torch.sigmoid(mu + width).mean(-1), torch.sigmoid(mu - width).mean(-1)
 
 
 def prompt_gaps(upper: torch.Tensor, lower: torch.Tensor) -> torch.Tensor:

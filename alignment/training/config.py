@@ -1,7 +1,8 @@
 """SamplerDPOConfig: TRL's DPOConfig plus the fields of our loss and of the batch selectors, checked in
 __post_init__ as TRL's DPOConfig checks its own (a bad value is one ConfigError naming the train_dpo flag).
 
-    loss                  sigmoid (TRL's DPO loss) or rev_kl (soft labels; alignment/training/losses.py)
+    loss                  sigmoid (TRL's DPO loss), rev_kl (soft labels; alignment/training/losses.py), or any other
+                          TRL loss_type (hinge, ipo, ...: losses.TRAIN_LOSSES), which becomes TRL's loss_type
     margin_scale          rev_kl: k of the soft label q = sigmoid(k (r_chosen - r_rejected))
     selector              all, random_subset, sams, us, ae (aliases accepted, the canonical name kept)
     select_ratio          the fraction K / n of each global candidate batch that gets gradient
@@ -10,7 +11,8 @@ __post_init__ as TRL's DPOConfig checks its own (a bad value is one ConfigError 
 
 The field names are alignment.train_dpo's flag names (SAMPLER_FIELDS), so the stage copies them over by name and an
 error names the flag the user typed. rev_kl and the selectors rebuild TRL's plain sigmoid loss per pair: with
-either, TRL's loss_type must stay ["sigmoid"] without ld_alpha, use_weighting or another f_divergence_type.
+either, TRL's loss_type must stay ["sigmoid"] without ld_alpha, use_weighting or another f_divergence_type, and a
+selector takes --loss sigmoid or rev_kl only. Any other loss is TRL's own, set through loss_type = [loss].
 
 Importing this module imports trl (slow); the stages import it when they train, not for --help.
 """
@@ -21,10 +23,12 @@ from dataclasses import dataclass, field
 from trl import DPOConfig
 
 from alignment.selection.batch import SAMS_MODES, SELECTORS
-from alignment.training.losses import LOSSES
+from alignment.training.losses import LOSSES, TRAIN_LOSSES
 from bandit.vocabulary import SELECTOR, canonical
 from runlog import ConfigError, check_number, check_positive, check_ratio
 
+# TRL 1.16's loss types with an f-divergence form (DPOTrainer.__init__)
+F_DIVERGENCE_LOSSES = ("sigmoid", "sigmoid_norm", "hinge", "ipo", "exo_pair", "robust", "discopop", "sft")
 SAMPLER_FIELDS = ("loss", "margin_scale", "selector", "select_ratio", "sams_mode", "sams_pretrain_steps", "sams_hidden",
                   "sams_lr", "sams_explore_weight", "passes", "dropout", "gamma")
 
@@ -32,10 +36,14 @@ SAMPLER_FIELDS = ("loss", "margin_scale", "selector", "select_ratio", "sams_mode
 def check_sampler_fields(cfg) -> None:
     """Check the SAMPLER_FIELDS of `cfg` (a SamplerDPOConfig, or train_dpo's Args: the same names); the selector
     becomes its canonical name. ConfigError names the flag."""
-    if cfg.loss not in LOSSES:
-        raise ConfigError(f"--loss: unknown loss {cfg.loss!r}; known: {', '.join(LOSSES)}")
+    if cfg.loss not in TRAIN_LOSSES:
+        raise ConfigError(f"--loss: unknown loss {cfg.loss!r}; known: {', '.join(TRAIN_LOSSES)} (rev_kl is ours, the "
+                          f"others TRL's loss_type)")
     check_positive("margin-scale", cfg.margin_scale)
     cfg.selector = canonical(cfg.selector, SELECTOR, "alignment", "--selector", allowed=SELECTORS)
+    if cfg.selector != "all" and cfg.loss not in LOSSES:
+        raise ConfigError(f"--selector: {cfg.selector} rebuilds the per-pair loss, which it has for --loss "
+                          f"{' or '.join(LOSSES)} only, not {cfg.loss}; use --selector all with TRL's other losses")
     check_ratio("select-ratio", cfg.select_ratio)
     if cfg.sams_mode not in SAMS_MODES:
         raise ConfigError(f"--sams-mode: unknown mode {cfg.sams_mode!r}; known: {', '.join(SAMS_MODES)}")
@@ -52,6 +60,21 @@ def check_sampler_fields(cfg) -> None:
     check_positive("gamma", cfg.gamma)
 
 
+def check_trl_loss(loss: str, label_smoothing: float = 0.0, f_divergence_type: str = "reverse_kl",
+                   use_weighting: bool = False) -> None:
+    """What TRL's DPOTrainer would reject for this --loss, as a ConfigError naming the flag (train_dpo checks it
+    before anything is written, from its dpo: mapping)."""
+    if loss == "exo_pair" and not label_smoothing > 0:
+        raise ConfigError("--loss: exo_pair needs label_smoothing > 0 in the recipe's dpo: mapping (the EXO "
+                          "paper's 1e-3)")
+    if f_divergence_type != "reverse_kl" and loss not in F_DIVERGENCE_LOSSES:
+        raise ConfigError(f"--loss: {loss} has no f-divergence form (TRL: only {', '.join(F_DIVERGENCE_LOSSES)}); "
+                          f"remove f_divergence_type from the dpo: mapping")
+    if use_weighting and loss in ("aot", "aot_unpaired"):
+        raise ConfigError(f"--loss: {loss} sorts the pairs, so TRL has no use_weighting for it; remove "
+                          f"use_weighting from the dpo: mapping")
+
+
 def _help(text: str) -> dict:
     return {"help": text}
 
@@ -62,7 +85,8 @@ class SamplerDPOConfig(DPOConfig):
     from here. Defaults are alignment.train_dpo's."""
 
     loss: str = field(default="sigmoid", metadata=_help("sigmoid: DPO on hard labels; rev_kl: soft labels "
-                                                        "sigmoid(margin_scale (r_chosen - r_rejected))"))
+                                                        "sigmoid(margin_scale (r_chosen - r_rejected)); any other of "
+                                                        "losses.TRAIN_LOSSES: TRL's loss_type of that name"))
     margin_scale: float = field(default=1.0, metadata=_help("rev_kl: margin scale k of the soft label"))
     selector: str = field(default="all", metadata=_help("which pairs of each batch get gradient: all, "
                                                         "random_subset, sams, us, ae"))
@@ -79,6 +103,13 @@ class SamplerDPOConfig(DPOConfig):
     def __post_init__(self):
         check_sampler_fields(self)
         self.sams_pretrain_steps = int(self.sams_pretrain_steps)
+        if self.loss != "rev_kl":  # TRL's own loss, by name
+            given = [self.loss_type] if isinstance(self.loss_type, str) else list(self.loss_type)
+            if given not in (["sigmoid"], [self.loss]):
+                raise ConfigError(f"--loss: the loss is set by --loss ({self.loss}); remove loss_type {given} from "
+                                  f"the recipe's dpo: mapping")
+            self.loss_type = [self.loss]
+        check_trl_loss(self.loss, self.label_smoothing, self.f_divergence_type, self.use_weighting)
         super().__post_init__()
         plain = self.loss_type == ["sigmoid"] and self.ld_alpha is None and not self.use_weighting \
             and self.f_divergence_type == "reverse_kl"

@@ -22,7 +22,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-LOSSES = ("sigmoid", "rev_kl")
+LOSSES = ("sigmoid", "rev_kl")  # written here per pair (the selectors need them)
+# TRL 1.16's DPOConfig loss_type values (trl/trainer/dpo_config.py); --loss passes any of them to TRL's own loss
+TRL_LOSS_TYPES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
+                  "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm")
+TRAIN_LOSSES = ("sigmoid", "rev_kl") + TRL_LOSS_TYPES[1:]  # what alignment.train_dpo --loss accepts
 
 
 def soft_target(chosen_reward: float, rejected_reward: float, margin_scale: float) -> float:

@@ -227,6 +227,10 @@ class SamplerDPOTrainer(DPOTrainer):
         if not isinstance(args, SamplerDPOConfig):
             raise TypeError(f"SamplerDPOTrainer: args must be a SamplerDPOConfig, got {type(args).__name__}")
         self.soft_labels = args.loss == "rev_kl"
+        if not args.disable_dropout:  # TRL then leaves both models' dropout alone: the policy trains with it on,
+            from trl.trainer.utils import disable_dropout_in_model
+
+            disable_dropout_in_model(ref_model)  # the reference gets p = 0 (TRL does not put it in eval mode)
         super().__init__(model=model, ref_model=ref_model, args=args, **kwargs)
         if self.soft_labels:
             self.data_collator = WithTargets(self.data_collator)
