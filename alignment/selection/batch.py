@@ -192,6 +192,12 @@ class SamsScheduler:
     batch whenever batch_counter % train_step == 0, i.e. always at train_step=1 (trainers_dist.py lines 856-858),
     so its DPO run in fact updates the loaded scheduler online from the second batch on: update="online" on
     pre-trained weights is what it runs, "frozen" what its flags say.
+
+    The bandit's `sams` selector (bandit/selectors.py SamS) is this definition on the bandit's features: context
+    [phi(x, y_w), phi(x, y_l), Dh], the same nets' shape, score, DPO reward (lagged, the same formula) and update.
+    It differs where the bandit cannot follow: no hidden states (its features instead), its own Adam step and
+    width, the loop's matched normalisation only (anchor there is --lr x ratio), and no pre-training, so no
+    frozen mode and no sft reward.
     """
 
     def __init__(self, dim: int, hidden: int = 128, lr: float = 1e-3, mode: str = "topk",
