@@ -90,18 +90,24 @@ def test_scheduler_steps_under_the_sft_reward_use_the_chosen_nll():
     assert stats[0] is None and s.num_updates == 2
     assert stats[1]["reward"] == pytest.approx(0.5 * sig(50 * b1 + 0.5) + 0.5 * sig(sig(0.5)), rel=1e-6)
     assert stats[2]["reward"] == pytest.approx(0.5 * sig(50 * b2 + 0.5) + 0.5 * sig(sig(0.5)), rel=1e-6)
-    with pytest.raises(ValueError, match="sft reward"):  # a pending sft selection is not scored by the dpo reward
-        s.step(torch.randn(6, 5), torch.randn(6), logps[0], 3, sch.step_generator(0, 9))
+    # a pending sft selection is scored under the sft reward by a dpo step (the first DPO step after pre-training)
+    lp3 = -(torch.rand(6) * 30 + 5)
+    _, last = s.step(torch.randn(6, 5), torch.randn(6), lp3, 3, sch.step_generator(0, 9))
+    avg2 = b1 + (b2 - b1) / 2
+    L3 = float(-lp3.double().mean())
+    b3 = 0.5 * avg2 + 0.5 * (L[2] - L3) / max(L[2], L3)
+    assert last["reward"] == pytest.approx(0.5 * sig(50 * b3 + 0.5) + 0.5 * sig(sig(0.5)), rel=1e-6)
+    assert s.pending["reward"] == "dpo" and s.sft_count == 3
 
 
-def test_pretraining_uses_the_sft_reward_and_drops_its_last_pending(tmp_path):
+def test_pretraining_uses_the_sft_reward_and_leaves_its_last_selection_pending(tmp_path):
     trainer, tok, policy, ref = _trainer(tmp_path, "sams", rows=ROWS * 2, batch_size=2, sams_update="frozen",
                                          sams_pretrain_steps=3)
     before = _params(trainer.batch_scheduler.parameters())
     summary = trainer.pretrain_scheduler(3)
     s = trainer.batch_scheduler
     assert summary["sams_pretrain_reward"] == "sft" and s.num_updates == 2 and s.sft_count == 2
-    assert s.pending is None and s.update == "frozen"  # pre-training learnt; the DPO that follows will not
+    assert s.pending["reward"] == "sft" and s.update == "frozen"  # pre-training learnt; the DPO that follows won't
     assert all(not torch.equal(a, b) for a, b in zip(before, s.parameters()))
     # each batch's reward has the constant sample term: mean reward - const = 0.5 sigmoid(50 b + 0.5) in (0, 0.5)
     assert 0 < summary["sams_pretrain_reward_mean"] - 0.5 * sig(sig(0.5)) < 0.5

@@ -252,15 +252,13 @@ class SamsScheduler:
         """L = mean over the global candidate batch of the SFT loss -log pi(chosen | prompt)."""
         return float(-logp_chosen.detach().double().mean())
 
-    def observe(self, batch_loss: float, reward: str = "dpo") -> dict | None:
-        """The reward of the pending selection given this step's batch loss, and the nets' update on it (none when
-        frozen)."""
+    def observe(self, batch_loss: float) -> dict | None:
+        """The reward of the pending selection (under the reward it was chosen under) given this step's batch loss
+        of that reward, and the nets' update on it (none when frozen)."""
         p = self.pending
         if p is None:
             return None
-        if p.get("reward", "dpo") != reward:
-            raise ValueError(f"the pending selection was made under the {p.get('reward', 'dpo')} reward, not {reward}")
-        if reward == "sft":
+        if p.get("reward", "dpo") == "sft":
             value, self.sft_avg, self.sft_count = sft_reward(p["loss"], batch_loss, self.sft_avg, self.sft_count)
             y = torch.full_like(p["f1"], value)
         else:
@@ -277,12 +275,17 @@ class SamsScheduler:
     def step(self, x: torch.Tensor, margins: torch.Tensor, logp_chosen: torch.Tensor, k: int,
              generator: torch.Generator, reward: str = "dpo"):
         """One scheduling step on a global candidate batch: observe the previous selection's reward and update,
-        then score and choose k. Returns (ascending indices, stats of the update or None). reward: "dpo" (the DPO
-        reward above) or "sft" (the released pre-training's, sft_reward)."""
+        then score and choose k. Returns (ascending indices, stats of the update or None). reward: the reward this
+        step's selection will be scored under, "dpo" (the DPO reward above) or "sft" (the released pre-training's,
+        sft_reward)."""
         if reward not in SAMS_REWARDS:
             raise ValueError(f"sams reward must be one of {SAMS_REWARDS}, got {reward!r}")
-        loss_now = self.batch_loss(margins) if reward == "dpo" else self.sft_batch_loss(logp_chosen)
-        stats = self.observe(loss_now, reward)
+        # the pending selection is scored under its own reward: the last pre-training (sft) selection is observed
+        # at the first DPO step, whose forward still runs the pre-trained-on policy
+        losses = {"dpo": lambda: self.batch_loss(margins), "sft": lambda: self.sft_batch_loss(logp_chosen)}
+        pending = None if self.pending is None else self.pending.get("reward", "dpo")
+        stats = self.observe(losses[pending]()) if pending else None
+        loss_now = losses[reward]()
         scores, f1, phi = self.score(x)
         idx = self.choose(scores, k, generator)
         margins, logp_chosen = margins.detach().double().cpu(), logp_chosen.detach().double().cpu()

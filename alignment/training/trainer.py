@@ -345,7 +345,8 @@ class SamplerDPOTrainer(DPOTrainer):
         args.sams_pretrain_reward (sft: the released run_scheduler_pretrain.sh's, alignment.selection.batch.
         sft_reward; dpo: DPO training's); the policy is not changed, and the nets learn even under
         sams_update="frozen" (which freezes them for the DPO that follows). The data order and global RNG of the
-        training that follows are untouched; the last selection's pending reward is dropped."""
+        training that follows are untouched. The last pre-training selection is observed at the first DPO step,
+        under its own reward (before that step's update, so on the pre-trained-on policy)."""
         if not isinstance(self.selection, Sams):
             raise ValueError("pretrain_scheduler needs selector='sams'")
         rewards = []
@@ -375,7 +376,6 @@ class SamplerDPOTrainer(DPOTrainer):
             model.train(was_training)
             self._metrics["eval"].clear()
             scheduler.update, self.selection.reward = update, "dpo"
-            scheduler.pending = None  # its last selection's reward would need one more pre-training batch
         return {"sams_pretrain_steps": steps, "sams_pretrain_reward": self.args.sams_pretrain_reward,
                 "sams_pretrain_reward_mean": sum(rewards) / len(rewards) if rewards else None}
 
