@@ -34,7 +34,9 @@ rev_kl) loss / K:
     sams            SamS (Huang et al., NeurIPS 2025): an exploitation and an exploration MLP score each pair from
                     the policy's pooled final hidden states and margin; top K (--sams-mode topk) or K sampled from
                     softmax(scores) (softmax); a reward seen at the next step (the batch loss's change plus a
-                    per-pair margin / log-prob term) updates both MLPs. --sams-pretrain-steps N first trains the
+                    per-pair margin / log-prob term) updates both MLPs (--sams-update online; frozen keeps the
+                    weights of --sams-scheduler FILE). The run writes the scheduler to OUT/NAME/sams_scheduler.pt.
+                    --sams-pretrain-steps N first trains the
                     scheduler for N batches on the frozen policy (the paper's scheduler pre-training)
     us, ae          uncertainty sampling / active exploration (Mehta et al.): --passes Monte Carlo dropout passes
                     (--dropout on the final hidden state) score every candidate without gradients; the forward with
@@ -69,7 +71,7 @@ import torch
 
 from alignment.core.models import model_source
 from alignment.pipeline.recipes import stage_defaults
-from alignment.selection.batch import SAMS_MODES
+from alignment.selection.batch import SAMS_MODES, SAMS_NORMALISATIONS, SAMS_REWARDS, SAMS_UPDATES
 from alignment.training.common import trainer_device
 from alignment.training.losses import TRAIN_LOSSES
 from runlog import ConfigError, RunDir, arg, check_name, check_out, check_positive, entry_point
@@ -127,6 +129,23 @@ class Args:
     sams_hidden: int = arg(128, "sams: width of the exploitation and exploration MLPs")
     sams_lr: float = arg(1e-3, "sams: Adam learning rate of both scheduler nets")
     sams_explore_weight: float = arg(0.1, "sams: score = f1 + this x f2 (exploration net; the released code's 0.1)")
+    sams_normalisation: str = arg("matched", "sams and random_subset: the in-batch loss's normaliser. matched: the sum "
+                                  "over the K selected / K (a selector never changes the step size); anchor: the "
+                                  "released SamS code's, the unselected losses detached and the mean taken over all n "
+                                  "candidates (K / n of matched's gradient; alignment/configs/sams.yaml)",
+                                  choices=list(SAMS_NORMALISATIONS))
+    sams_update: str = arg("online", "sams: online (the scheduler learns from each step's reward during DPO) or frozen "
+                           "(it keeps the weights of --sams-scheduler or of its pre-training; needs one of them)",
+                           choices=list(SAMS_UPDATES))
+    sams_scheduler: str | None = arg(None, "sams: a scheduler file (sams_scheduler.pt of an earlier run, e.g. of "
+                                     "--sams-pretrain-only) whose weights the scheduler starts from")
+    sams_pretrain_reward: str = arg("sft", "sams: the reward of --sams-pretrain-steps. sft: the released "
+                                    "pre-training's (the batch's mean SFT loss -log pi(chosen) dropping from one "
+                                    "batch to the next, normalised and averaged; alignment.selection.batch.sft_reward); "
+                                    "dpo: the DPO training reward", choices=list(SAMS_REWARDS))
+    sams_pretrain_only: bool = arg(False, "sams: pre-train the scheduler for --sams-pretrain-steps batches, write "
+                                   "OUT/NAME/sams_scheduler.pt and stop (no DPO step, no model/): the released "
+                                   "two-stage recipe's first stage")
     passes: int = arg(5, "us / ae: Monte Carlo dropout passes per candidate batch")
     dropout: float = arg(0.05, "us / ae: dropout probability of the Monte Carlo passes")
     gamma: float = arg(2.0, "ae: width multiplier gamma of the confidence bound")
@@ -229,6 +248,9 @@ def dpo_config(args: Args, device: torch.device, output_dir: Path):
     return SamplerDPOConfig(**(kw | {name: getattr(args, name) for name in SAMPLER_FIELDS} | args.dpo))
 
 
+SAMS_SCHEDULER_FILE = "sams_scheduler.pt"  # OUT/NAME/ of a --selector sams run: the scheduler's final weights
+
+
 class NoRun:
     """What the processes other than the main one log to: nothing (the main process writes the run)."""
 
@@ -285,6 +307,17 @@ def run(args: Args) -> Path | None:
         trainer, summary = fit(policy, ref, tokenizer, rows, dpo_config(args, device, scratch), rundir or NoRun(),
                                peft_config=lora_config(args.lora_r, args.lora_alpha, args.lora_dropout,
                                                        args.lora_targets))
+        if trainer.batch_scheduler is not None and state.is_main_process:  # its weights, for --sams-scheduler
+            trainer.batch_scheduler.save_weights(rundir.path(SAMS_SCHEDULER_FILE))
+        if args.sams_pretrain_only:
+            state.wait_for_everyone()
+            if not state.is_main_process:
+                return None
+            shutil.rmtree(scratch, ignore_errors=True)
+            summary["wall_s"] = time.perf_counter() - t0
+            path = rundir.finish(summary=summary)
+            print(f"sams scheduler pre-trained for {args.sams_pretrain_steps} batches: {path / SAMS_SCHEDULER_FILE}")
+            return path
         if args.lora_r:
             summary["trainable_params"] = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
         if args.lora_r and not args.load_in_4bit:  # the adapters merged into the weights: a plain model folder

@@ -13,7 +13,7 @@ every step and only their choice differs.
 | reward_gap_step | offline | per-step variant: the B smallest signed gaps of a candidate batch of B / ratio, scored with the current policy |
 | us | offline | uncertainty sampling: the B widest pairs (pair width) of B / ratio candidates |
 | ae | offline | active exploration: the B pairs of B / ratio candidates with the widest optimistic-minus-pessimistic best implicit reward |
-| sams | offline | SamS: exploitation + exploration MLPs score a candidate batch of B / sams_ratio; the top B are trained on; a reward updates both nets |
+| sams | offline | SamS: exploitation + exploration MLPs score a candidate batch of B / sams_ratio; the top B are trained on; the reward (batch-loss change to the next step + a margin / log-prob term, alignment's formula) updates both nets one step later |
 | borda | online | AE-Borda: B / ratio candidate contexts, each with m actions from pi and m from pi_ref; the B contexts with the widest optimistic-minus-pessimistic Borda score; pair = best optimistic policy action vs a random reference action, labelled fresh |
 
 `--length-normalise` (alignment/: divide log-ratios by the response length) is the identity here: one
@@ -43,7 +43,9 @@ class SelectorConfig:
     borda_samples: int = 8       # borda: actions drawn from pi and from pi_ref per candidate context
     sams_hidden: int = 32        # sams: hidden units of each MLP
     sams_lr: float = 1e-2        # sams: Adam step of both networks
-    sams_margin: float = 0.1     # sams: weight of the per-sample margin term of the reward
+    sams_margin: float = 0.1     # no longer read (sams's reward has no margin-change term; kept for --sams-margin)
+    sams_explore_weight: float = 0.1  # sams: score = f1 + this x f2 (alignment.train_dpo's --sams-explore-weight)
+    sams_updates: int = 2        # sams: Adam steps per observed reward (alignment.selection.batch.SamsScheduler)
 
 
 def top_mask(score: torch.Tensor, k: int, largest: bool = True) -> torch.Tensor:
@@ -206,94 +208,132 @@ class AE(US):
 # ----------------------------------------------------------------------------------------------- SamS
 
 class BatchedMLP:
-    """One small tanh MLP per seed (weights [S, ...]), so all seeds train in one batched call; seed s's
-    networks see only seed s's samples, since the loss is a sum over seeds."""
+    """One small MLP per seed (weights [S, ...]), so all seeds train in one batched call; seed s's networks see
+    only seed s's samples, since the loss is a sum over seeds. Linear-ReLU-Linear-ReLU-Linear, as
+    alignment.selection.batch's scheduler nets, each layer initialised as torch.nn.Linear initialises (weights and
+    biases uniform in +-1/sqrt(fan_in)); forward returns the output and the last hidden activation."""
 
     def __init__(self, S: int, d_in: int, hidden: int, generator: torch.Generator, device):
         def uni(*shape, fan_in):
             return ((torch.rand(*shape, generator=generator, dtype=DTYPE, device=device) * 2 - 1)
                     / math.sqrt(fan_in)).requires_grad_(True)
 
-        self.W1 = uni(S, d_in, hidden, fan_in=d_in)
-        self.b1 = uni(S, 1, hidden, fan_in=d_in)
-        self.W2 = uni(S, hidden, 1, fan_in=hidden)
-        self.b2 = torch.zeros(S, 1, 1, dtype=DTYPE, device=device, requires_grad=True)
+        self.W1, self.b1 = uni(S, d_in, hidden, fan_in=d_in), uni(S, 1, hidden, fan_in=d_in)
+        self.W2, self.b2 = uni(S, hidden, hidden, fan_in=hidden), uni(S, 1, hidden, fan_in=hidden)
+        self.W3, self.b3 = uni(S, hidden, 1, fan_in=hidden), uni(S, 1, 1, fan_in=hidden)
 
     def parameters(self):
-        return [self.W1, self.b1, self.W2, self.b2]
+        return [self.W1, self.b1, self.W2, self.b2, self.W3, self.b3]
 
     def __call__(self, x: torch.Tensor):
-        """x [S, M, d_in] -> (output [S, M], hidden activations [S, M, hidden])."""
-        a = torch.tanh(torch.baddbmm(self.b1, x, self.W1))
-        return torch.baddbmm(self.b2, a, self.W2).squeeze(-1), a
+        """x [S, M, d_in] -> (output [S, M], last hidden activations [S, M, hidden])."""
+        a = torch.relu(torch.baddbmm(self.b2, torch.relu(torch.baddbmm(self.b1, x, self.W1)), self.W2))
+        return torch.baddbmm(self.b3, a, self.W3).squeeze(-1), a
+
+
+def min_max(v: torch.Tensor) -> torch.Tensor:
+    """(v - min) / (max - min) along the last axis (per seed); 0 where all values are equal."""
+    lo, hi = v.amin(-1, keepdim=True), v.amax(-1, keepdim=True)
+    span = hi - lo
+    return torch.where(span > 0, (v - lo) / torch.where(span > 0, span, torch.ones_like(span)), torch.zeros_like(v))
+
+
+def sams_reward(loss_prev: torch.Tensor, loss_now: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
+    """[S, K] SamS reward of a selection (alignment.selection.batch.SamsScheduler.observe; the released code's
+    add_rm_logp, scheduler.py lines 33-48, sample term's sigmoid once):
+        y = 0.5 sigmoid(50 (L_prev - L_now) + 0.5) + 0.5 sigmoid(sample),  sample = 0.5 mm(Dh) + 0.5 (1 - mm(log pi(y_w)))
+    loss_prev, loss_now [S]: the candidate batch loss L = 1 - mean sigmoid(Dh) when the pairs were chosen and at
+    the next step; sample [S, K]: the selected pairs' sample terms, min-max normalised over their candidate batch."""
+    return 0.5 * torch.sigmoid(50.0 * (loss_prev - loss_now) + 0.5)[:, None] + 0.5 * torch.sigmoid(sample)
 
 
 class SamS(Selector):
-    """SamS batch scheduling (Huang et al.) with an EE-Net-style scheduler.
+    """SamS batch scheduling (Huang et al., NeurIPS 2025): the definition of alignment.selection.batch.SamsScheduler
+    (the LLM one), as far as a tabular or linear bandit can express it.
 
-    features of a candidate: the pair's feature difference phi(x, y_w) - phi(x, y_l) (one-hot over
-    (x, y) in the tabular bandit), its current margin Dh and its current loss -log sigmoid(Dh).
-    exploitation net f1(features) predicts the reward; exploration net f2 takes the gradient of f1's
-    output with respect to f1's output layer (= f1's hidden activations: EE-Net feeds f2 the gradient
-    of f1; the output layer's part is the cheap one) and predicts f1's residual. Score = f1 + f2; the
-    top K = B of the B / sams_ratio candidates are trained on (mean loss over K, as random_subset).
-    reward of a kept sample n, after the DPO step:
-        (L_batch before - L_batch after + sams_margin * (Dh_n after - Dh_n before)) / lr,
-    L_batch the mean DPO loss over the whole candidate batch; dividing by lr makes it a rate, O(1) for
-    any step size. Update: one Adam step of f1 on the squared error to the reward and one of f2 on the
-    squared error to reward - f1, both over the kept samples only.
+    context of candidate pair i: [phi(x, y_w), phi(x, y_l), Dh_i] (the LLM's: the policy's pooled hidden states of
+    chosen and of rejected, and the margin; here the pair's features, one-hot over (x, y) in the tabular bandit).
+    exploitation net f1(context) predicts the reward; exploration net f2 (EE-Net) takes f1's last hidden
+    activation (the gradient of f1's output with respect to its output layer) and predicts the residual
+    y - f1. Score u = f1 + sams_explore_weight f2 (0.1, alignment.train_dpo's default); the top K = B of the
+    B / sams_ratio candidates are trained on (ties to the earlier candidate; candidates come in random order).
+    Reward, observed one step later (the released code's lagged update): sams_reward, with L the batch loss
+    1 - mean sigmoid(Dh) over the whole candidate batch, L_prev of the selection's batch before its DPO step,
+    L_now of the next candidate batch before its step, and the sample term 0.5 mm(Dh_i) + 0.5 (1 - mm(log pi(y_w)))
+    min-max normalised per seed over the selection's candidate batch. Update: `sams_updates` (2) Adam steps
+    (weight decay 1e-5, step sams_lr) on mean_K (f1 - y)^2 + mean_K (f2 - (y - f1 at selection))^2 over the
+    selected pairs; the last selection's reward is never observed.
+
+    What differs from the LLM scheduler, and why: the contexts are the bandit's features, not hidden states; the
+    Adam step (1e-2) and width (32) are the bandit's, sized for its one-hot features; the loss normalisation is the
+    loop's (bandit/offline.py selected_loss, the mean over the K kept: alignment's `matched`). The released code's
+    `anchor` normalisation (mean over all n candidates, unselected detached) is the matched step at lr K/n, so a
+    bandit run of it is `--lr` x sams_ratio; the selector cannot change the loop's step. There is no scheduler
+    pre-training stage in the bandit, so no frozen mode either (a frozen random scheduler is a fixed random
+    ranking). The released code's own scheduler (16-layer residual MLPs over a sentence encoder) is the LLM
+    module's reference, not the bandit's. (`sams_margin` is no longer read: the reward above has no margin-change
+    term.)
     """
 
     name = "sams"
 
     def setup(self, sim):
-        d_in = sim.phi.shape[-1] + 2
+        d_in = 2 * sim.phi.shape[-1] + 1
         make = sim.make_generator or (lambda name: sim.generator)
         g = make("sams/init")
         self.f1 = BatchedMLP(sim.S, d_in, self.cfg.sams_hidden, g, sim.r.device)
         self.f2 = BatchedMLP(sim.S, self.cfg.sams_hidden, self.cfg.sams_hidden, g, sim.r.device)
-        self.opt1 = torch.optim.Adam(self.f1.parameters(), lr=self.cfg.sams_lr)
-        self.opt2 = torch.optim.Adam(self.f2.parameters(), lr=self.cfg.sams_lr)
+        # one Adam over both nets: the two losses share no parameter, so this is two Adams in one backward pass
+        self.opt = torch.optim.Adam(self.f1.parameters() + self.f2.parameters(), lr=self.cfg.sams_lr,
+                                    weight_decay=1e-5)
+        self.pending = None
 
     def features(self, sim, b: Batch) -> torch.Tensor:
-        dphi = gather_features(sim.phi, b.x, b.yw) - gather_features(sim.phi, b.x, b.yl)
         m = margins(sim.h, b.x, b.yw, b.yl)
-        return torch.cat([dphi, m[..., None], torch.nn.functional.softplus(-m)[..., None]], -1)
+        return torch.cat([gather_features(sim.phi, b.x, b.yw), gather_features(sim.phi, b.x, b.yl), m[..., None]], -1)
 
     def scores(self, feats: torch.Tensor):
+        return self._score(feats)[0]
+
+    def _score(self, feats: torch.Tensor):
+        """(u, f1, f1's last hidden activation) of contexts [S, M, d]."""
         with torch.no_grad():
             u1, a = self.f1(feats)
             u2, _ = self.f2(a)
-        return u1 + u2
+        return u1 + self.cfg.sams_explore_weight * u2, u1, a
+
+    @staticmethod
+    def batch_loss(m: torch.Tensor) -> torch.Tensor:
+        """[S]: L = 1 - mean sigmoid(Dh) over the candidate batch."""
+        return 1.0 - torch.sigmoid(m).mean(-1)
+
+    def observe(self, loss_now: torch.Tensor) -> torch.Tensor | None:
+        """The pending selection's reward [S, K] and the nets' update on it."""
+        p, self.pending = self.pending, None
+        if p is None:
+            return None
+        y = sams_reward(p["loss"], loss_now, p["sample"])
+        for _ in range(self.cfg.sams_updates):
+            self.opt.zero_grad()
+            loss = ((self.f1(p["x"])[0] - y) ** 2).mean(1).sum() + ((self.f2(p["a"])[0] - (y - p["f1"])) ** 2).mean(1).sum()
+            loss.backward()
+            self.opt.step()
+        return y
 
     def batch(self, sim):
         idx = sim.uniform_indices(sim.data.size, candidates_for(sim.batch, self.cfg.sams_ratio))
         b = sim.dataset_batch(idx)
+        m = margins(sim.h, b.x, b.yw, b.yl)
+        loss_now = self.batch_loss(m)
+        self.last_reward = self.observe(loss_now)
         self._feats = self.features(sim, b)
-        b.mask = top_mask(self.scores(self._feats), sim.batch)
+        u, f1, a = self._score(self._feats)
+        b.mask = top_mask(u, sim.batch)
+        sample = 0.5 * min_max(m) + 0.5 * (1 - min_max(gather_actions(sim.log_pi, b.x, b.yw)))
+        keep = lambda t: t[b.mask].reshape(sim.S, sim.batch, *t.shape[2:])  # the K kept, in candidate order
+        self.pending = {"x": keep(self._feats), "a": keep(a), "f1": keep(f1), "sample": keep(sample),
+                        "loss": loss_now}
         return b
-
-    def reward(self, sim, m0: torch.Tensor, m1: torch.Tensor) -> torch.Tensor:
-        """[S, M]: the batch-loss change plus the per-sample margin term, per unit step."""
-        M = m0.shape[1]
-        all_ = torch.ones_like(m0, dtype=torch.bool)
-        dL = selected_loss(m0, all_, M) - selected_loss(m1, all_, M)
-        return (dL[:, None] + self.cfg.sams_margin * (m1 - m0)) / sim.lr
-
-    def update(self, sim, b, m0, m1):
-        target = self.reward(sim, m0, m1).detach()
-        w = b.mask.to(DTYPE)
-        k = w.sum(1).clamp_min(1)
-        u1, a = self.f1(self._feats)
-        loss1 = (((u1 - target) ** 2 * w).sum(1) / k).sum()
-        self.opt1.zero_grad()
-        loss1.backward()
-        self.opt1.step()
-        u2, _ = self.f2(a.detach())
-        loss2 = (((u2 - (target - u1.detach())) ** 2 * w).sum(1) / k).sum()
-        self.opt2.zero_grad()
-        loss2.backward()
-        self.opt2.step()
 
 
 # ---------------------------------------------------------------------------------------------- Borda

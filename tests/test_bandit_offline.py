@@ -333,15 +333,52 @@ def test_sams_picks_exactly_K_and_both_networks_change():
         assert ((p1.detach() - p0).flatten(1).abs().amax(1) > 0).all(), i
 
 
-def test_sams_reward_is_batch_loss_change_plus_margin_term():
+def test_sams_reward_is_alignments_formula_observed_one_step_later():
+    """The reward of alignment.selection.batch.SamsScheduler (the released code's add_rm_logp, sample term's sigmoid
+    once), written out here per seed: y_i = 0.5 sigmoid(50 (L_prev - L_now) + 0.5) + 0.5 sigmoid(0.5 mm(Dh_i) +
+    0.5 (1 - mm(log pi(y_w)))), L = 1 - mean sigmoid(Dh) over a candidate batch, L_prev the selection's batch before
+    its step, L_now the next batch before its step; then both nets take two Adam steps on it."""
+    sig = lambda v: 1 / (1 + math.exp(-v))
     sim, sel = _sams_setup()
-    m0 = torch.tensor([[0.0, 1.0], [2.0, -1.0]], dtype=DT)
-    m1 = torch.tensor([[0.5, 1.0], [2.0, 0.0]], dtype=DT)
-    sp = lambda v: math.log1p(math.exp(-v))
-    dL0 = (sp(0.0) + sp(1.0) - sp(0.5) - sp(1.0)) / 2
-    dL1 = (sp(2.0) + sp(-1.0) - sp(2.0) - sp(0.0)) / 2
-    want = np.array([[dL0 + 0.1 * 0.5, dL0], [dL1, dL1 + 0.1 * 1.0]]) / 0.3
-    np.testing.assert_allclose(sel.reward(sim, m0, m1).numpy(), want, rtol=1e-12)
+    assert sel.batch(sim) is not None and sel.last_reward is None  # nothing to observe yet
+    for _ in range(2):  # move the policy off pi_ref first (at pi_ref every Dh and every log pi(y_w) are equal)
+        sim.step(sel.batch(sim))
+    b1 = sel.batch(sim)
+    d, h, lp = sim.data, sim.h.clone(), sim.log_pi.clone()
+    want = []
+    for s in range(2):
+        i = b1.idx[s].tolist()
+        dh = [float(h[s, d.x[s, j], d.yw[s, j]] - h[s, d.x[s, j], d.yl[s, j]]) for j in i]
+        p = [float(lp[s, d.x[s, j], d.yw[s, j]]) for j in i]
+        mm = lambda v: [(a - min(v)) / (max(v) - min(v)) for a in v]
+        assert max(dh) > min(dh) and max(p) > min(p)
+        sample = [0.5 * a + 0.5 * (1 - c) for a, c in zip(mm(dh), mm(p))]
+        want.append((1 - sum(sig(a) for a in dh) / len(dh), [sample[j] for j in range(len(i)) if b1.mask[s, j]]))
+    before = [q.detach().clone() for q in sel.f1.parameters()]
+    sim.step(b1)
+    b2 = sel.batch(sim)
+    got = sel.last_reward
+    for s in range(2):
+        i = b2.idx[s].tolist()  # the next candidates, under the policy after b1's step (b2 is not trained on yet)
+        dh2 = [float(sim.h[s, d.x[s, j], d.yw[s, j]] - sim.h[s, d.x[s, j], d.yl[s, j]]) for j in i]
+        loss_now = 1 - sum(sig(a) for a in dh2) / len(dh2)
+        loss_prev, sample = want[s]
+        y = [0.5 * sig(50 * (loss_prev - loss_now) + 0.5) + 0.5 * sig(v) for v in sample]
+        np.testing.assert_allclose(got[s].numpy(), y, rtol=1e-12)
+    assert got.shape == (2, 4)
+    assert all(not torch.equal(a, b) for a, b in zip(before, sel.f1.parameters()))
+
+
+def test_sams_scores_are_f1_plus_the_exploration_weight_times_f2():
+    sim, sel = _sams_setup()
+    sel.cfg.sams_explore_weight = 0.25
+    b = sel.batch(sim)
+    u1, a = sel.f1(sel._feats)
+    u2, _ = sel.f2(a)
+    torch.testing.assert_close(sel.scores(sel._feats), (u1 + 0.25 * u2).detach(), rtol=0, atol=0)
+    # the context: [phi(x, y_w), phi(x, y_l), Dh], 2 E A + 1 numbers in the tabular bandit (E = 2, A = 5)
+    assert sel._feats.shape == (2, 8, 2 * 10 + 1)
+    torch.testing.assert_close(sel._feats[..., -1], margins(sim.h, b.x, b.yw, b.yl), rtol=0, atol=0)
 
 
 def test_random_subset_loss_and_step_equal_sams_for_the_same_mask():

@@ -7,6 +7,11 @@ __post_init__ as TRL's DPOConfig checks its own (a bad value is one ConfigError 
     selector              all, random_subset, sams, us, ae (aliases accepted, the canonical name kept)
     select_ratio          the fraction K / n of each global candidate batch that gets gradient
     sams_mode, sams_pretrain_steps, sams_hidden, sams_lr, sams_explore_weight     the SamS scheduler's settings
+    sams_normalisation    sams / random_subset: matched (sum over the K selected / K) or anchor (the released code:
+                          unselected losses detached, mean over all n candidates; K / n of matched's gradient)
+    sams_update, sams_scheduler, sams_pretrain_reward, sams_pretrain_only      SamS: online or frozen scheduler,
+                          a scheduler file to start from, the pre-training reward (sft, the released one, or dpo),
+                          pre-training alone (writes the scheduler file, no DPO)
     passes, dropout, gamma                                                         us / ae: Monte Carlo dropout
 
 The field names are alignment.train_dpo's flag names (SAMPLER_FIELDS), so the stage copies them over by name and an
@@ -23,6 +28,7 @@ from dataclasses import dataclass, field
 from trl import DPOConfig
 
 from alignment.selection.batch import SAMS_MODES, SELECTORS
+from alignment.selection.batch import SAMS_NORMALISATIONS, SAMS_REWARDS, SAMS_UPDATES, read_scheduler_file
 from alignment.training.losses import LOSSES, TRAIN_LOSSES
 from bandit.vocabulary import SELECTOR, canonical
 from runlog import ConfigError, check_number, check_positive, check_ratio
@@ -31,6 +37,7 @@ from runlog import ConfigError, check_number, check_positive, check_ratio
 F_DIVERGENCE_LOSSES = ("sigmoid", "sigmoid_norm", "hinge", "ipo", "exo_pair", "robust", "discopop", "sft")
 SAMPLER_FIELDS = ("loss", "margin_scale", "selector", "select_ratio", "sams_mode", "sams_pretrain_steps", "sams_hidden",
                   "sams_lr", "sams_explore_weight", "passes", "dropout", "gamma")
+SAMPLER_FIELDS += ("sams_normalisation", "sams_update", "sams_scheduler", "sams_pretrain_reward", "sams_pretrain_only")
 
 
 def check_sampler_fields(cfg) -> None:
@@ -51,6 +58,7 @@ def check_sampler_fields(cfg) -> None:
     if cfg.sams_pretrain_steps and cfg.selector != "sams":
         raise ConfigError(f"--sams-pretrain-steps: pre-trains the SamS scheduler; it needs --selector sams, "
                           f"not {cfg.selector}")
+    check_sams_fields(cfg)
     check_positive("sams-hidden", cfg.sams_hidden, integer=True)
     check_positive("sams-lr", cfg.sams_lr)
     check_number("sams-explore-weight", cfg.sams_explore_weight, low=0)
@@ -75,6 +83,31 @@ def check_trl_loss(loss: str, label_smoothing: float = 0.0, f_divergence_type: s
                           f"use_weighting from the dpo: mapping")
 
 
+def check_sams_fields(cfg) -> None:
+    """The SamS normalisation / update / scheduler-file / pre-training flags (module doc); ConfigError names the flag."""
+    if cfg.sams_normalisation not in SAMS_NORMALISATIONS:
+        raise ConfigError(f"--sams-normalisation: unknown normalisation {cfg.sams_normalisation!r}; known: "
+                          f"{', '.join(SAMS_NORMALISATIONS)}")
+    if cfg.sams_normalisation != "matched" and cfg.selector in ("us", "ae"):  # (for all, K = n: both coincide)
+        raise ConfigError(f"--sams-normalisation: applies to --selector sams and random_subset, not {cfg.selector}")
+    if cfg.sams_update not in SAMS_UPDATES:
+        raise ConfigError(f"--sams-update: unknown update {cfg.sams_update!r}; known: {', '.join(SAMS_UPDATES)}")
+    if cfg.sams_pretrain_reward not in SAMS_REWARDS:
+        raise ConfigError(f"--sams-pretrain-reward: unknown reward {cfg.sams_pretrain_reward!r}; known: "
+                          f"{', '.join(SAMS_REWARDS)}")
+    for flag, used in (("sams-scheduler", cfg.sams_scheduler), ("sams-pretrain-only", cfg.sams_pretrain_only),
+                       ("sams-update", cfg.sams_update != "online")):
+        if used and cfg.selector != "sams":
+            raise ConfigError(f"--{flag}: a SamS scheduler setting; it needs --selector sams, not {cfg.selector}")
+    if cfg.sams_scheduler:
+        read_scheduler_file(cfg.sams_scheduler, "--sams-scheduler")
+    if cfg.sams_update == "frozen" and not (cfg.sams_scheduler or cfg.sams_pretrain_steps):
+        raise ConfigError("--sams-update: frozen keeps the scheduler it is given; pass --sams-scheduler FILE (or "
+                          "--sams-pretrain-steps N), else it would score with its random initial weights")
+    if cfg.sams_pretrain_only and not cfg.sams_pretrain_steps:
+        raise ConfigError("--sams-pretrain-only: needs --sams-pretrain-steps N > 0 (the batches to pre-train on)")
+
+
 def _help(text: str) -> dict:
     return {"help": text}
 
@@ -96,6 +129,11 @@ class SamplerDPOConfig(DPOConfig):
     sams_hidden: int = field(default=128, metadata=_help("sams: width of both MLPs"))
     sams_lr: float = field(default=1e-3, metadata=_help("sams: Adam learning rate of both MLPs"))
     sams_explore_weight: float = field(default=0.1, metadata=_help("sams: weight of the exploration net's score"))
+    sams_normalisation: str = field(default="matched", metadata=_help("sams / random_subset: matched or anchor"))
+    sams_update: str = field(default="online", metadata=_help("sams: online or frozen scheduler"))
+    sams_scheduler: str | None = field(default=None, metadata=_help("sams: scheduler file to start from"))
+    sams_pretrain_reward: str = field(default="sft", metadata=_help("sams: pre-training reward, sft or dpo"))
+    sams_pretrain_only: bool = field(default=False, metadata=_help("sams: pre-train the scheduler, no DPO"))
     passes: int = field(default=5, metadata=_help("us / ae: Monte Carlo dropout passes"))
     dropout: float = field(default=0.05, metadata=_help("us / ae: dropout probability of the passes"))
     gamma: float = field(default=2.0, metadata=_help("ae: width multiplier of the confidence bound"))

@@ -81,8 +81,20 @@ def preference_loss(name: str, policy_chosen_logps: torch.Tensor, policy_rejecte
 def masked_mean(losses: torch.Tensor, mask: torch.Tensor, k: int, processes: int = 1) -> torch.Tensor:
     """sum(mask * losses) * processes / k, a scalar; losses and mask of shape (batch_size,), mask 0/1 (a selector's
     choice among this process's pairs). With DDP averaging the processes' gradients, its gradient is that of the
-    mean loss over the k selected pairs of the global batch; every selector uses this normalisation."""
+    mean loss over the k selected pairs of the global batch; every selector uses this normalisation by default
+    (train_dpo --sams-normalisation matched)."""
     return (losses * mask.to(losses.dtype)).sum() * (processes / k)
+
+
+def anchor_mean(losses: torch.Tensor, mask: torch.Tensor, n: int, processes: int = 1) -> torch.Tensor:
+    """The released SamS code's normalisation (train_dpo --sams-normalisation anchor, sams and random_subset):
+    sum(mask * losses + (1 - mask) * losses.detach()) * processes / n, a scalar, n the number of candidates of the
+    global batch. Its value is this process's mean loss over all its candidates when n = processes x local pairs;
+    with DDP averaging the processes' gradients, its gradient is (1/n) sum over the selected pairs: k/n times
+    masked_mean's. (bandit_utils.py detach_unselected_samples, then trainers_dist.py line 825
+    loss = local_losses.mean().)"""
+    keep = mask.to(torch.bool)
+    return torch.where(keep, losses, losses.detach()).sum() * (processes / n)
 
 
 LOSS_FUNCTIONS = {"sigmoid": sigmoid_loss, "rev_kl": rev_kl_loss}

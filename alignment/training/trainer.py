@@ -10,7 +10,9 @@ batch of which K pairs get gradient. A BatchSelection object chosen by name does
     RandomSubset, Sams       in-batch: TRL's forward over the whole candidate batch, then a 0/1 mask over its pairs
     UncertaintySampling,     per-step: Monte Carlo dropout scores of every candidate without gradients first, then
     ActiveExploration        the forward with gradients on the selected pairs only
-and the loss is losses.masked_mean of the per-pair losses (the same normalisation for every selector). Every
+and the loss is losses.masked_mean of the per-pair losses (the same normalisation for every selector), or for
+random_subset and sams with sams_normalisation="anchor" losses.anchor_mean (the released SamS code's: unselected
+losses detached, the mean over all n candidates). Every
 process selects the same global indices (scores gathered, generators seeded from the run seed and the global step).
 The SamS state is saved in each checkpoint as batch_scheduler.pt and restored by train(resume_from_checkpoint=...).
 Evaluation always uses every pair.
@@ -142,13 +144,16 @@ class Sams(RandomSubset):
         hidden = _inner(trainer.model).config.get_text_config().hidden_size
         self.scheduler = sch.SamsScheduler(2 * hidden + 1, hidden=cfg.sams_hidden, lr=cfg.sams_lr, mode=cfg.sams_mode,
                                            explore_weight=cfg.sams_explore_weight, seed=cfg.seed,
-                                           device=trainer.accelerator.device)
+                                           device=trainer.accelerator.device, update=cfg.sams_update)
+        if cfg.sams_scheduler:  # pre-trained weights (every process reads the same file)
+            self.scheduler.load_weights(cfg.sams_scheduler, "--sams-scheduler")
+        self.reward = "dpo"  # the reward its steps observe; pretrain_scheduler switches it to --sams-pretrain-reward
 
     def choose(self, logps, margin, hidden, completion_mask, margins, k, gen):
         acc = self.trainer.accelerator
         pooled = sch.pooled_response_states(hidden, completion_mask)
         x = torch.cat([pooled, margin.detach().float()[:, None]], -1)
-        return self.scheduler.step(acc.gather(x), margins, acc.gather(logps[0].detach()), k, gen)
+        return self.scheduler.step(acc.gather(x), margins, acc.gather(logps[0].detach()), k, gen, reward=self.reward)
 
     def state_dict(self) -> dict:
         return self.scheduler.state_dict()
@@ -313,7 +318,12 @@ class SamplerDPOTrainer(DPOTrainer):
         if picked is None:
             picked = self.selection.after_forward(logps, margin, hidden, inputs["completion_mask"], key)
         mask, k, idx = picked.mask.to(pair_losses.device), picked.k, picked.indices
-        loss = losses.masked_mean(pair_losses, mask, k, self.accelerator.num_processes)
+        if self.args.sams_normalisation == "anchor" and self.args.selector in sch.IN_BATCH:
+            # the released SamS code's: unselected losses detached, the mean over all n candidates
+            loss = losses.anchor_mean(pair_losses, mask, mask.numel() * self.accelerator.num_processes,
+                                      self.accelerator.num_processes)
+        else:
+            loss = losses.masked_mean(pair_losses, mask, k, self.accelerator.num_processes)
         self.last_selection = idx
         acc, metrics = self.accelerator, self._metrics["train"]
         metrics["select/kept"].append(float(k))
@@ -333,15 +343,21 @@ class SamplerDPOTrainer(DPOTrainer):
     # -- SamS scheduler pre-training, checkpoints, resume
     def pretrain_scheduler(self, steps: int) -> dict:
         """SamS's optional scheduler pre-training on the frozen policy (the paper's 'scheduler pretrain' step;
-        the released code's bandit.pretrain: the training loop with the policy's optimizer step skipped):
-        `steps` candidate batches of the training data, each a SamS step (observe the last selection's reward,
-        update both nets, score, choose) on the policy's no-grad forward; the policy is not changed. The
-        data order and global RNG of the training that follows are untouched."""
+        the released code's bandit.pretrain: the training loop with the policy's optimizer step skipped,
+        trainers_dist.py line 841): `steps` candidate batches of the training data, each a SamS step (observe the
+        last selection's reward, update both nets, score, choose) on the policy's no-grad forward, under the reward
+        args.sams_pretrain_reward (sft: the released run_scheduler_pretrain.sh's, alignment.selection.batch.
+        sft_reward; dpo: DPO training's); the policy is not changed, and the nets learn even under
+        sams_update="frozen" (which freezes them for the DPO that follows). The data order and global RNG of the
+        training that follows are untouched. The last pre-training selection is observed at the first DPO step,
+        under its own reward (before that step's update, so on the pre-trained-on policy)."""
         if not isinstance(self.selection, Sams):
             raise ValueError("pretrain_scheduler needs selector='sams'")
         rewards = []
         model, was_training = self.model, self.model.training
         model.eval()  # TRL's metrics of these passes go to the eval bucket, cleared below; dropout is off anyway
+        scheduler, update = self.selection.scheduler, self.selection.scheduler.update
+        scheduler.update, self.selection.reward = "online", self.args.sams_pretrain_reward  # pre-training learns
         try:
             with _fork_rng(self.accelerator.device):
                 loader = self.get_train_dataloader()
@@ -363,8 +379,9 @@ class SamplerDPOTrainer(DPOTrainer):
         finally:
             model.train(was_training)
             self._metrics["eval"].clear()
-        return {"sams_pretrain_steps": steps, "sams_pretrain_reward_mean": sum(rewards) / len(rewards)
-                if rewards else None}
+            scheduler.update, self.selection.reward = update, "dpo"
+        return {"sams_pretrain_steps": steps, "sams_pretrain_reward": self.args.sams_pretrain_reward,
+                "sams_pretrain_reward_mean": sum(rewards) / len(rewards) if rewards else None}
 
     def train(self, resume_from_checkpoint=None, *args, **kwargs):
         if resume_from_checkpoint is False:
@@ -426,6 +443,9 @@ def fit(policy, ref, tokenizer, rows: list[dict], config: SamplerDPOConfig, run,
         from transformers import PrinterCallback
 
         trainer.remove_callback(PrinterCallback)
+    if config.selector == "sams" and config.sams_pretrain_only:  # the released recipe's first stage alone
+        pre = trainer.pretrain_scheduler(config.sams_pretrain_steps)
+        return trainer, {"steps": 0, "num_pairs": len(data), "selector": "sams", "sams_pretrain_only": True} | pre
     result = trainer.train()
     hist = [r for r in trainer.state.log_history if "loss" in r]
     last = hist[-1] if hist else {}
