@@ -43,7 +43,6 @@ class SelectorConfig:
     borda_samples: int = 8       # borda: actions drawn from pi and from pi_ref per candidate context
     sams_hidden: int = 32        # sams: hidden units of each MLP
     sams_lr: float = 1e-2        # sams: Adam step of both networks
-    sams_margin: float = 0.1     # no longer read (sams's reward has no margin-change term; kept for --sams-margin)
     sams_explore_weight: float = 0.1  # sams: score = f1 + this x f2 (alignment.train_dpo's --sams-explore-weight)
     sams_updates: int = 2        # sams: Adam steps per observed reward (alignment.selection.batch.SamsScheduler)
 
@@ -271,8 +270,7 @@ class SamS(Selector):
     bandit run of it is `--lr` x sams_ratio; the selector cannot change the loop's step. There is no scheduler
     pre-training stage in the bandit, so no frozen mode either (a frozen random scheduler is a fixed random
     ranking). The released code's own scheduler (16-layer residual MLPs over a sentence encoder) is the LLM
-    module's reference, not the bandit's. (`sams_margin` is no longer read: the reward above has no margin-change
-    term.)
+    module's reference, not the bandit's.
     """
 
     name = "sams"

@@ -106,7 +106,8 @@ class Args:
     borda_samples: int = arg(8, "borda: actions drawn from pi and from pi_ref per candidate context")
     sams_hidden: int = arg(32, "sams: hidden units of the exploitation and of the exploration MLP")
     sams_lr: float = arg(1e-2, "sams: Adam step size of both networks")
-    sams_margin: float = arg(0.1, "sams: weight of the per-sample margin change in the reward")
+    sams_explore_weight: float = arg(0.1, "sams: score = exploitation + this x exploration net (as "
+                                     "alignment.train_dpo's --sams-explore-weight)")
     actions: int = arg(10, "actions per context (A)")
     contexts: int = arg(4, "contexts (E)")
     dim: int = arg(8, "feature dimension d of the linear bandit")
@@ -153,7 +154,7 @@ def resolve(args: Args) -> Plan:
     check_number("gamma", args.gamma, low=0)
     check_positive("lam", args.lam)
     check_positive("sams-lr", args.sams_lr)
-    check_number("sams-margin", args.sams_margin)
+    check_number("sams-explore-weight", args.sams_explore_weight, low=0)
     N, B = args.dataset, args.batch
     offline = [s for s in selectors if SELECTORS[s].regime == "offline"]
     if offline and B > N:
@@ -174,7 +175,8 @@ def resolve(args: Args) -> Plan:
     envs = list(ENVS) if args.env == "both" else [args.env]
     cfg = SelectorConfig(ratio=args.ratio, sams_ratio=args.sams_ratio, abs=args.abs,
                          length_normalise=args.length_normalise, gamma=args.gamma, borda_samples=args.borda_samples,
-                         sams_hidden=args.sams_hidden, sams_lr=args.sams_lr, sams_margin=args.sams_margin)
+                         sams_hidden=args.sams_hidden, sams_lr=args.sams_lr,
+                         sams_explore_weight=args.sams_explore_weight)
     lr = {e: args.lr if args.lr is not None else LR[e] for e in envs}
     return Plan(envs, selectors, list(range(args.seed, args.seed + args.seeds)), lr, device, name, cfg)
 
