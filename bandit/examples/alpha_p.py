@@ -146,7 +146,7 @@ def run(args: Args):
     device = resolve_device(args.device)
     seeds = list(range(args.seed, args.seed + args.seeds))
     env = TabularEnv.from_seeds(seeds, 1, args.actions, args.beta, device, None)
-    config = dataclasses.asdict(args) | {"resolved": {"lr": lr, "rows": len(rows), "steps": steps, "tol": TOL}}
+    config = dataclasses.asdict(args) | {"resolved": {"study": "alpha_p", "lr": lr, "rows": len(rows), "steps": steps, "tol": TOL}}
     summary = {}
     with RunDir(args.out, name, config, seeds) as run_dir:
         for step in steps:
