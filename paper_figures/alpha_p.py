@@ -83,8 +83,7 @@ def draw_heatmap(ax, per, base, temperature, vmax):
         grid[alphas.index(a), ps.index(p)] = iters if math.isfinite(iters) else np.nan
     import matplotlib.pyplot as plt
 
-    cmap = plt.get_cmap("viridis_r").copy()
-    cmap.set_bad("0.85")
+    cmap = plt.get_cmap("viridis_r").with_extremes(bad="0.85")
     im = ax.imshow(grid, cmap=cmap, vmin=0, vmax=vmax, aspect="auto", origin="lower")
     for (a, p), (order, iters) in cells.items():
         i, j = alphas.index(a), ps.index(p)
