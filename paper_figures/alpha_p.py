@@ -141,7 +141,7 @@ def draw(folder: Path):
     for lab, color, ls, name in wanted:
         if lab in per:
             x, y = _gap_curve(per[lab])
-            ax.plot(x, y, color=color, ls=ls, lw=1.8, label=name)
+            ax.plot(x, y, color=color, ls=ls, lw=3.5 if lab == REFERENCE else 1.8, label=name)
     ax.set_yscale("log")
     ax.set_xlabel("iteration")
     ax.set_ylabel(common.METRIC_LABELS["value_gap"] + " (median over seeds)")
