@@ -14,6 +14,11 @@ p is the probability of the fused branch; 'natural' means branch probabilities p
 normalisers, which gives the pair weight B(y) B(y') (2 + e^(a D) + e^(-a D)), D = Dh / beta: with B = pi_ref
 (uniform here) and a = beta that is the paper's mix_p exactly; with B = pi it is pi(y) pi(y') times it.
 
+The Newton step is sized for the paper's weight: with base pi at T 0.7 it overshoots (a period-2 cycle, the value
+gap stalls near 1e-2), so for the temperature question also run the smaller fixed step, stable on the whole grid:
+
+    python bandit/examples/alpha_p.py --steps fixed --lr 3 --iters 300 --name fixed-lr3
+
 Writes runs/bandit/alpha_p/<name>/{run.json, metrics.jsonl, summary.json}; one metrics line per (row, seed,
 iteration) with sampler mix_p, a label naming the row, and its alpha, p, temperature, base and step rule.
 paper_figures/alpha_p.py draws the figure from it.
