@@ -11,6 +11,7 @@ the A x A grid, which is what the runner's step time is made of.
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -183,12 +184,26 @@ SAMPLERS = {name: _weights_of(spec) for name, spec in SPECS.items()} | {"mix_p_s
 DEFAULT_SAMPLERS = ("unif", "on_policy", "gshf", "mix_r", "mix_p", "mix_p_star")
 
 
-def get_sampler(name: str, field: str = "--samplers"):
-    """The weight function of a sampler, by canonical name or alias (bandit/vocabulary.py)."""
+@functools.lru_cache(maxsize=None)
+def _spec_sampler(spec: PairSpec):
+    return _weights_of(spec)
+
+
+def get_sampler(name, field: str = "--samplers"):
+    """The weight function of a sampler, by canonical name or alias (bandit/vocabulary.py), or of any PairSpec
+    (e.g. the LLM's mix_p_llm(alpha, p) at a temperature): specs are compiled once and kept."""
+    if isinstance(name, PairSpec):
+        return _spec_sampler(name)
     return SAMPLERS[canonical(name, PAIR_SAMPLER, "bandit", field, allowed=tuple(SAMPLERS))]
 
 
-def sampler_weights(name: str, s: PairState) -> torch.Tensor:
-    """Normalised weights [..., A, A] summing to 1 per context, detached."""
+def drawable(spec: PairSpec) -> bool:
+    """Every tilt of the spec is a fusion of pi's and pi_ref's logits: an LLM can draw its components (with
+    natural branch probabilities too, which an LLM recipe cannot set but the bandit can)."""
+    return all(t.llm_realisable for t in spec.tilts)
+
+
+def sampler_weights(name, s: PairState) -> torch.Tensor:
+    """Normalised weights [..., A, A] summing to 1 per context, detached; `name` a sampler name or a PairSpec."""
     w = get_sampler(name)(s).detach()
     return w.div_(w.sum((-1, -2), keepdim=True))  # in place: every sampler returns a fresh tensor

@@ -90,11 +90,26 @@ class PairSpec:
                                             for b in self.branches))
 
 
-def mix_p_llm(alpha: float = 0.5, p: float = 1.0, name: str = "mix_p") -> PairSpec:
+BASES = ("pi", "pi_ref")
+
+
+def mix_p_llm(alpha: float = 0.5, p: float | None = 1.0, name: str = "mix_p", base: str = "pi") -> PairSpec:
     """The LLM's Mix-P: with probability p the fused pair (pi^(1+a) pi_ref^-a, pi^(1-a) pi_ref^a), else (with the
-    on-policy pair on) an on-policy pair (pi, pi). mix_p_seq draws the same tilts by sequence-level resampling."""
-    fused = Branch(Tilt(pi=1.0 + alpha, ref=-alpha), Tilt(pi=1.0 - alpha, ref=alpha), p)
-    return PairSpec(name, (fused,) if p == 1.0 else (fused, Branch(POLICY, POLICY, 1.0 - p)))
+    on-policy pair on) an on-policy pair (pi, pi). mix_p_seq draws the same tilts by sequence-level resampling.
+
+    Written against a base measure B (`base`: "pi", the LLM's, or "pi_ref"), the fused tilts are B (pi/pi_ref)^(+-a)
+    and the other branch is (B, B). p=None gives the *natural* branch probabilities (proportional to the
+    components' unnormalised masses), whose pair weight is B(y) B(y') (2 + e^(a D) + e^(-a D)),
+    D = log(pi(y)/pi_ref(y)) - log(pi(y')/pi_ref(y')) = Dh / beta: with base pi_ref uniform and a = beta, the
+    paper's bandit mix_p."""
+    if base not in BASES:
+        raise ValueError(f"base must be one of {BASES}, got {base!r}")
+    b = POLICY if base == "pi" else REF
+    plus, minus = Tilt(pi=b.pi + alpha, ref=b.ref - alpha), Tilt(pi=b.pi - alpha, ref=b.ref + alpha)
+    if p is None:
+        return PairSpec(name, (Branch(plus, minus), Branch(b, b)))
+    fused = Branch(plus, minus, p)
+    return PairSpec(name, (fused,) if p == 1.0 else (fused, Branch(b, b, 1.0 - p)))
 
 
 # The named samplers that are product mixtures (mix_p_star's capped weight is not one: bandit only).

@@ -7,4 +7,4 @@ says what it skipped and which command produces the missing logs. `common` holds
 
 # figure modules, in the order make_all runs and lists them
 FIGURES = ("tabular_exact", "tabular_empirical", "linear_bandit", "offline_selection", "alignment_reward_vs_kl",
-           "alignment_reward_per_iteration", "selection_toy")
+           "alignment_reward_per_iteration", "selection_toy", "alpha_p")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import importlib
+import inspect
 import io
 import math
 import sys
@@ -156,8 +157,9 @@ def write_tables(tasks, folder: Path, report: Report) -> None:
 
 # ------------------------------------------------------------------------------------------------- main
 
-def make_all(tasks, out_dir, only=None) -> Report:
-    """Run the chosen figures' make() and the tables on loaded tasks; never raises for a figure's failure."""
+def make_all(tasks, out_dir, only=None, runs=None) -> Report:
+    """Run the chosen figures' make() and the tables on loaded tasks; never raises for a figure's failure.
+    A figure whose make() takes `runs` (alpha_p: its study's runs are no analysis task) also gets the runs folder."""
     report = Report()
     out_dir = Path(out_dir)
     for name in only or list(FIGURES) + [TABLES]:
@@ -166,7 +168,8 @@ def make_all(tasks, out_dir, only=None) -> Report:
             continue
         module = importlib.import_module(f"paper_figures.{name}")
         try:
-            report.made += module.make(tasks, out_dir, notes=report.notes)
+            extra = {"runs": runs} if "runs" in inspect.signature(module.make).parameters else {}
+            report.made += module.make(tasks, out_dir, notes=report.notes, **extra)
         except common.MissingLogs as e:
             report.skipped.append((name, str(e)))
         except Exception as e:  # one broken figure must not cost the others
@@ -209,7 +212,7 @@ def main(argv=None) -> Report:
     common.print_warnings(problems, tasks)
     if not tasks:
         print(f"warning: no bandit or alignment pipeline run under {args.runs}", file=sys.stderr)
-    report = make_all(tasks, Path(args.out), only)
+    report = make_all(tasks, Path(args.out), only, runs=args.runs)
     print_report(report)
     if report.failed:
         sys.exit(1)

@@ -137,3 +137,73 @@ def test_offline_is_unif_under_a_uniform_reference():
     uniform = torch.full_like(s.log_ref, -math.log(s.log_ref.shape[-1]))
     s = PairState(s.log_pi, uniform, 3.0 * (s.log_pi - uniform), s.r)
     torch.testing.assert_close(sampler_weights("offline", s), sampler_weights("unif", s), rtol=1e-14, atol=0)
+
+
+# ------------------------------------------------------------------------------------------ the LLM's mix_p
+def _one_token(seed=11, A=7):
+    s = state(B=1, E=1, A=A, seed=seed)
+    return s, s.log_pi[0, 0].numpy(), s.log_ref[0, 0].numpy()
+
+
+@pytest.mark.parametrize("alpha", [0.5, 1.0, 3.0])
+def test_llm_mix_p_at_natural_p_is_the_closed_form(alpha):
+    # natural branch probabilities: pi(y) pi(y') (2 + e^(a D) + e^(-a D)), D = log(pi/pi_ref)(y) - log(pi/pi_ref)(y')
+    s, lp, lr = _one_token()
+    pi, lpr = np.exp(lp), lp - lr
+    D = lpr[:, None] - lpr[None, :]
+    want = np.outer(pi, pi) * (2 + np.exp(alpha * D) + np.exp(-alpha * D))
+    w = spec_weights(mix_p_llm(alpha, None), s)
+    np.testing.assert_allclose((w / w.sum()).numpy()[0, 0], want / want.sum(), rtol=1e-12)
+    # base pi_ref: pi_ref(y) pi_ref(y') times the same factor
+    want = np.outer(np.exp(lr), np.exp(lr)) * (2 + np.exp(alpha * D) + np.exp(-alpha * D))
+    w = spec_weights(mix_p_llm(alpha, None, base="pi_ref"), s)
+    np.testing.assert_allclose((w / w.sum()).numpy()[0, 0], want / want.sum(), rtol=1e-12)
+
+
+def test_llm_mix_p_base_pi_ref_at_alpha_beta_is_the_paper_mix_p_under_a_uniform_reference():
+    # a = beta, base pi_ref uniform, natural p: (2 + e^Dh + e^-Dh) up to a constant, since a D = Dh
+    beta, A = 3.0, 6
+    g = torch.Generator().manual_seed(12)
+    log_pi = torch.log_softmax(torch.randn(1, 1, A, generator=g, dtype=DT), -1)
+    uniform = torch.full_like(log_pi, -math.log(A))
+    s = PairState(log_pi, uniform, beta * (log_pi - uniform), torch.zeros_like(log_pi))
+    h = s.h[0, 0].numpy()
+    want = 2 + np.exp(h[:, None] - h[None, :]) + np.exp(h[None, :] - h[:, None])
+    w = spec_weights(mix_p_llm(beta, None, base="pi_ref"), s)
+    np.testing.assert_allclose((w / w.sum()).numpy()[0, 0], want / want.sum(), rtol=1e-12)
+
+
+@pytest.mark.parametrize("base", ["pi", "pi_ref"])
+def test_llm_mix_p_at_a_given_p_is_the_hand_mixture(base):
+    # q * (fused pair, symmetrised) + (1 - q) * (B, B) pair, B the base; each component normalised on its own
+    q, alpha = 0.4, 0.5
+    s, lp, lr = _one_token(seed=13)
+    B = lp if base == "pi" else lr
+    plus = np.exp(B + alpha * (lp - lr)); plus /= plus.sum()
+    minus = np.exp(B - alpha * (lp - lr)); minus /= minus.sum()
+    b = np.exp(B)
+    want = q * (np.outer(plus, minus) + np.outer(minus, plus)) / 2 + (1 - q) * np.outer(b, b)
+    w = spec_weights(mix_p_llm(alpha, q, base=base), s)
+    np.testing.assert_allclose((w / w.sum()).numpy()[0, 0], want, rtol=1e-12, atol=1e-15)
+
+
+def test_temperature_divides_every_llm_coefficient():
+    T = 0.7
+    spec = mix_p_llm(0.5, 0.7).at_temperature(T)
+    assert spec.tilts == (Tilt(pi=1.5 / T, ref=-0.5 / T), Tilt(pi=0.5 / T, ref=0.5 / T), Tilt(pi=1 / T))
+    assert [b.prob for b in spec.branches] == [0.7, pytest.approx(0.3)]
+    # the on-policy branch at T: pi^(1/T) normalised, by hand
+    s, lp, _ = _one_token(seed=14)
+    t = np.exp(lp / T) / np.exp(lp / T).sum()
+    w = spec_weights(SPECS["on_policy"].at_temperature(T), s)
+    np.testing.assert_allclose((w / w.sum()).numpy()[0, 0], np.outer(t, t), rtol=1e-12)
+
+
+def test_old_mix_p_llm_calls_are_unchanged():
+    # alignment calls mix_p_llm(alpha, name=...): one fused branch, the tilts of before
+    spec = mix_p_llm(0.5, name="mix_p_seq")
+    assert spec.name == "mix_p_seq" and len(spec.branches) == 1 and spec.branches[0].prob == 1.0
+    assert spec.tilts == (Tilt(pi=1.5, ref=-0.5), Tilt(pi=0.5, ref=0.5))
+    assert mix_p_llm(0.5, None).natural and not mix_p_llm(0.5, None).llm_realisable
+    with pytest.raises(ValueError):
+        mix_p_llm(0.5, base="uniform")

@@ -1,5 +1,5 @@
 """paper_figures/: every figure and table from a small set of REAL logs made by the entry points on tiny budgets
-(bandit/examples/tabular.py, linear.py, offline.py twice, alignment.pipeline for two samplers and, in its offline
+(bandit/examples/tabular.py, linear.py, alpha_p.py, offline.py twice, alignment.pipeline for two samplers and, in its offline
 regime, two selection labels), the skipped list for missing logs, one script run alone, and bad input.
 """
 import csv
@@ -26,7 +26,8 @@ LABELS = ("all", "random_subset")
 # which methods each figure draws, from the logs below
 DRAWN = {"tabular_exact": BANDIT_SAMPLERS, "tabular_empirical": BANDIT_SAMPLERS, "linear_bandit": BANDIT_SAMPLERS,
          "offline_selection": SELECTORS, "alignment_reward_vs_kl": PIPELINE_SAMPLERS,
-         "alignment_reward_per_iteration": PIPELINE_SAMPLERS, "selection_toy": LABELS}
+         "alignment_reward_per_iteration": PIPELINE_SAMPLERS, "selection_toy": LABELS,
+         "alpha_p": ("mix_p", "on_policy")}   # the paper's mix_p row and alpha = 0 (on-policy pairs)
 COMMANDS = {"alignment_reward_vs_kl": "bash alignment/toy.sh",
             "alignment_reward_per_iteration": "bash alignment/toy.sh",
             "selection_toy": "bash alignment/toy_selection.sh"}
@@ -57,6 +58,8 @@ def logs(tmp_path_factory):
         [ex / "offline.py", *TINY_OFFLINE, "--flip", "0.2", "--out", runs / "bandit" / "offline", "--name", "flip0.2"],
         [ex / "tabular.py", "--setting", "exact", "--step", "newton", *TINY_BANDIT, "--out", root / "extra",
          "--name", "newton"],
+        [ex / "alpha_p.py", "--seeds", "2", "--iters", "8", "--alphas", "0,0.5", "--ps", "0.7,1",
+         "--temperatures", "1,0.7", "--bases", "pi", "--out", runs / "bandit" / "alpha_p", "--name", "tiny"],
     ]
     procs = [subprocess.Popen([sys.executable, *map(str, c)], cwd=root, env=ENV, stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE, text=True) for c in commands]

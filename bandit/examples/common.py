@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -14,9 +14,10 @@ from tqdm.auto import tqdm
 from bandit.metrics import METRICS, optimal_value
 from bandit.rates import QUADRATIC, TOL, fitted_order, iterations_to
 from bandit.runner import simulate
-from bandit.samplers import DEFAULT_SAMPLERS, SAMPLERS
+from bandit.samplers import DEFAULT_SAMPLERS, SAMPLERS, drawable
+from bandit.spec import BASES, SPECS, PairSpec, mix_p_llm
 from bandit.vocabulary import PAIR_SAMPLER, canonical_list
-from runlog import ConfigError, RunDir, arg, atomic_write_json, check_name, check_out, check_positive
+from runlog import ConfigError, RunDir, arg, atomic_write_json, check_name, check_out, check_number, check_positive
 from runlog import resolve_device as runlog_resolve_device
 
 # The paper's settings (Shi, Zhou, Du, ICLR 2025): exact lr 10 for 100 iterations, empirical lr 0.05 for 3000.
@@ -45,6 +46,21 @@ class BanditArgs:
     out: str = arg("runs/bandit/tabular", "output folder; the run is written to OUT/NAME")
     name: str | None = arg(None, "run name (default: SETTING-STEP, e.g. both-fixed); an older run of that name is replaced")
     plots: bool = arg(True, "write figures (PNG and PDF); --no-plots skips them")
+    # the LLM's Mix-P (bandit/spec.py mix_p_llm); without --alpha, --p and --base, mix_p is the paper's 2+e^Dh+e^-Dh
+    alpha: float | None = arg(None, "run mix_p in the LLM's form: the fused pair (B (pi/pi_ref)^a, B (pi/pi_ref)^-a) "
+                              "of strength a >= 0, B the --base (B = pi: logits (1+a) l_pi - a l_ref and (1-a) l_pi "
+                              "+ a l_ref). Given any of --alpha, --p, --base, the others default to the LLM recipes' "
+                              "alpha 0.5, p 1, base pi; given none, mix_p is the paper's 2 + e^Dh + e^-Dh")
+    p: str | None = arg(None, "LLM-form mix_p: probability of the fused branch, a number in [0, 1]; the rest of the "
+                        "pairs are (B, B) pairs (on-policy for --base pi). 'natural': branch probabilities "
+                        "proportional to the components' normalisers, i.e. the pair weight B(y) B(y') (2 + e^(a D) + "
+                        "e^(-a D)), D = Dh / beta", metavar="P|natural")
+    base: str | None = arg(None, "LLM-form mix_p: base measure B of its tilts: pi (the LLM's) or pi_ref",
+                           choices=list(BASES))
+    temperature: float | None = arg(None, "sampling temperature T > 0 of the samplers an LLM draws (offline, "
+                                    "on_policy, gshf, LLM-form mix_p): every tilt's pi and pi_ref coefficients "
+                                    "times 1/T; the bandit-only samplers (unif, mix_r, the paper's mix_p, mix_p_star) "
+                                    "refuse it (default: 1)")
 
 
 @dataclass
@@ -54,11 +70,71 @@ class Plan:
     seeds: list
     device: torch.device
     name: str
+    specs: dict = field(default_factory=dict)  # sampler -> the PairSpec run instead of its named weight (if any)
+    llm: dict = field(default_factory=dict)    # the resolved --alpha/--p/--base/--temperature (empty: none given)
 
 
 def resolve_device(name: str):
     """--device of the bandit entry points: cpu or cuda (float64 throughout, so no mps)."""
     return runlog_resolve_device(name, types=("cpu", "cuda"), why=" (float64 is needed)")
+
+
+def parse_p(value, flag: str = "--p") -> float | None:
+    """A fused-branch probability: a number in [0, 1], or 'natural' (None)."""
+    text = str(value).strip()
+    if text == "natural":
+        return None
+    try:
+        p = float(text)
+    except ValueError:
+        p = math.nan
+    if not (0.0 <= p <= 1.0):
+        raise ConfigError(f"{flag}: must be a number in [0, 1] or 'natural', got {value!r}")
+    return p
+
+
+def check_alpha(value, flag: str = "alpha") -> None:
+    check_number(flag, value, low=0.0)
+
+
+def llm_mix_p(alpha: float = 0.5, p: float | None = 1.0, base: str = "pi", temperature: float = 1.0) -> PairSpec:
+    """The LLM's mix_p spec at a temperature (T = 1 leaves every coefficient as it is)."""
+    spec = mix_p_llm(alpha, p, base=base)
+    return spec if temperature == 1.0 else spec.at_temperature(temperature)
+
+
+def resolve_specs(args, samplers: list[str]) -> tuple[dict, dict]:
+    """--alpha/--p/--base/--temperature -> ({sampler: PairSpec run instead of its named weight}, the resolved
+    values for run.json); ({}, {}) when none is given (the named samplers, bit for bit as before)."""
+    llm = any(getattr(args, k) is not None for k in ("alpha", "p", "base"))
+    if llm and "mix_p" not in samplers:
+        given = next(k for k in ("alpha", "p", "base") if getattr(args, k) is not None)
+        raise ConfigError(f"--{given}: sets the LLM form of mix_p, which --samplers does not list "
+                          f"({', '.join(samplers)})")
+    if not llm and args.temperature is None:
+        return {}, {}
+    alpha = 0.5 if args.alpha is None else args.alpha
+    check_alpha(alpha)
+    p = 1.0 if args.p is None else parse_p(args.p)
+    base = "pi" if args.base is None else args.base
+    if base not in BASES:
+        raise ConfigError(f"--base: must be one of {', '.join(BASES)}, got {base!r}")
+    temperature = 1.0 if args.temperature is None else args.temperature
+    check_positive("temperature", temperature)
+    specs = {s: SPECS[s] for s in samplers if s in SPECS}
+    if llm:
+        specs["mix_p"] = mix_p_llm(alpha, p, base=base)
+    if args.temperature is not None:
+        refused = [s for s in samplers if s not in specs or not drawable(specs[s])]
+        if refused:
+            raise ConfigError(f"--temperature: applies to the samplers an LLM draws (offline, on_policy, gshf, "
+                              f"mix_p with --alpha/--p/--base); --samplers lists {', '.join(refused)}")
+        specs = {s: spec.at_temperature(temperature) for s, spec in specs.items()}
+    else:  # the LLM form of mix_p only; the other samplers run their named weights
+        specs = {"mix_p": specs["mix_p"]}
+    resolved = {"temperature": temperature} | ({"alpha": alpha, "p": "natural" if p is None else p, "base": base}
+                                               if llm else {})
+    return specs, resolved
 
 
 def resolve(args: BanditArgs, defaults: dict = PAPER) -> Plan:
@@ -87,7 +163,8 @@ def resolve(args: BanditArgs, defaults: dict = PAPER) -> Plan:
     if args.step == "newton":
         for s in plan.values():
             s["lr"] = None
-    return Plan(plan, samplers, list(range(args.seed, args.seed + args.seeds)), device, name)
+    specs, llm = resolve_specs(args, samplers)
+    return Plan(plan, samplers, list(range(args.seed, args.seed + args.seeds)), device, name, specs, llm)
 
 
 def _generator(device, seed: int, setting: str, sampler: str) -> torch.Generator:
@@ -153,7 +230,7 @@ def run_experiment(args, plan: Plan, env, title: str) -> Path:
     from bandit.examples.plots import plot_setting  # matplotlib only when needed
 
     config = dataclasses.asdict(args) | {"resolved": {"settings": plan.settings, "samplers": plan.samplers,
-                                                         "name": plan.name}}
+                                                         "name": plan.name} | ({"llm": plan.llm} if plan.llm else {})}
     total = sum(s["iters"] for s in plan.settings.values()) * len(plan.samplers)
     summary = {}
     with RunDir(args.out, plan.name, config, plan.seeds) as run, \
@@ -163,7 +240,7 @@ def run_experiment(args, plan: Plan, env, title: str) -> Path:
             results = {}
             for sampler in plan.samplers:
                 pbar.set_description(f"{setting}/{sampler}")
-                traj = simulate(env, sampler, setting, hp["iters"], lr=hp["lr"] or 0.0, step_rule=args.step,
+                traj = simulate(env, plan.specs.get(sampler, sampler), setting, hp["iters"], lr=hp["lr"] or 0.0, step_rule=args.step,
                                 num_samples=args.num_samples, pbar=pbar,
                                 generator=_generator(plan.device, args.seed, setting, sampler))
                 run.log_lines(metric_lines(setting, sampler, plan.seeds, traj))
