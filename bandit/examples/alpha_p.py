@@ -7,7 +7,7 @@ exact (or empirical) DPO under every (alpha, p, temperature, base) of the grid, 
 same beta as the reference row, and reports per setting: the fitted convergence order of param_diff
 (bandit/rates.py), the iterations to param_diff <= 1e-8, and the value gap per iteration (in the log).
 
-    python bandit/examples/alpha_p.py                          # the default grid, exact setting, Newton step (~1.5 min)
+    python bandit/examples/alpha_p.py                          # the default grid, exact setting, Newton step (~15-40 s on 2 cores)
     python bandit/examples/alpha_p.py --bases pi,pi_ref --alphas 0.5,3 --ps 0.7,1,natural
 
 p is the probability of the fused branch; 'natural' means branch probabilities proportional to the components'
@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from bandit.envs import TabularEnv
-from bandit.examples.common import PAPER, _generator, check_alpha, llm_mix_p, parse_p, resolve_device, summarise
+from bandit.examples.common import PAPER, run_generator, check_alpha, llm_mix_p, parse_p, resolve_device, summarise
 from bandit.metrics import METRICS
 from bandit.rates import TOL
 from bandit.runner import simulate
@@ -158,7 +158,7 @@ def run(args: Args):
             for lab, spec, fields in rows:
                 traj = simulate(env, spec, args.setting, args.iters, lr=lr if step == "fixed" else 0.0,
                                 step_rule=step, num_samples=args.num_samples,
-                                generator=_generator(device, args.seed, args.setting, f"{step}/{lab}"))
+                                generator=run_generator(device, args.seed, args.setting, f"{step}/{lab}"))
                 head = {"setting": args.setting, "sampler": "mix_p", "label": lab, **fields, "step_rule": step}
                 lines = []
                 for b, seed in enumerate(seeds):

@@ -167,7 +167,7 @@ def resolve(args: BanditArgs, defaults: dict = PAPER) -> Plan:
     return Plan(plan, samplers, list(range(args.seed, args.seed + args.seeds)), device, name, specs, llm)
 
 
-def _generator(device, seed: int, setting: str, sampler: str) -> torch.Generator:
+def run_generator(device, seed: int, setting: str, sampler: str) -> torch.Generator:
     # one stream per (seed, setting, sampler): running a sampler alone gives the numbers it has in a full run
     g = torch.Generator(device=device)
     g.manual_seed(zlib.crc32(f"{seed}/{setting}/{sampler}".encode()))
@@ -242,7 +242,7 @@ def run_experiment(args, plan: Plan, env, title: str) -> Path:
                 pbar.set_description(f"{setting}/{sampler}")
                 traj = simulate(env, plan.specs.get(sampler, sampler), setting, hp["iters"], lr=hp["lr"] or 0.0, step_rule=args.step,
                                 num_samples=args.num_samples, pbar=pbar,
-                                generator=_generator(plan.device, args.seed, setting, sampler))
+                                generator=run_generator(plan.device, args.seed, setting, sampler))
                 run.log_lines(metric_lines(setting, sampler, plan.seeds, traj))
                 results[sampler] = traj
             summary[setting] = {s: summarise(t, setting) for s, t in results.items()}
