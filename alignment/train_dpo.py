@@ -200,25 +200,17 @@ def check_lora(args: Args) -> None:
 
 def resolve(args: Args) -> torch.device:
     """Check every argument before anything is loaded or written; ConfigError names the bad flag."""
+    from alignment.training.common import check_budget
     from alignment.training.config import check_sampler_fields, check_trl_loss
 
     check_lora(args)
     if not args.preferences:
         raise ConfigError("--preferences: required (an annotate run folder, a preference file or a Hub dataset)")
     check_positive("beta", args.beta)
-    check_positive("lr", args.lr)
+    check_budget(args)
     if not (0 <= args.warmup_ratio < 1):
         raise ConfigError(f"--warmup-ratio: must be in [0, 1), got {args.warmup_ratio}")
-    check_positive("epochs", args.epochs)
-    if args.max_steps is not None:
-        check_positive("max-steps", args.max_steps, integer=True)
-    check_positive("batch-size", args.batch_size, integer=True)
     check_positive("grad-accum", args.grad_accum, integer=True)
-    check_positive("max-length", args.max_length, integer=True)
-    if args.max_length < 2:
-        raise ConfigError(f"--max-length: must be at least 2 tokens, got {args.max_length}")
-    if args.seed < 0:
-        raise ConfigError(f"--seed: must be an integer >= 0, got {args.seed}")
     if args.report_to != "none":
         import importlib.util
 

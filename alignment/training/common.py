@@ -26,6 +26,14 @@ def check_common(args) -> None:
     check_positive("num-heldout", args.num_heldout, integer=True)
     if args.eval_every < 0:
         raise ConfigError(f"--eval-every: must be an integer >= 0, got {args.eval_every}")
+    check_budget(args)
+    check_name(args.name)
+    check_out(args.out)
+
+
+def check_budget(args) -> None:
+    """The training budget and optimiser flags every trainer entry point has (sft, reward_model, train_dpo): epochs,
+    max-steps, lr, batch-size, max-length, seed."""
     check_positive("epochs", args.epochs)
     if args.max_steps is not None:
         check_positive("max-steps", args.max_steps, integer=True)
@@ -36,8 +44,6 @@ def check_common(args) -> None:
         raise ConfigError(f"--max-length: must be at least 2 tokens, got {args.max_length}")
     if args.seed < 0:
         raise ConfigError(f"--seed: must be an integer >= 0, got {args.seed}")
-    check_name(args.name)
-    check_out(args.out)
 
 
 def trainer_device(name: str) -> torch.device:
