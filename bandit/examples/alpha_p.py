@@ -26,7 +26,6 @@ paper_figures/alpha_p.py draws the figure from it.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from dataclasses import dataclass
 
@@ -34,8 +33,8 @@ import numpy as np
 import torch
 
 from bandit.envs import TabularEnv
-from bandit.examples.common import PAPER, run_generator, check_alpha, llm_mix_p, parse_p, resolve_device, summarise
-from bandit.metrics import METRICS
+from bandit.examples.common import (PAPER, check_alpha, llm_mix_p, metric_lines, parse_p, resolve_device, run_generator,
+                                    summarise)
 from bandit.rates import TOL
 from bandit.runner import simulate
 from bandit.spec import BASES, SPECS
@@ -159,17 +158,8 @@ def run(args: Args):
                 traj = simulate(env, spec, args.setting, args.iters, lr=lr if step == "fixed" else 0.0,
                                 step_rule=step, num_samples=args.num_samples,
                                 generator=run_generator(device, args.seed, args.setting, f"{step}/{lab}"))
-                head = {"setting": args.setting, "sampler": "mix_p", "label": lab, **fields, "step_rule": step}
-                lines = []
-                for b, seed in enumerate(seeds):
-                    for t in range(traj.valid_steps(b)):
-                        vals = {k: float(v) for k, v in zip(METRICS, traj.metrics[t, :, b])}
-                        lines.append(json.dumps(head | {"seed": seed, "step": t} | vals))
-                    d = int(traj.diverged_at[b])
-                    if d >= 0:
-                        lines.append(json.dumps(head | {"seed": seed, "step": d, "event": "diverged",
-                                                        "diverged_at": d}))
-                run_dir.log_lines(lines)
+                run_dir.log_lines(metric_lines(args.setting, "mix_p", seeds, traj,
+                                               {"label": lab, **fields, "step_rule": step}))
                 summary.setdefault(step, {})[lab] = fields | summarise(traj, args.setting)
         atomic_write_json(run_dir.path("summary.json"), summary)
         path = run_dir.finish(summary=summary)

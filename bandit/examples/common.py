@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import zlib
 from dataclasses import dataclass, field
@@ -174,11 +175,13 @@ def run_generator(device, seed: int, setting: str, sampler: str) -> torch.Genera
     return g
 
 
-def metric_lines(setting: str, sampler: str, seeds, traj) -> list[str]:
-    """metrics.jsonl lines of one trajectory: one per seed and valid step, then a divergence event if any."""
+def metric_lines(setting: str, sampler: str, seeds, traj, fields: dict | None = None) -> list[str]:
+    """metrics.jsonl lines of one trajectory: one per seed and valid step, then a divergence event if any; `fields`
+    (e.g. a study row's label and parameters) go into every line after the sampler."""
+    head = {"setting": setting, "sampler": sampler, **(fields or {})}
     lines = []
     for b, seed in enumerate(seeds):
-        prefix = f'{{"setting": "{setting}", "sampler": "{sampler}", "seed": {seed}, "step": '
+        prefix = json.dumps(head | {"seed": seed})[:-1] + ', "step": '
         m = traj.metrics[:, :, b]
         for t in range(traj.valid_steps(b)):
             vals = ", ".join(f'"{k}": {float(v)!r}' for k, v in zip(METRICS, m[t]))
