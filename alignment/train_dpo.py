@@ -62,6 +62,7 @@ share of every global batch of batch-size x grad-accum x processes pairs.
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -75,6 +76,7 @@ from alignment.selection.batch import SAMS_MODES, SAMS_NORMALISATIONS, SAMS_REWA
 from alignment.training.common import trainer_device
 from alignment.training.losses import TRAIN_LOSSES
 from runlog import ConfigError, RunDir, arg, check_name, check_out, check_positive, entry_point
+from runlog.rundir import dumps
 
 DEFAULT_POLICY = "runs/alignment/sft/toy/model"
 REPORTERS = ("none", "wandb", "tensorboard")
@@ -82,7 +84,9 @@ REPORTERS = ("none", "wandb", "tensorboard")
 OWN_FIELDS = {"output_dir", "learning_rate", "per_device_train_batch_size", "per_device_eval_batch_size",
               "gradient_accumulation_steps", "num_train_epochs", "max_steps", "lr_scheduler_type", "warmup_ratio",
               "warmup_steps", "seed", "data_seed", "use_cpu", "bf16", "fp16", "max_length", "beta", "loss_type",
-              "loss_weights", "report_to", "trust_remote_code", "precompute_ref_log_probs", "disable_dropout"}
+              "loss_weights", "report_to", "trust_remote_code", "precompute_ref_log_probs", "disable_dropout",
+              "save_strategy", "save_steps", "gradient_checkpointing", "run_name", "resume_from_checkpoint"}
+CHECKPOINT_ARGS = "train_args.json"  # in OUT/.NAME.trainer/: the flags of the run its checkpoints belong to
 
 
 @dataclass
@@ -158,6 +162,14 @@ class Args:
     load_in_4bit: bool = arg(False, "QLoRA: load the policy's (and reference's) base weights in 4-bit NF4 with "
                              "bitsandbytes, bf16 compute; needs --lora-r and a CUDA GPU (pip install bitsandbytes)")
     device: str = arg("auto", "auto (the GPU of this process when there is one, else cpu), cpu or cuda")
+    save_every: int = arg(0, "write a checkpoint every N optimizer steps to OUT/.NAME.trainer/ (the weights, optimizer, lr "
+                          "schedule, RNG states, the batch scheduler's state and the log so far; the newest 2 are kept); "
+                          "0: none. A run killed mid-way then continues with --resume")
+    resume: bool = arg(False, "continue the interrupted run OUT/NAME from its newest checkpoint (the run must have had "
+                       "--save-every and every other flag the same): its final weights and log are an uninterrupted "
+                       "run's, no step run twice")
+    gradient_checkpointing: bool = arg(False, "recompute activations in the backward pass instead of storing them "
+                                       "(less memory, about a third more compute; transformers' gradient checkpointing)")
     report_to: str = arg("none", "also send the logs to wandb or tensorboard (installed separately)",
                          choices=list(REPORTERS))
     trust_remote_code: bool = arg(False, "let transformers run code shipped with a model")
@@ -211,6 +223,8 @@ def resolve(args: Args) -> torch.device:
     if not (0 <= args.warmup_ratio < 1):
         raise ConfigError(f"--warmup-ratio: must be in [0, 1), got {args.warmup_ratio}")
     check_positive("grad-accum", args.grad_accum, integer=True)
+    if isinstance(args.save_every, bool) or not isinstance(args.save_every, int) or args.save_every < 0:
+        raise ConfigError(f"--save-every: must be an integer >= 0 (0: no checkpoints), got {args.save_every!r}")
     if args.report_to != "none":
         import importlib.util
 
@@ -236,8 +250,61 @@ def dpo_config(args: Args, device: torch.device, output_dir: Path):
         lr_scheduler_type=args.lr_scheduler, warmup_steps=args.warmup_ratio, gradient_accumulation_steps=args.grad_accum,
         beta=args.beta, loss_type=["sigmoid" if args.loss == "rev_kl" else args.loss],
         precompute_ref_log_probs=args.precompute_ref, report_to=args.report_to, disable_dropout=args.disable_dropout,
-        logging_steps=1, remove_unused_columns=True)
+        logging_steps=1, remove_unused_columns=True, gradient_checkpointing=args.gradient_checkpointing,
+        save_strategy="steps" if args.save_every else "no", save_steps=args.save_every or 500, save_total_limit=2)
     return SamplerDPOConfig(**(kw | {name: getattr(args, name) for name in SAMPLER_FIELDS} | args.dpo))
+
+
+def scratch_dir(args: Args) -> Path:
+    """The trainer's folder of run OUT/NAME (shared by the processes): its checkpoints while it trains."""
+    return Path(args.out) / f".{args.name}.trainer"
+
+
+def _flags_of(args: Args) -> dict:
+    return json.loads(dumps({k: v for k, v in dataclasses.asdict(args).items() if k != "resume"}))
+
+
+def resume_point(args: Args) -> Path | None:
+    """The checkpoint --resume continues from: the newest checkpoint-N/ of OUT/.NAME.trainer that is complete (its
+    log, written last, is there), of a run with the same flags. Without --resume, a folder holding checkpoints is an
+    error rather than something to delete on a guess."""
+    from alignment.training.common import newest_checkpoint
+
+    scratch = scratch_dir(args)
+    ckpt = newest_checkpoint(scratch)
+    if not args.resume:
+        if ckpt is not None:
+            raise ConfigError(f"--resume: {scratch} holds checkpoints of an interrupted run (newest: {ckpt.name}); "
+                              f"add --resume to continue it, or delete that folder to start over")
+        return None
+    if ckpt is None:
+        raise ConfigError(f"--resume: no complete checkpoint in {scratch} (the run needs --save-every N and at least "
+                          f"N steps done); drop --resume to start the run")
+    try:
+        old = json.loads((scratch / CHECKPOINT_ARGS).read_text())
+    except (OSError, ValueError):
+        raise ConfigError(f"--resume: {scratch / CHECKPOINT_ARGS} is missing or not JSON, so the checkpoints' run "
+                          f"cannot be checked; delete {scratch} to start over") from None
+    new = _flags_of(args)
+    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    if changed:
+        raise ConfigError(f"--resume: the checkpoints in {scratch} belong to a run with other flags (differs in: "
+                          f"{', '.join(changed)}); resume with that run's flags, or delete the folder to start over")
+    return ckpt
+
+
+def save_merged(trainer, folder: Path, is_main: bool) -> None:
+    """Merge the LoRA adapters into the base weights and save a plain model folder. Under ZeRO-3 the weights are
+    gathered first (every process takes part; the main process merges the full tensors and saves them): merging the
+    partitioned placeholders would save empty tensors."""
+    from alignment.core.models import gathered
+
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    with gathered(model):
+        if is_main:
+            merged = model.merge_and_unload()
+            state = {k: v.detach().clone().contiguous() for k, v in merged.state_dict().items()}
+            merged.save_pretrained(folder, state_dict=state)
 
 
 SAMS_SCHEDULER_FILE = "sams_scheduler.pt"  # OUT/NAME/ of a --selector sams run: the scheduler's final weights
@@ -262,7 +329,9 @@ def run(args: Args) -> Path | None:
     from datasets import disable_progress_bars
 
     from alignment.core.data import load_preferences
-    from alignment.core.models import DTYPES, load_causal_lm, load_tokenizer, quantization_config
+    from alignment.core.models import (DTYPES, check_saved_weights, load_causal_lm, load_tokenizer, parameter_shapes,
+                                       quantization_config, zero3_enabled)
+    from alignment.training.common import read_checkpoint_log
     from alignment.training.config import lora_config
     from alignment.training.data import training_rows
     from alignment.training.trainer import fit
@@ -279,54 +348,89 @@ def run(args: Args) -> Path | None:
     training_rows(rows, args.loss, args.margin_scale)  # rev_kl's reward check before any model is loaded
     tokenizer = load_tokenizer(policy_src, "--policy", trust_remote_code=args.trust_remote_code)
     quant = quantization_config(args.load_in_4bit, device)
+    scratch = scratch_dir(args)
+    # --resume needs a checkpoint of this very run; without it, none may be pending (checked here, not in resolve:
+    # the pipeline checks every stage's flags up front and adds --resume only when it reruns a killed stage)
+    resume_from = resume_point(args)
+    # The trainer's config comes before the models: under `accelerate launch` with a ZeRO-3 config it holds the live
+    # DeepSpeed config that makes transformers create both models partitioned (zero3_init_flag), 1/N per process,
+    # instead of every process materialising the full policy and reference in host memory first.
+    dpo_args = dpo_config(args, device, scratch)
+    zero3 = zero3_enabled()
 
     def load(src, flag):
         m = load_causal_lm(src, flag, device=device if quant else "cpu", dtype=args.dtype, seed=0,
                            trust_remote_code=args.trust_remote_code, quantization_config=quant)
-        return m if quant else m.to(DTYPES[args.dtype])
+        return m if quant or zero3 else m.to(DTYPES[args.dtype])
 
     policy, ref = load(policy_src, "--policy"), load(ref_src, "--ref")
-    num_params = sum(p.numel() for p in policy.parameters())
+    shapes = parameter_shapes(policy)  # full shapes, also when partitioned: what the saved model must hold
+    num_params = sum(int(torch.tensor(s).prod()) for s in shapes.values())
     config = dataclasses.asdict(args) | {"resolved": {"policy": policy_src, "ref": ref_src, "num_pairs": len(rows),
                                                          "num_params": num_params, "device": str(device),
-                                                         "processes": state.num_processes}}
-    scratch = Path(args.out) / f".{args.name}.trainer"  # shared by the processes; removed at the end
-    with (RunDir(args.out, args.name, config, [args.seed]) if state.is_main_process else nullcontext()) as rundir:
-        if state.is_main_process:
-            selecting = "" if args.selector == "all" else f", selector {args.selector} (ratio {args.select_ratio})"
-            print(f"train_dpo: {policy_src} ({num_params / 1e6:.2f}M parameters), {len(rows)} pairs, loss {args.loss}, "
-                  f"beta {args.beta}{selecting}, {state.num_processes} process(es) on {device}")
-        trainer, summary = fit(policy, ref, tokenizer, rows, dpo_config(args, device, scratch), rundir or NoRun(),
-                               peft_config=lora_config(args.lora_r, args.lora_alpha, args.lora_dropout,
-                                                       args.lora_targets))
-        if trainer.batch_scheduler is not None and state.is_main_process:  # its weights, for --sams-scheduler
-            trainer.batch_scheduler.save_weights(rundir.path(SAMS_SCHEDULER_FILE))
-        if args.sams_pretrain_only:
+                                                         "processes": state.num_processes, "zero3": zero3}}
+    prior_rows = read_checkpoint_log(resume_from) if resume_from else []
+    if state.is_main_process:
+        if resume_from is None and scratch.exists():  # a crashed run's leftovers without checkpoints (resume_point)
+            shutil.rmtree(scratch)
+        scratch.mkdir(parents=True, exist_ok=True)
+        (scratch / CHECKPOINT_ARGS).write_text(dumps(_flags_of(args)))
+    state.wait_for_everyone()
+    try:
+        with (RunDir(args.out, args.name, config, [args.seed]) if state.is_main_process else nullcontext()) as rundir:
+            if state.is_main_process:
+                selecting = "" if args.selector == "all" else f", selector {args.selector} (ratio {args.select_ratio})"
+                resuming = f", resuming from {resume_from.name}" if resume_from else ""
+                print(f"train_dpo: {policy_src} ({num_params / 1e6:.2f}M parameters), {len(rows)} pairs, loss "
+                      f"{args.loss}, beta {args.beta}{selecting}, {state.num_processes} process(es) on {device}"
+                      f"{' (ZeRO-3)' if zero3 else ''}{resuming}")
+            trainer, summary = fit(policy, ref, tokenizer, rows, dpo_args, rundir or NoRun(),
+                                   peft_config=lora_config(args.lora_r, args.lora_alpha, args.lora_dropout,
+                                                           args.lora_targets),
+                                   resume_from=str(resume_from) if resume_from else None, prior_rows=prior_rows)
+            if trainer.batch_scheduler is not None and state.is_main_process:  # its weights, for --sams-scheduler
+                trainer.batch_scheduler.save_weights(rundir.path(SAMS_SCHEDULER_FILE))
+            if args.sams_pretrain_only:
+                state.wait_for_everyone()
+                if not state.is_main_process:
+                    return None
+                shutil.rmtree(scratch, ignore_errors=True)
+                summary["wall_s"] = time.perf_counter() - t0
+                path = rundir.finish(summary=summary)
+                print(f"sams scheduler pre-trained for {args.sams_pretrain_steps} batches: {path / SAMS_SCHEDULER_FILE}")
+                return path
+            if args.lora_r:
+                summary["trainable_params"] = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+            final = scratch / "final"
+            if args.lora_r and not args.load_in_4bit:  # the adapters merged into the weights: a plain model folder
+                save_merged(trainer, final, state.is_main_process)
+            else:
+                trainer.save_model(str(final))  # every process: ZeRO-3 gathers the shards here
             state.wait_for_everyone()
             if not state.is_main_process:
                 return None
+            # read back before the folder joins the run: a ZeRO-3 save that did not gather writes empty tensors
+            check_saved_weights(final, None if args.load_in_4bit else shapes, "train_dpo: model/")
+            tokenizer.padding_side = "left"
+            tokenizer.save_pretrained(final)
+            shutil.move(str(final), rundir.path("model"))
             shutil.rmtree(scratch, ignore_errors=True)
             summary["wall_s"] = time.perf_counter() - t0
+            if resume_from:
+                summary["resumed_from_step"] = int(resume_from.name.rsplit("-", 1)[1])
             path = rundir.finish(summary=summary)
-            print(f"sams scheduler pre-trained for {args.sams_pretrain_steps} batches: {path / SAMS_SCHEDULER_FILE}")
-            return path
-        if args.lora_r:
-            summary["trainable_params"] = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
-        if args.lora_r and not args.load_in_4bit:  # the adapters merged into the weights: a plain model folder
-            if state.is_main_process:
-                merged = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
-                merged.save_pretrained(scratch / "final")
-        else:
-            trainer.save_model(str(scratch / "final"))  # every process: ZeRO-3 gathers the shards here
-        state.wait_for_everyone()
-        if not state.is_main_process:
-            return None
-        tokenizer.padding_side = "left"
-        tokenizer.save_pretrained(scratch / "final")
-        shutil.move(str(scratch / "final"), rundir.path("model"))
-        shutil.rmtree(scratch, ignore_errors=True)
-        summary["wall_s"] = time.perf_counter() - t0
-        path = rundir.finish(summary=summary)
+    except BaseException:
+        # without checkpoints the trainer's folder is scratch; with them it is what --resume continues from
+        if state.is_main_process:
+            from alignment.training.common import newest_checkpoint
+
+            if args.save_every and newest_checkpoint(scratch) is not None:
+                import sys
+
+                print(f"train_dpo: checkpoints kept in {scratch}; rerun with --resume to continue", file=sys.stderr)
+            else:
+                shutil.rmtree(scratch, ignore_errors=True)
+        raise
     print(f"{summary['steps']} steps, mean loss {summary['train_loss_mean']:.4f}, {summary['train_runtime_s']:.1f} s "
           f"(finished in {summary['wall_s']:.0f} s)")
     return path

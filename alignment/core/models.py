@@ -78,7 +78,64 @@ def load_causal_lm(name: str, field: str = "--model", device="cpu", dtype: str =
             raise ConfigError(f"{field}: cannot load a causal LM from {name!r} ({str(e).splitlines()[0]})") from None
         if quantization_config is not None:  # already placed; quantized weights cannot be moved with .to()
             return model.eval()
+    if zero3_enabled():  # partitioned at creation; DeepSpeed places the shards itself
+        return model.eval()
     return model.to(device).eval()
+
+
+# ------------------------------------------------------------------------------------- DeepSpeed ZeRO-3
+
+def zero3_enabled() -> bool:
+    """True while a DeepSpeed ZeRO-3 config is live (a TrainingArguments made under `accelerate launch` with a ZeRO-3
+    config): transformers then creates models partitioned (deepspeed.zero.Init), each process holding 1/N."""
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    return is_deepspeed_zero3_enabled()
+
+
+def parameter_shapes(model) -> dict[str, tuple[int, ...]]:
+    """Each parameter's full shape, also for a ZeRO-3 partitioned model (whose local tensors are empty)."""
+    return {n: tuple(getattr(p, "ds_shape", p.shape)) for n, p in model.named_parameters()}
+
+
+def num_parameters(model) -> int:
+    return sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
+
+
+def gathered(model):
+    """Context in which every parameter of `model` holds its full tensor (ZeRO-3: gathered from all processes, a
+    collective every process must enter; read-only, changes are dropped on exit); a no-op without ZeRO-3."""
+    from contextlib import nullcontext
+
+    if not any(hasattr(p, "ds_id") for p in model.parameters()):
+        return nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None)
+
+
+def check_saved_weights(folder, shapes: dict[str, tuple[int, ...]] | None, what: str) -> int:
+    """Read back the safetensors files of a saved model folder: no tensor may be empty, and with `shapes` (the
+    model's full parameter shapes) every parameter must be there with its shape. A ZeRO-3 save that did not gather
+    writes shape-(0,) tensors and reports success; this turns that into a ConfigError (exit code 2) before the
+    folder becomes part of a run. Returns the number of saved values."""
+    from safetensors import safe_open
+
+    files = sorted(Path(folder).glob("*.safetensors"))
+    saved = {}
+    for f in files:
+        with safe_open(str(f), "pt") as st:
+            saved |= {k: tuple(st.get_slice(k).get_shape()) for k in st.keys()}
+    empty = sorted(k for k, s in saved.items() if 0 in s)
+    wrong = sorted(k for k, s in saved.items() if shapes and k in shapes and s != shapes[k])
+    missing = sorted(set(shapes or {}) - set(saved))
+    if not saved or empty or wrong or missing:
+        first = (empty or wrong or missing or ["no .safetensors file"])[0]
+        raise ConfigError(f"{what}: the saved weights are incomplete ({len(empty)} empty, {len(wrong)} of the wrong "
+                          f"shape, {len(missing)} missing, e.g. {first}); under ZeRO-3 the weights must be gathered "
+                          f"to save them (accelerate's zero3_save_16bit_model: true, DeepSpeed's "
+                          f"stage3_gather_16bit_weights_on_model_save); nothing was written to the run")
+    return sum(int(torch.tensor(s).prod()) if s else 1 for s in saved.values())
 
 
 def quantization_config(load_in_4bit: bool, device, field: str = "--load-in-4bit"):

@@ -145,9 +145,10 @@ SIZES = {  # hidden, layers, heads, intermediate
 
 
 def build_model(tokenizer, size: str = "small", seed: int = 0):
-    """A freshly initialised Llama-class causal LM for the toy vocabulary."""
+    """A freshly initialised Llama-class causal LM for the toy vocabulary. Built through from_config, so that under
+    DeepSpeed ZeRO-3 (a live HfDeepSpeedConfig) transformers creates it partitioned, as it does from_pretrained."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import AutoModelForCausalLM, LlamaConfig
 
     hidden, layers, heads, inter = SIZES[size]
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=layers,
@@ -155,7 +156,7 @@ def build_model(tokenizer, size: str = "small", seed: int = 0):
                          max_position_embeddings=128, tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     torch.manual_seed(seed)
-    return LlamaForCausalLM(config)
+    return AutoModelForCausalLM.from_config(config)
 
 
 def sample_toy(model, tokenizer, num: int, seed: int, max_new_tokens: int, batch_size: int = 64) -> list[dict]:

@@ -385,18 +385,33 @@ def stage_args(plan: Plan, stage: str, t: int):
     return parse_command(MODULES[stage], plan.argv(stage, t))
 
 
+def resume_flags(plan: Plan, stage: str, t: int) -> list[str]:
+    """["--resume"] for a train stage that a killed attempt left checkpoints of (its recipe has save_every): the rerun
+    continues from the newest one instead of step 0."""
+    from alignment.training.common import newest_checkpoint
+
+    if stage != "train" or newest_checkpoint(plan.stage_dir(t) / f".{stage}.trainer") is None:
+        return []
+    print(f"[{plan.args.sampler} seed {plan.args.seed}] iteration {t}: resuming train from its newest checkpoint",
+          flush=True)
+    return ["--resume"]
+
+
 def run_stage(plan: Plan, stage: str, t: int) -> None:
     """Run one stage (in this process as module.run(args), or through --launch), then write its done marker."""
     d = plan.stage_dir(t)
     log = d / f"{stage}.log"
+    resuming = resume_flags(plan, stage, t)
     if plan.args.launch:
-        with open(log, "w") as f:  # the stage's printed lines go to its log; its progress bar stays on the terminal
-            code = subprocess.call(plan.command(stage, t), stdout=f)
+        with open(log, "a" if resuming else "w") as f:  # the stage's printed lines; its progress bar stays on the terminal
+            code = subprocess.call(plan.command(stage, t) + resuming, stdout=f)
         if code:
             raise ConfigError(f"{stage} of iteration {t} failed (exit code {code}); its output: {log}")
     else:
-        module, args = stage_args(plan, stage, t)
-        with open(log, "w") as f, contextlib.redirect_stdout(f):
+        from alignment.pipeline.dryrun import parse_command
+
+        module, args = parse_command(MODULES[stage], plan.argv(stage, t) + resuming)
+        with open(log, "a" if resuming else "w") as f, contextlib.redirect_stdout(f):
             try:
                 path = module.run(args)
             except ConfigError as e:

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import torch
 
-from runlog import ConfigError, RunDir, check_name, check_out, check_positive, resolve_device
+from runlog import ConfigError, RunDir, atomic_write_text, check_name, check_out, check_positive, resolve_device
+from runlog.rundir import dumps
 
 
 def check_common(args) -> None:
@@ -91,6 +92,7 @@ def make_callbacks(run: RunDir, seed: int, stage: str, extra: dict | None = None
     class LogToRun(TrainerCallback):
         def __init__(self):
             self.last_eval_step = None
+            self.rows = []  # every row logged so far: each checkpoint keeps a copy, so a resumed run's log is whole
 
         def on_log(self, targs, state, control, logs=None, **kw):
             row = {LOG_KEYS[k]: float(v) for k, v in (logs or {}).items() if k in LOG_KEYS}
@@ -98,7 +100,15 @@ def make_callbacks(run: RunDir, seed: int, stage: str, extra: dict | None = None
                 return
             if "heldout_loss" in row:
                 self.last_eval_step = state.global_step
-            run.log({"stage": stage, **(extra or {}), "seed": seed, "step": state.global_step, **row})
+            row = {"stage": stage, **(extra or {}), "seed": seed, "step": state.global_step, **row}
+            self.rows.append(row)
+            run.log(row)
+
+        def on_save(self, targs, state, control, **kw):
+            # written after the Trainer's own files: a checkpoint with its log is complete (newest_checkpoint)
+            if state.is_world_process_zero:
+                folder = Path(targs.output_dir) / f"checkpoint-{state.global_step}"
+                atomic_write_text(folder / CHECKPOINT_LOG, "".join(dumps(r) + "\n" for r in self.rows))
 
     class QuietProgress(ProgressCallback):
         def on_log(self, targs, state, control, logs=None, **kw):
@@ -106,6 +116,30 @@ def make_callbacks(run: RunDir, seed: int, stage: str, extra: dict | None = None
                 self.training_bar.set_postfix(loss=f"{logs['loss']:.4g}", refresh=False)
 
     return LogToRun(), QuietProgress
+
+
+CHECKPOINT_LOG = "metrics.jsonl"  # in each checkpoint-N/: the run's log up to step N
+
+
+def newest_checkpoint(folder) -> Path | None:
+    """The newest complete checkpoint-N/ of a trainer folder (one whose log, written last, is there), or None."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    done = [p for p in folder.glob("checkpoint-*") if p.name.split("-", 1)[1].isdigit() and (p / CHECKPOINT_LOG).is_file()]
+    return max(done, key=lambda p: int(p.name.split("-", 1)[1]), default=None)
+
+
+def read_checkpoint_log(checkpoint) -> list[dict]:
+    """The log rows a checkpoint holds (steps up to its own)."""
+    import json
+
+    path = Path(checkpoint) / CHECKPOINT_LOG
+    try:
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"--resume: cannot read the log of {checkpoint} ({e}); delete {Path(checkpoint).parent} "
+                          f"to start over") from None
 
 
 def use_quiet_progress(trainer, quiet_cls) -> None:

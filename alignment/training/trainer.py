@@ -413,11 +413,12 @@ class SamplerDPOTrainer(DPOTrainer):
 # ------------------------------------------------------------------------------------------- one training run
 
 def fit(policy, ref, tokenizer, rows: list[dict], config: SamplerDPOConfig, run, peft_config=None,
-        log_extra: dict | None = None, progress: bool = True):
+        log_extra: dict | None = None, progress: bool = True, resume_from: str | None = None, prior_rows=()):
     """Train `policy` against the frozen `ref` on checked preference rows (alignment.core.data.load_preferences)
     with `config`; the trainer's logs go to run.log (a RunDir, or anything with a log(row) method), each row with
-    `log_extra`. config.output_dir is the trainer's scratch folder, the same in every process. Returns (trainer,
-    summary); the trained model is trainer.model."""
+    `log_extra`. config.output_dir is the trainer's scratch folder, the same in every process. resume_from: a
+    checkpoint-N/ folder to continue from, prior_rows its log (written to `run` first, so the log has every step
+    once). Returns (trainer, summary); the trained model is trainer.model."""
     from datasets import Dataset
 
     from alignment.training.common import make_callbacks, use_quiet_progress
@@ -434,6 +435,9 @@ def fit(policy, ref, tokenizer, rows: list[dict], config: SamplerDPOConfig, run,
         log_extra = (log_extra or {}) | {"selector": config.selector} | (
             {"sams_mode": config.sams_mode} if config.selector == "sams" else {})
     log_cb, quiet = make_callbacks(run, config.seed, "train_dpo", extra=log_extra)
+    for row in prior_rows:
+        log_cb.rows.append(row)
+        run.log(row)
     if not progress:
         config.disable_tqdm = True
     trainer = SamplerDPOTrainer(model=policy, ref_model=ref, args=config, train_dataset=Dataset.from_list(data),
@@ -446,10 +450,14 @@ def fit(policy, ref, tokenizer, rows: list[dict], config: SamplerDPOConfig, run,
     if config.selector == "sams" and config.sams_pretrain_only:  # the released recipe's first stage alone
         pre = trainer.pretrain_scheduler(config.sams_pretrain_steps)
         return trainer, {"steps": 0, "num_pairs": len(data), "selector": "sams", "sams_pretrain_only": True} | pre
-    result = trainer.train()
+    result = trainer.train(resume_from_checkpoint=resume_from)
     hist = [r for r in trainer.state.log_history if "loss" in r]
     last = hist[-1] if hist else {}
-    summary = {"steps": trainer.state.global_step, "num_pairs": len(data), "train_loss_mean": result.metrics.get("train_loss"),
+    loss_mean = result.metrics.get("train_loss")
+    if resume_from:  # the Trainer's mean covers the resumed steps only; the log has them all
+        losses_ = [r["train_loss"] for r in log_cb.rows if "train_loss" in r]
+        loss_mean = sum(losses_) / len(losses_) if losses_ else loss_mean
+    summary = {"steps": trainer.state.global_step, "num_pairs": len(data), "train_loss_mean": loss_mean,
                "final_loss": last.get("loss"), "final_reward_accuracy": last.get("rewards/accuracies"),
                "final_reward_margin": last.get("rewards/margins"), "train_runtime_s": result.metrics.get("train_runtime")}
     if config.selector != "all":
