@@ -311,9 +311,17 @@ class VLLMBackend(Backend):
         self.paths = {}
         for spec in self.model_key:
             if is_toy(spec):  # vLLM loads from a folder: save the in-process toy model and tokenizer
+                from transformers.utils import logging as hf_logging
+
                 tmp = tempfile.TemporaryDirectory(prefix="toy-vllm-")
                 self._tmp.append(tmp)
-                load_causal_lm(spec, "--policy", seed=TASK_SEED).save_pretrained(tmp.name)
+                bar = hf_logging.is_progress_bar_enabled()
+                hf_logging.disable_progress_bar()  # an instant save: its bar on stderr would only be noise
+                try:
+                    load_causal_lm(spec, "--policy", seed=TASK_SEED).save_pretrained(tmp.name)
+                finally:
+                    if bar:
+                        hf_logging.enable_progress_bar()
                 load_tokenizer(spec).save_pretrained(tmp.name)
                 self.paths[spec] = tmp.name
             else:
