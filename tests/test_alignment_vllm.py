@@ -323,6 +323,7 @@ class LLM:
 '''
 
 
+@pytest.mark.slow  # starts a (spawned) process: the project's rule for the slow lane, though it takes < 1 s
 def test_worker_process_sees_only_its_gpus(tmp_path, monkeypatch):
     """The real worker: a spawned process with CUDA_VISIBLE_DEVICES = the engine's GPUs (a file stand-in of vllm on
     the path the child inherits); its engine answers jobs, and a failing engine start is one RuntimeError."""
