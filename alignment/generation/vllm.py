@@ -11,7 +11,7 @@ resampling is generation/samplers.py's, shared with the HF backend). vLLM cannot
 token, so mix_p is refused before anything is loaded (generate.resolve).
 
 Placement (`plan_layout`; the run prints which case held and run.json records it under resolved.vllm_layout).
-One model per distinct spec (two for gshf / mix_p_seq when --ref names another model than --policy); each engine
+The models are the distinct specs (two for gshf / mix_p_seq when --ref names another model than --policy); each engine
 spans --tensor-parallel-size TP GPUs (vLLM's tensor parallelism, LLM(tensor_parallel_size=TP)); each model has
 --data-parallel-size DP engines (default: the visible GPUs // (TP x models), at least 1). vLLM 0.31's offline
 LLM refuses data_parallel_size > 1 in one process, so data parallelism is ours: one engine per GPU set, each in
