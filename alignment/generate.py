@@ -55,8 +55,14 @@ component and the batch's first prompt id, so a component's draws never depend o
 draws: the same command twice gives the same file; another --batch-size or process count gives other
 (equally valid) draws. Under `accelerate launch` the prompts are split between the processes, each uses
 its own device (--device auto), and the main process gathers and writes the rows (on a CPU machine
-`torchrun --nproc_per_node 2 -m alignment.generate ...` gives two gloo processes). --backend vllm runs
-as one process: vLLM places the model on the GPUs itself.
+`torchrun --nproc_per_node 2 -m alignment.generate ...` gives two gloo processes).
+
+--backend vllm runs as one command (not under accelerate launch) and places its engines itself
+(alignment/generation/vllm.py): each engine spans --tensor-parallel-size GPUs, each model has
+--data-parallel-size engines (default: the visible GPUs // (TP x models)), each in its own worker process on its
+own GPUs, and the prompts of every call are split between them (each request keeps its own seed, so the rows are
+those of one engine). gshf and mix_p_seq with two models put policy and ref on different GPUs when there are
+enough, else both share the GPUs with half of --vllm-gpu-memory each; the run prints which.
 """
 from __future__ import annotations
 
@@ -103,7 +109,13 @@ class Args:
     backend: str = arg("hf", "hf: transformers on CPU or GPU; vllm: GPU nodes, not mix_p", choices=["hf", "vllm"])
     device: str = arg("auto", "torch device for --backend hf: auto (this process's accelerator, else cpu), cpu, cuda, cuda:N")
     dtype: str = arg("auto", "model dtype", choices=["auto", "float32", "bfloat16", "float16"])
-    vllm_gpu_memory: float = arg(0.85, "--backend vllm: fraction of GPU memory for vLLM, shared by its engines")
+    vllm_gpu_memory: float = arg(0.85, "--backend vllm: fraction of each GPU's memory for vLLM (halved per engine "
+                                 "when policy and ref must share GPUs)")
+    tensor_parallel_size: int = arg(1, "--backend vllm: GPUs per engine (vLLM tensor parallelism, for a model too big "
+                                    "for one GPU)")
+    data_parallel_size: int | None = arg(None, "--backend vllm: engines per model, each on its own GPUs in a worker "
+                                         "process, the prompts split between them (default: the visible GPUs // "
+                                         "(tensor-parallel-size x models), at least 1)")
     trust_remote_code: bool = arg(False, "let transformers / vLLM run code shipped with a model")
     out: str = arg("runs/alignment/generate", "output folder; the run is written to OUT/NAME")
     name: str | None = arg(None, "run name (default: the sampler); an older run of that name is replaced")
@@ -135,6 +147,16 @@ def resolve(args: Args) -> Plan:
         check_number("batch-size", args.batch_size, low=1, integer=True)
     check_number("seed", args.seed, low=0, integer=True)
     check_number("vllm-gpu-memory", args.vllm_gpu_memory, low=0, high=1, low_open=True)
+    check_number("tensor-parallel-size", args.tensor_parallel_size, low=1, integer=True)
+    if args.data_parallel_size is not None:
+        check_number("data-parallel-size", args.data_parallel_size, low=1, integer=True)
+    if args.backend != "vllm":
+        if args.tensor_parallel_size != 1:
+            raise ConfigError("--tensor-parallel-size: applies to --backend vllm only (--backend hf runs one model "
+                              "per process; use accelerate launch for more GPUs)")
+        if args.data_parallel_size is not None:
+            raise ConfigError("--data-parallel-size: applies to --backend vllm only (--backend hf: accelerate launch "
+                              "runs one process per GPU)")
     if args.sampler == "borda":
         check_number("borda-keep", args.borda_keep, low=0, high=1, low_open=True)
         check_number("borda-beta", args.borda_beta, low=0, low_open=True)
@@ -232,8 +254,9 @@ def run(args: Args) -> Path | None:
 
         vllm.require_vllm()
         if state.num_processes > 1:
-            raise ConfigError("--backend: run --backend vllm as one process (vLLM spreads a model over GPUs "
-                              "itself); use accelerate launch with --backend hf")
+            raise ConfigError("--backend: run --backend vllm as one process (it starts an engine per GPU set "
+                              "itself: --tensor-parallel-size, --data-parallel-size); use accelerate launch with "
+                              "--backend hf")
     prompts = load_prompts(args.prompts, "--prompts", split=args.split, seed=TASK_SEED)
     if args.backend == "hf":
         from alignment.generation.backend import HFBackend, load_models
@@ -248,7 +271,11 @@ def run(args: Args) -> Path | None:
     if models:
         check_lengths(models, prompt_ids, args.max_new_tokens, prompts)
     else:
-        backend.check_lengths(prompt_ids, args.max_new_tokens, prompts)
+        try:
+            backend.check_lengths(prompt_ids, args.max_new_tokens, prompts)
+        except ConfigError:
+            backend.close()
+            raise
 
     indices = list(range(len(prompts)))
     indices_of = {p["id"]: i for i, p in enumerate(prompts)}
@@ -276,6 +303,9 @@ def run(args: Args) -> Path | None:
             ess["plus"] += stats["ess_plus"]
             ess["minus"] += stats["ess_minus"]
             pbar.update(1)
+    if args.backend == "vllm":
+        layout = backend.layout_record()
+        backend.close()  # frees the GPUs (and ends the worker processes) before the rows are written
     if state.num_processes > 1:
         rows, logs, finished = gather_object(rows), gather_object(logs), gather_object(finished)
         ess = {k: gather_object(v) for k, v in ess.items()}
@@ -295,6 +325,8 @@ def run(args: Args) -> Path | None:
                                                          "spec": dataclasses.asdict(sampler_spec(plan.sampler, args.alpha)),
                                                          "components": plan.components, "candidates": plan.candidates,
                                                          "batch_size": bs, "processes": state.num_processes}}
+    if args.backend == "vllm":
+        config["resolved"]["vllm_layout"] = layout
     with RunDir(args.out, plan.name, config, [args.seed]) as run:
         write_jsonl(run.path("generations.jsonl"), rows)
         for log in sorted(logs, key=lambda x: (x["process"], x["step"])):

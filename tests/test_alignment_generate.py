@@ -294,13 +294,14 @@ def _fake_vllm():
 
     class SamplingParams:
         def __init__(self, n=1, temperature=1.0, top_p=1.0, max_tokens=16, seed=None, stop_token_ids=None,
-                     prompt_logprobs=None):
+                     prompt_logprobs=None, detokenize=True):
             self.__dict__.update(locals())
 
     class LLM:
         created = []
 
-        def __init__(self, model, tokenizer, dtype, seed, gpu_memory_utilization, trust_remote_code):
+        def __init__(self, model, *, tokenizer, dtype, seed, gpu_memory_utilization, tensor_parallel_size,
+                     trust_remote_code):
             self.model = AutoModelForCausalLM.from_pretrained(model).eval()
             self.kwargs = dict(model=model, gpu_memory_utilization=gpu_memory_utilization)
             self.llm_engine = ns(model_config=ns(max_model_len=128))
@@ -332,7 +333,7 @@ def _fake_vllm():
                 outs.append(ns(prompt_logprobs=None, outputs=cos))
             return outs
 
-    mod.LLM, mod.SamplingParams = LLM, SamplingParams
+    mod.LLM, mod.SamplingParams, mod.TokensPrompt = LLM, SamplingParams, dict  # TokensPrompt: a TypedDict
     return mod
 
 
