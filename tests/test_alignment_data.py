@@ -106,6 +106,8 @@ def test_scores_become_rewards_unless_the_row_has_its_own(tmp_path):
     assert isinstance(rows[0]["chosen_reward"], float) and rows[0]["score_chosen"] == 6  # the scores stay too
     assert (rows[1]["chosen_reward"], rows[1]["rejected_reward"]) == (-1.0, 1.0)  # its own rewards win
     assert "chosen_reward" not in rows[2]
+    lone = load_preferences(str(dump_rows(tmp_path / "l.jsonl", [dict(PREF[1], score_chosen=9.0)])))
+    assert "chosen_reward" not in lone[0] and "rejected_reward" not in lone[0]  # both scores or no rewards
 
 
 def test_anthropic_hh_text_gets_its_prompt_from_the_shared_transcript(tmp_path):
@@ -256,11 +258,10 @@ PREF_PROBLEMS = {
     "duplicate id": (_pref(id="b"), "duplicate id 'b'"),
     "malformed JSON": ([json.dumps(PREF[1]), json.dumps(PREF[0])[:-3]], "not valid JSON"),
     "identical": (_pref(rejected=PREF[0]["chosen"]), "same text"),
-    "score_chosen alone": (_pref(score_chosen=7.0), "'score_chosen' without 'score_rejected'"),
-    "score_rejected alone": (_pref(score_rejected=7.0), "'score_rejected' without 'score_chosen'"),
-    "string score": (_pref(score_chosen="7", score_rejected=1.0), "'score_chosen' must be a finite number"),
-    "non-finite score": ([json.dumps(PREF[1]), json.dumps(PREF[0])[:-1] + ', "score_chosen": 1, "score_rejected": NaN}'],
-                         "'score_rejected' must be a finite number"),
+    "string score": (_pref(chosen_reward=None, rejected_reward=None, score_chosen="7", score_rejected=1.0),
+                     "'score_chosen' must be a finite number"),
+    "non-finite score": ([json.dumps(PREF[1]), _pref(chosen_reward=None, rejected_reward=None)[1][:-1]
+                          + ', "score_chosen": 1, "score_rejected": NaN}'], "'score_rejected' must be a finite number"),
 }
 
 

@@ -40,9 +40,10 @@ Preference sets:
     a chat template (a base model) trains on it.
     Optional: chosen_reward, rejected_reward (finite numbers), responses (strings) and rewards (finite
     numbers, one per response). Rewards are not required to order chosen above rejected.
-    UltraFeedback's scores: a row with score_chosen and score_rejected (both or neither, finite numbers)
-    and neither chosen_reward nor rejected_reward gets chosen_reward = score_chosen and rejected_reward =
-    score_rejected (what --loss rev_kl reads and alignment.annotate writes); the score fields stay as well.
+    UltraFeedback's scores: a row with both score_chosen and score_rejected (finite numbers, checked as
+    the rewards are) and neither chosen_reward nor rejected_reward gets chosen_reward = score_chosen and
+    rejected_reward = score_rejected (what --loss rev_kl reads and alignment.annotate writes); the score
+    fields stay as well. Both or neither: a lone score is left as it is, and never mapped.
 """
 from __future__ import annotations
 
@@ -408,18 +409,13 @@ def split_hh_text(chosen: str, rejected: str) -> tuple[str, str, str] | None:
 
 
 def _scores_as_rewards(row: dict, where: str) -> dict:
-    """UltraFeedback's score_chosen / score_rejected as chosen_reward / rejected_reward, when the row has no
-    reward of its own (module doc)."""
-    scores = [row.get(name) for name in ("score_chosen", "score_rejected")]
-    if all(v is None for v in scores):
-        return row
-    for name, other, value in (("score_chosen", "score_rejected", scores[0]), ("score_rejected", "score_chosen", scores[1])):
-        if value is None:
-            raise ConfigError(f"{where}: field {other!r} without {name!r}; give both scores or neither")
-        check_reward(value, where, name)
-    if row.get("chosen_reward") is not None or row.get("rejected_reward") is not None:
-        return row  # the row's own rewards win
-    return dict(row, chosen_reward=float(scores[0]), rejected_reward=float(scores[1]))
+    """UltraFeedback's score_chosen / score_rejected as chosen_reward / rejected_reward, when the row has both
+    scores and neither reward (module doc)."""
+    scores = row.get("score_chosen"), row.get("score_rejected")
+    if None in scores or row.get("chosen_reward") is not None or row.get("rejected_reward") is not None:
+        return row  # both or neither: a lone score is no reward pair; the row's own rewards win
+    return dict(row, chosen_reward=check_reward(scores[0], where, "score_chosen"),
+                rejected_reward=check_reward(scores[1], where, "score_rejected"))
 
 
 def validate_preferences(rows: list[dict], source: str, field: str = "--preferences",

@@ -164,12 +164,13 @@ def toy_pairs(seed: int, n: int, split: str, label: str) -> list[dict]:
 
 def load_file_pairs(args) -> tuple[list[dict], list[dict]]:
     """(train pairs, held-out pairs) {prompt or None, chosen, rejected} of --data. args: data, split, data_config,
-    data_dir, num_pairs, num_heldout, seed (alignment.reward_model's flags). A text prompt beside whole
+    data_dir (optional), num_pairs, num_heldout, seed (alignment.reward_model's flags). A text prompt beside whole
     conversations (UltraFeedback-binarized's prompt column, a copy of the user turn) is dropped: the
     conversations are scored whole."""
     from alignment.core.data import check_text, is_messages, load_rows
 
-    rows = load_rows(args.data, "--data", args.split, config=args.data_config, data_dir=args.data_dir)
+    rows = load_rows(args.data, "--data", getattr(args, "split", "train"), config=getattr(args, "data_config", None),
+                     data_dir=getattr(args, "data_dir", None))
     if not rows:
         raise ConfigError(f"--data: {args.data!r} has no rows")
     clean = []
