@@ -278,3 +278,15 @@ def test_hub_flags_on_a_run_folder_or_toy_are_refused(tmp_path):
     from alignment.core.data import load_prompts
 
     expect_error(lambda: load_prompts("toy:4", config="x"), "--data-config", "toy")
+
+
+def test_pipeline_recipes_refuse_the_data_flags_of_the_stages_it_feeds():
+    """The pipeline feeds train and select its own run folders: a recipe's split / data_dir there is refused."""
+    from alignment import select, train_dpo
+    from alignment.pipeline.driver import OWNED
+    from alignment.pipeline.recipes import check_section
+
+    for stage, cls in (("train", train_dpo.Args), ("select", select.Args)):
+        for key in ("split", "data_config", "data_dir"):
+            expect_error(lambda: check_section(cls, {key: "x"}, "recipe", skip=OWNED[stage]), f"'{key}'", "caller")
+    assert check_section(train_dpo.Args, {"data_dir": "helpful-base"}, "recipe") == {"data_dir": "helpful-base"}
