@@ -29,7 +29,10 @@ pytestmark = pytest.mark.usefixtures("torch_single_thread")
 @pytest.fixture(autouse=True)
 def offline(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))  # datasets' arrow cache, not the user's
+    import datasets.config
+
+    # datasets' arrow cache of these folders goes to the test's folder, not the user's (read at each load)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-cache")
 
 
 def msg(role, content):
@@ -123,6 +126,7 @@ def test_missing_split_lists_the_splits_the_dataset_has(tmp_path):
     assert len(load_preferences(str(folder), split="train_prefs[:1]")) == 1  # datasets' slicing of a split
 
 
+@pytest.mark.slow  # ~3-6 s: one DPO step of a tiny model
 def test_train_dpo_trains_rev_kl_on_the_ultrafeedback_layout(tmp_path):
     """Scores in, soft targets out: one rev_kl step on the train_prefs split of the UltraFeedback folder."""
     from alignment.core import toy
@@ -290,3 +294,14 @@ def test_pipeline_recipes_refuse_the_data_flags_of_the_stages_it_feeds():
         for key in ("split", "data_config", "data_dir"):
             expect_error(lambda: check_section(cls, {key: "x"}, "recipe", skip=OWNED[stage]), f"'{key}'", "caller")
     assert check_section(train_dpo.Args, {"data_dir": "helpful-base"}, "recipe") == {"data_dir": "helpful-base"}
+
+
+def test_select_reads_hh_helpful_base_through_data_dir(tmp_path):
+    from alignment.select import main
+
+    folder = hh_folder(tmp_path / "hh-rlhf")
+    path = main(["--method", "us", "--policy", "toy:tiny", "--data", str(folder), "--data-dir", "helpful-base",
+                 "--split", "train", "--ratio", "1", "--passes", "2", "--device", "cpu", "--out", str(tmp_path / "out")])
+    kept = [json.loads(line) for line in (path / "preferences.jsonl").read_text().splitlines()]
+    assert [r["prompt"] + r["chosen"] for r in kept] == [HH_ONE_TURN["chosen"], HH_TWO_TURNS["chosen"]]
+    assert json.loads((path / "run.json").read_text())["config"]["data_dir"] == "helpful-base"
