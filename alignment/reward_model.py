@@ -40,6 +40,12 @@ class Args:
                      "causal LM gets a fresh score head) or a Hub name, loaded with AutoModelForSequenceClassification")
     data: str = arg("toy", "toy (oracle-labelled pairs on toy prompts), or a .json/.jsonl/.parquet file or Hub "
                     "dataset with chosen + rejected (+ optional prompt) fields")
+    split: str = arg("train", "split of a Hub dataset (or dataset folder) to read, e.g. train_prefs or a slice "
+                     "such as train[:2000]; a local file is read whole")
+    data_config: str | None = arg(None, "config (subset) name of a Hub dataset (datasets.load_dataset's name)",
+                                  metavar="NAME")
+    data_dir: str | None = arg(None, "data_dir of a Hub dataset, e.g. helpful-base for Anthropic/hh-rlhf",
+                               metavar="DIR")
     num_pairs: int = arg(16000, "training pairs (toy: generated; a file or Hub dataset: at most this many)")
     num_heldout: int = arg(512, "held-out pairs for the held-out accuracy")
     label: str = arg("bt", "toy labels: bt = winner sampled with P(a > b) = sigmoid(r(a) - r(b)); hard = the "
@@ -62,6 +68,9 @@ def resolve(args: Args) -> torch.device:
     """Check every flag before anything is loaded or written; returns the device."""
     check_positive("num-pairs", args.num_pairs, integer=True)
     check_common(args)
+    if args.data == "toy" and (args.data_config is not None or args.data_dir is not None):
+        raise ConfigError(f"--{'data-config' if args.data_config is not None else 'data-dir'}: only for a Hub "
+                          f"dataset (or a local dataset folder); --data toy is the toy task")
     if args.label not in LABELS:
         raise ConfigError(f"--label: unknown {args.label!r}; known: {', '.join(LABELS)}")
     return trainer_device(args.device)

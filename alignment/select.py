@@ -62,6 +62,12 @@ class Args:
                           "with pi = pi_ref every gap is 0; us ignores it)")
     data: str | None = arg(None, "preference pairs: an annotate run folder, a .json/.jsonl/.parquet file or a Hub "
                            "dataset with prompt, chosen, rejected (required)", metavar="PATH")
+    split: str = arg("train", "split of a Hub dataset (or dataset folder) to read, e.g. train_prefs or a slice "
+                     "such as train[:2000]; a local file or run folder is read whole")
+    data_config: str | None = arg(None, "config (subset) name of a Hub dataset (datasets.load_dataset's name)",
+                                  metavar="NAME")
+    data_dir: str | None = arg(None, "data_dir of a Hub dataset, e.g. helpful-base for Anthropic/hh-rlhf",
+                               metavar="DIR")
     beta: float = arg(0.1, "beta of the implicit reward beta log(pi / pi_ref) (use the DPO run's)")
     abs: bool = arg(False, "reward_gap ablation: rank by |gap| instead of the signed gap")
     length_normalise: bool = arg(False, "reward_gap ablation: mean instead of summed response log-probs")
@@ -206,7 +212,7 @@ def run(args: Args) -> Path | None:
     from alignment.core.models import DTYPES, load_causal_lm, load_tokenizer
     from alignment.selection.scores import score_pairs
 
-    rows = load_preferences(args.data, "--data")
+    rows = load_preferences(args.data, "--data", split=args.split, config=args.data_config, data_dir=args.data_dir)
     policy_src = model_source(args.policy)
     ref_src = model_source(args.ref) if args.method != "us" else None
     tokenizer = load_tokenizer(policy_src, "--policy", trust_remote_code=args.trust_remote_code)

@@ -95,7 +95,15 @@ class Args:
                              "flags, and its dpo: mapping extra DPOConfig fields; flags override it", metavar="YAML")
     preferences: str | None = arg(None, "preference pairs: an annotate run folder, a .json/.jsonl/.parquet file "
                                   "or a Hub dataset with prompt, chosen, rejected (+ chosen_reward, "
-                                  "rejected_reward for rev_kl) (required)", metavar="PATH")
+                                  "rejected_reward for rev_kl; UltraFeedback's score_chosen / score_rejected count "
+                                  "as those) (required)", metavar="PATH")
+    split: str = arg("train", "split of a Hub dataset (or dataset folder) to read, e.g. train_prefs for "
+                     "HuggingFaceH4/ultrafeedback_binarized, or a slice such as train[:2000]; a local file or run "
+                     "folder is read whole")
+    data_config: str | None = arg(None, "config (subset) name of a Hub dataset (datasets.load_dataset's name)",
+                                  metavar="NAME")
+    data_dir: str | None = arg(None, "data_dir of a Hub dataset, e.g. helpful-base for Anthropic/hh-rlhf "
+                               "(datasets.load_dataset's data_dir)", metavar="DIR")
     policy: str | None = arg(None, "the policy to train: a model folder (or a run folder holding model/), a Hub "
                              f"name or toy:SIZE (default: {DEFAULT_POLICY}, written by `python -m alignment.sft`)")
     ref: str | None = arg(None, "the fixed reference pi_ref (default: the same weights as --policy, loaded as a "
@@ -344,7 +352,7 @@ def run(args: Args) -> Path | None:
                           f"`python -m alignment.sft` first, or pass a model folder or Hub name")
     policy_src = model_source(args.policy or DEFAULT_POLICY)
     ref_src = model_source(args.ref) if args.ref else policy_src
-    rows = load_preferences(args.preferences)
+    rows = load_preferences(args.preferences, split=args.split, config=args.data_config, data_dir=args.data_dir)
     training_rows(rows, args.loss, args.margin_scale)  # rev_kl's reward check before any model is loaded
     tokenizer = load_tokenizer(policy_src, "--policy", trust_remote_code=args.trust_remote_code)
     quant = quantization_config(args.load_in_4bit, device)

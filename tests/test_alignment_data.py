@@ -98,6 +98,28 @@ def test_implicit_conversational_prompt_is_extracted(tmp_path):
     assert out["rejected"] == [{"role": "assistant", "content": "Green."}]
 
 
+def test_scores_become_rewards_unless_the_row_has_its_own(tmp_path):
+    scored = {"prompt": P1, "chosen": "a", "rejected": "b", "score_chosen": 6, "score_rejected": 2.5}
+    own = dict(scored, chosen_reward=-1.0, rejected_reward=1.0)
+    rows = load_preferences(str(dump_rows(tmp_path / "p.jsonl", [scored, own, PREF[1]])))
+    assert (rows[0]["chosen_reward"], rows[0]["rejected_reward"]) == (6.0, 2.5)
+    assert isinstance(rows[0]["chosen_reward"], float) and rows[0]["score_chosen"] == 6  # the scores stay too
+    assert (rows[1]["chosen_reward"], rows[1]["rejected_reward"]) == (-1.0, 1.0)  # its own rewards win
+    assert "chosen_reward" not in rows[2]
+    lone = load_preferences(str(dump_rows(tmp_path / "l.jsonl", [dict(PREF[1], score_chosen=9.0)])))
+    assert "chosen_reward" not in lone[0] and "rejected_reward" not in lone[0]  # both scores or no rewards
+
+
+def test_anthropic_hh_text_gets_its_prompt_from_the_shared_transcript(tmp_path):
+    # both responses start with " the": the shared text runs past the marker, the prompt stops at it
+    row = {"chosen": "\n\nHuman: hi\n\nAssistant: the calm wave rests .",
+           "rejected": "\n\nHuman: hi\n\nAssistant: the dull rose grows ."}
+    (out,) = load_preferences(str(dump_rows(tmp_path / "hh.jsonl", [row])))
+    assert out["prompt"] == "\n\nHuman: hi\n\nAssistant:"
+    assert (out["chosen"], out["rejected"]) == (" the calm wave rests .", " the dull rose grows .")
+    assert data.split_hh_text("\n\nHuman: a\n\nAssistant: b", "\n\nHuman: c\n\nAssistant: b") is None
+
+
 def test_identical_pair_is_an_error_unless_allowed(tmp_path):
     f = dump_rows(tmp_path / "p.jsonl", [PREF[0], dict(PREF[1], rejected=PREF[1]["chosen"])])
     expect_error(lambda: load_preferences(str(f)), "--preferences", "p.jsonl", "row 1", "same text")
@@ -236,6 +258,10 @@ PREF_PROBLEMS = {
     "duplicate id": (_pref(id="b"), "duplicate id 'b'"),
     "malformed JSON": ([json.dumps(PREF[1]), json.dumps(PREF[0])[:-3]], "not valid JSON"),
     "identical": (_pref(rejected=PREF[0]["chosen"]), "same text"),
+    "string score": (_pref(chosen_reward=None, rejected_reward=None, score_chosen="7", score_rejected=1.0),
+                     "'score_chosen' must be a finite number"),
+    "non-finite score": ([json.dumps(PREF[1]), _pref(chosen_reward=None, rejected_reward=None)[1][:-1]
+                          + ', "score_chosen": 1, "score_rejected": NaN}'], "'score_rejected' must be a finite number"),
 }
 
 
@@ -275,3 +301,25 @@ def test_hub_name_offline_is_one_clear_error(monkeypatch):
                  "split 'train'", "Couldn't reach")
     assert data._looks_local("./x") and data._looks_local("a/b/c") and data._looks_local("file.csv")
     assert not data._looks_local("org/tulu-2.5-preference-data") and not data._looks_local("imdb")
+
+
+def test_hub_flags_and_split_reach_datasets(monkeypatch, tmp_path):
+    import datasets
+
+    seen = []
+    hub = {"Anthropic/hh-rlhf": [{"chosen": "\n\nHuman: a\n\nAssistant: b", "rejected": "\n\nHuman: a\n\nAssistant: c"}],
+           "org/prompts": [{"prompt": P1}]}
+
+    def fake_load(path, name=None, data_dir=None, split=None):  # what the Hub would return, without the network
+        seen.append((path, name, data_dir, split))
+        return hub[path]
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load)
+    rows = load_preferences("Anthropic/hh-rlhf", data_dir="helpful-base", split="test")
+    assert rows[0]["prompt"] == "\n\nHuman: a\n\nAssistant:" and rows[0]["chosen"] == " b"
+    assert load_prompts("org/prompts", split="train_gen", config="en")[0]["prompt"] == P1
+    assert seen == [("Anthropic/hh-rlhf", None, "helpful-base", "test"), ("org/prompts", "en", None, "train_gen")]
+    f = dump_rows(tmp_path / "p.jsonl", PREF)
+    expect_error(lambda: load_preferences(str(f), data_dir="helpful-base"), "--data-dir", "local file", "p.jsonl")
+    expect_error(lambda: load_prompts(str(f), config="default"), "--data-config", "local file")
+    assert len(seen) == 2  # a refused flag never reaches datasets

@@ -8,6 +8,11 @@ Sources:
     prompts       "toy" / "toy:N", a .json / .jsonl / .parquet file, or a Hub dataset name (connected machine)
     generations   a generate run folder (its generations.jsonl) or a .jsonl / .json / .parquet file
     preferences   an annotate run folder (its preferences.jsonl), a local file, or a Hub dataset name
+A Hub dataset, or a local dataset folder (a folder that is not a run folder, e.g. a downloaded copy of a Hub
+dataset repository), is read by datasets.load_dataset with its `split` (default train), config `name`
+(--data-config) and `data_dir` (--data-dir); a split it lacks is one error listing the splits it has.
+--data-config and --data-dir are an error for a local file or a run folder (they have one split and no
+configs; a local file is read whole, whatever the split).
 
 A .jsonl file is read line by line (blank lines skipped); a .json file is a JSON array of row objects or
 JSON Lines. A field set to null counts as missing. `id` is optional everywhere: a row without one gets
@@ -24,9 +29,21 @@ Preference sets:
     chosen == rejected is an error by default: the pair carries no preference (zero DPO gradient), and
     annotate never writes one, so it signals a broken file. Pass allow_identical=True to keep such rows
     (some public sets have a few). A conversational set without a prompt (chosen and rejected are whole
-    conversations, as on the Hub) gets the shared leading messages as its prompt, as TRL does.
+    conversations, as on the Hub) gets the shared leading messages as its prompt, as TRL does; a text
+    prompt beside such conversations (UltraFeedback-binarized's `prompt` column) is a copy of the first user
+    message and is replaced by the shared messages.
+    Anthropic HH text rows (no prompt; chosen and rejected are whole "\\n\\nHuman: ...\\n\\nAssistant: ..."
+    transcripts) stay plain text: the prompt is their shared leading text up to and including its last
+    "\\n\\nAssistant:", the responses are the rest of each (with their leading space), so prompt + chosen is
+    the original chosen transcript (TRL's DPOTrainer tokenizes plain text as prompt + completion). Kept as
+    text rather than turned into messages: the model sees the transcript as written, and a tokenizer without
+    a chat template (a base model) trains on it.
     Optional: chosen_reward, rejected_reward (finite numbers), responses (strings) and rewards (finite
     numbers, one per response). Rewards are not required to order chosen above rejected.
+    UltraFeedback's scores: a row with both score_chosen and score_rejected (finite numbers, checked as
+    the rewards are) and neither chosen_reward nor rejected_reward gets chosen_reward = score_chosen and
+    rejected_reward = score_rejected (what --loss rev_kl reads and alignment.annotate writes); the score
+    fields stay as well. Both or neither: a lone score is left as it is, and never mapped.
 """
 from __future__ import annotations
 
@@ -127,32 +144,69 @@ def _bad_suffix(spec: str, field: str, what: str) -> ConfigError:
     return ConfigError(f"{field}: {spec!r} must be {what}")
 
 
-def load_rows(spec: str, field: str, split: str) -> list[dict]:
-    """Rows of a local file (by suffix) or of a Hub dataset by name (needs a connected machine)."""
-    return load_rows_located(spec, field, split, "a .json, .jsonl or .parquet file, 'toy[:N]' or a Hub dataset name")[0]
+CONFIG_FLAG, DATA_DIR_FLAG = "--data-config", "--data-dir"
+RUN_FILE = "run.json"  # every runlog run folder has one: such a folder is never read as a dataset folder
 
 
-def load_rows_located(spec: str, field: str, split: str, what: str, run_file: str | None = None):
-    """(rows, source label, line numbers or None). `run_file`: a folder holding that file is accepted."""
+def load_rows(spec: str, field: str, split: str, config: str | None = None, data_dir: str | None = None) -> list[dict]:
+    """Rows of a local file (by suffix) or of a Hub dataset / dataset folder (config, data_dir: its config
+    name and data_dir, for datasets.load_dataset)."""
+    return load_rows_located(spec, field, split, "a .json, .jsonl or .parquet file, 'toy[:N]' or a Hub dataset name",
+                             config=config, data_dir=data_dir)[0]
+
+
+def _hub_only(config: str | None, data_dir: str | None, field: str, spec: str, kind: str) -> None:
+    """--data-config / --data-dir name a Hub dataset's config and folder: an error for a local file or run folder."""
+    for flag, value in ((CONFIG_FLAG, config), (DATA_DIR_FLAG, data_dir)):
+        if value is not None:
+            raise ConfigError(f"{flag}: only for a Hub dataset (or a local dataset folder); {field} {spec!r} is {kind}")
+
+
+def load_rows_located(spec: str, field: str, split: str, what: str, run_file: str | None = None,
+                      config: str | None = None, data_dir: str | None = None, dataset_folders: bool = True):
+    """(rows, source label, line numbers or None). `run_file`: a folder holding that file is accepted (a run
+    folder). Any other folder (none with run.json) is, with `dataset_folders`, a dataset folder that
+    datasets.load_dataset reads like a Hub dataset; `config` and `data_dir` go to load_dataset."""
     path = Path(spec).expanduser()
-    if run_file is not None and path.is_dir():
+    if run_file is not None and path.is_dir() and (
+            (path / run_file).is_file() or (path / RUN_FILE).is_file() or not dataset_folders):
         if not (path / run_file).is_file():
             raise ConfigError(f"{field}: folder {spec!r} has no {run_file}")
+        _hub_only(config, data_dir, field, spec, "a run folder")
         return _read_local(path / run_file, field)
-    if path.suffix in LOCAL_FORMATS:
+    if path.suffix in LOCAL_FORMATS and not path.is_dir():
+        _hub_only(config, data_dir, field, spec, "a local file")
         return _read_local(path, field)
+    if path.is_dir() and dataset_folders and not (path / RUN_FILE).is_file():
+        return _load_dataset(str(path), field, split, config, data_dir, f"dataset folder {spec!r}")
     if path.exists():
         raise _bad_suffix(spec, field, what)
     if _looks_local(spec):
         raise ConfigError(f"{field}: no such file {spec!r} (give {what})")
+    return _load_dataset(spec, field, split, config, data_dir, f"Hub dataset {spec!r}")
+
+
+def _load_dataset(spec: str, field: str, split: str, config: str | None, data_dir: str | None, label: str):
+    """One split of a Hub dataset or dataset folder; a split it lacks is one error listing the ones it has."""
+    import re
+
     import datasets
 
+    options = "".join(f" {k} {v!r}" for k, v in (("config", config), ("data_dir", data_dir)) if v is not None)
     try:
-        ds = datasets.load_dataset(spec, split=split)
+        ds = datasets.load_dataset(spec, name=config, data_dir=data_dir, split=split)
     except Exception as e:
-        raise ConfigError(f"{field}: cannot load Hub dataset {spec!r} split {split!r} "
-                          f"({str(e).splitlines()[0]})") from None
-    return [dict(r) for r in ds], f"Hub dataset {spec!r}", None
+        try:  # why it failed: a split the dataset lacks gets its own error (what --split may be)
+            names = datasets.get_dataset_split_names(spec, config_name=config, data_dir=data_dir)
+        except Exception:
+            names = None
+        base = re.split(r"[\[+]", split, maxsplit=1)[0]  # "train[:100]" (datasets' slicing) is of split train
+        if names and base not in names:
+            raise ConfigError(f"--split: {label}{options} has no split {base!r}; its splits: "
+                              f"{', '.join(names)}") from None
+        raise ConfigError(f"{field}: cannot load {label}{options} split {split!r} "
+                          f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+    return [dict(r) for r in ds], f"{label}{options} split {split!r}", None
 
 
 # ------------------------------------------------------------------------------------------------ checks
@@ -270,17 +324,21 @@ def validate_prompts(rows: list[dict], source: str, field: str = "--prompts", li
     return out
 
 
-def load_prompts(spec: str, field: str = "--prompts", split: str = "train", seed: int = 0) -> list[dict]:
-    """"toy" / "toy:N" (N toy prompts of `split`, default 64), a local file, or a Hub dataset name."""
+def load_prompts(spec: str, field: str = "--prompts", split: str = "train", seed: int = 0,
+                 config: str | None = None, data_dir: str | None = None) -> list[dict]:
+    """"toy" / "toy:N" (N toy prompts of `split`, default 64), a local file, or a Hub dataset name (config,
+    data_dir: its config name and data_dir)."""
     if spec == "toy" or spec.startswith("toy:"):
         from alignment.core.toy import ToyTask
 
         n = spec.split(":", 1)[1] if ":" in spec else "64"
         if not n.isdigit() or int(n) < 1:
             raise ConfigError(f"{field}: 'toy:N' needs a count N >= 1, got {spec!r}")
+        _hub_only(config, data_dir, field, spec, "the toy task")
         return ToyTask(seed).prompts(int(n), split)
     rows, source, lines = load_rows_located(
-        spec, field, split, "a .json, .jsonl or .parquet file, 'toy[:N]' or a Hub dataset name")
+        spec, field, split, "a .json, .jsonl or .parquet file, 'toy[:N]' or a Hub dataset name",
+        config=config, data_dir=data_dir)
     return validate_prompts(rows, source, field, lines)
 
 
@@ -318,7 +376,8 @@ def load_generations(spec: str, field: str = "--generations") -> list[dict]:
         if path.exists():
             raise _bad_suffix(spec, field, what)
         raise ConfigError(f"{field}: no such file or folder {spec!r} (give {what})")
-    rows, source, lines = load_rows_located(spec, field, "train", what, run_file=GENERATIONS_FILE)
+    rows, source, lines = load_rows_located(spec, field, "train", what, run_file=GENERATIONS_FILE,
+                                            dataset_folders=False)
     return validate_generations(rows, source, field, lines)
 
 
@@ -330,6 +389,33 @@ def split_shared_prefix(chosen: list, rejected: list) -> tuple[list, list, list]
     while k < min(len(chosen), len(rejected)) and chosen[k] == rejected[k]:
         k += 1
     return chosen[:k], chosen[k:], rejected[k:]
+
+
+HH_ASSISTANT = "\n\nAssistant:"
+
+
+def split_hh_text(chosen: str, rejected: str) -> tuple[str, str, str] | None:
+    """(prompt, chosen, rejected) of two Anthropic HH transcripts: the prompt is their shared leading text up to
+    and including its last "\\n\\nAssistant:"; None when the shared text has none. Cutting the shared text (not
+    chosen alone) keeps a response that itself contains "\\n\\nAssistant:" whole."""
+    k = 0
+    while k < min(len(chosen), len(rejected)) and chosen[k] == rejected[k]:
+        k += 1
+    i = chosen.rfind(HH_ASSISTANT, 0, k)
+    if i < 0:
+        return None
+    cut = i + len(HH_ASSISTANT)
+    return chosen[:cut], chosen[cut:], rejected[cut:]
+
+
+def _scores_as_rewards(row: dict, where: str) -> dict:
+    """UltraFeedback's score_chosen / score_rejected as chosen_reward / rejected_reward, when the row has both
+    scores and neither reward (module doc)."""
+    scores = row.get("score_chosen"), row.get("score_rejected")
+    if None in scores or row.get("chosen_reward") is not None or row.get("rejected_reward") is not None:
+        return row  # both or neither: a lone score is no reward pair; the row's own rewards win
+    return dict(row, chosen_reward=check_reward(scores[0], where, "score_chosen"),
+                rejected_reward=check_reward(scores[1], where, "score_rejected"))
 
 
 def validate_preferences(rows: list[dict], source: str, field: str = "--preferences",
@@ -347,6 +433,13 @@ def validate_preferences(rows: list[dict], source: str, field: str = "--preferen
             if not chosen or not rejected:
                 raise ConfigError(f"{where}: field 'chosen' or 'rejected' has nothing after the shared prompt messages")
             row = dict(row, prompt=prompt, chosen=chosen, rejected=rejected)
+        elif prompt is None and isinstance(chosen, str) and isinstance(rejected, str) and HH_ASSISTANT in chosen:
+            parts = split_hh_text(chosen, rejected)  # an Anthropic HH transcript pair (module doc)
+            if parts is None:
+                raise ConfigError(f"{where}: missing field 'prompt' (and 'chosen' and 'rejected' share no leading text "
+                                  f"through a '\\n\\nAssistant:' to take it from, as Anthropic HH rows do)")
+            prompt, chosen, rejected = parts
+            row = dict(row, prompt=prompt, chosen=chosen, rejected=rejected)
         elif prompt is None:
             raise ConfigError(f"{where}: missing field 'prompt'")
         check_text(prompt, where, "prompt")
@@ -355,6 +448,7 @@ def validate_preferences(rows: list[dict], source: str, field: str = "--preferen
         check_completion(rejected, where, "rejected", conv)
         if chosen == rejected and not allow_identical:
             raise ConfigError(f"{where}: 'chosen' and 'rejected' are the same text; such a pair carries no preference")
+        row = _scores_as_rewards(row, where)
         for name in ("chosen_reward", "rejected_reward"):
             if row.get(name) is not None:
                 check_reward(row[name], where, name)
@@ -368,13 +462,17 @@ def validate_preferences(rows: list[dict], source: str, field: str = "--preferen
 
 
 def load_preferences(spec: str, field: str = "--preferences", split: str = "train",
-                     allow_identical: bool = False) -> list[dict]:
-    """An annotate run folder (its preferences.jsonl), a local .json / .jsonl / .parquet file, or a Hub name."""
+                     allow_identical: bool = False, config: str | None = None,
+                     data_dir: str | None = None) -> list[dict]:
+    """An annotate run folder (its preferences.jsonl), a local .json / .jsonl / .parquet file, or a Hub name
+    (or dataset folder) read with `split`, config name `config` and `data_dir`. The rows are checked and
+    normalised as the module doc says: an implicit prompt (whole conversations, Anthropic HH transcripts)
+    is split off, and UltraFeedback's score_chosen / score_rejected become chosen_reward / rejected_reward."""
     if not spec:
         raise ConfigError(f"{field}: give an annotate run folder, a {PREFERENCES_FILE} file or a Hub dataset name")
     rows, source, lines = load_rows_located(
         spec, field, split, "an annotate run folder, a .json, .jsonl or .parquet file or a Hub dataset name",
-        run_file=PREFERENCES_FILE)
+        run_file=PREFERENCES_FILE, config=config, data_dir=data_dir)
     return validate_preferences(rows, source, field, lines, allow_identical)
 
 

@@ -64,8 +64,8 @@ MODULES = {"generate": "alignment.generate", "annotate": "alignment.annotate", "
 # flags the pipeline sets itself in each stage; a recipe section may not set them
 OWNED = {"generate": ("policy", "ref", "prompts", "split", "sampler", "seed", "out", "name"),
          "annotate": ("generations", "reward", "seed", "out", "name"),
-         "select": ("data", "ref", "seed", "out", "name"),
-         "train": ("config", "preferences", "policy", "ref", "seed", "out", "name"),
+         "select": ("data", "split", "data_config", "data_dir", "ref", "seed", "out", "name"),
+         "train": ("config", "preferences", "split", "data_config", "data_dir", "policy", "ref", "seed", "out", "name"),
          "evaluate": ("policy", "ref", "prompts", "split", "reward", "seed", "out", "name")}
 METRIC_KEYS = ("reward_mean", "reward_ci", "win_rate", "win_rate_ci", "kl", "kl_ci", "kl_logratio", "kl_logratio_ci",
                "ref_reward_mean", "num_prompts", "mean_response_tokens")

@@ -223,8 +223,10 @@ def difficulty(argv) -> tuple:
     recipe = Recipe(args.config)
     base = recipe.value("base")
     data_flags = recipe.flags("data", "alignment.prepare_data", skip=("out", "name"))
-    select_flags = recipe.flags("select", "alignment.select", skip=("policy", "ref", "data", "out", "name", "seed"))
-    rm_flags = recipe.flags("reward_model", "alignment.reward_model", skip=("data", "out", "name", "seed"))
+    hub = ("split", "data_config", "data_dir")  # the stages read this pipeline's own files, not a Hub dataset
+    select_flags = recipe.flags("select", "alignment.select",
+                                skip=("policy", "ref", "data", *hub, "out", "name", "seed"))
+    rm_flags = recipe.flags("reward_model", "alignment.reward_model", skip=("data", *hub, "out", "name", "seed"))
     launch = recipe.words("launch") + nproc
     base = args.base or base
     out = Path(args.out)

@@ -163,17 +163,22 @@ def toy_pairs(seed: int, n: int, split: str, label: str) -> list[dict]:
 
 
 def load_file_pairs(args) -> tuple[list[dict], list[dict]]:
-    """(train pairs, held-out pairs) {prompt or None, chosen, rejected} of --data. args: data, num_pairs,
-    num_heldout, seed (alignment.reward_model's flags)."""
-    from alignment.core.data import check_text, load_rows
+    """(train pairs, held-out pairs) {prompt or None, chosen, rejected} of --data. args: data, split, data_config,
+    data_dir (optional), num_pairs, num_heldout, seed (alignment.reward_model's flags). A text prompt beside whole
+    conversations (UltraFeedback-binarized's prompt column, a copy of the user turn) is dropped: the
+    conversations are scored whole."""
+    from alignment.core.data import check_text, is_messages, load_rows
 
-    rows = load_rows(args.data, "--data", "train")
+    rows = load_rows(args.data, "--data", getattr(args, "split", "train"), config=getattr(args, "data_config", None),
+                     data_dir=getattr(args, "data_dir", None))
     if not rows:
         raise ConfigError(f"--data: {args.data!r} has no rows")
     clean = []
     for i, row in enumerate(rows):
         row = {k: v for k, v in row.items() if v is not None}  # datasets fills a field missing from a row with None
         where = f"--data: {args.data!r} row {i}"
+        if isinstance(row.get("prompt"), str) and is_messages(row.get("chosen")) and is_messages(row.get("rejected")):
+            del row["prompt"]
         for key in ("chosen", "rejected"):
             if key not in row:
                 raise ConfigError(f"{where}: missing field {key!r} (rows need chosen, rejected and optionally prompt)")
