@@ -269,10 +269,11 @@ def test_alpaca_eval_schema(runs):
 
 @pytest.fixture
 def alpaca_eval_utils(monkeypatch):
-    pytest.importorskip("alpaca_eval", reason="AlpacaEval not installed (pip install alpaca-eval); CI skips this")
-    try:
-        import pkg_resources  # noqa: F401
-    except ModuleNotFoundError:
+    import importlib.util
+
+    if importlib.util.find_spec("alpaca_eval") is None:
+        pytest.skip("AlpacaEval not installed (pip install alpaca-eval); CI skips this")
+    if importlib.util.find_spec("pkg_resources") is None:
         # alpaca_eval 0.6.6 imports pkg_resources (gone from setuptools >= 81) for two version helpers only;
         # give it those two, so its own loading code runs
         from importlib import metadata
@@ -283,9 +284,7 @@ def alpaca_eval_utils(monkeypatch):
         shim.parse_version = parse
         shim.get_distribution = lambda name: types.SimpleNamespace(version=metadata.version(name))
         monkeypatch.setitem(sys.modules, "pkg_resources", shim)
-    from alpaca_eval import utils
-
-    return utils
+    return pytest.importorskip("alpaca_eval.utils", reason="AlpacaEval's modules do not import here")
 
 
 def test_alpaca_eval_loads_two_models_as_two_generators(runs, alpaca_eval_utils):
