@@ -34,10 +34,19 @@ one value says nothing about its spread. mean_response_tokens is the mean length
 policy's low-temperature responses.
 
 Prompts (--prompts): "toy:N" (the first N of ToyTask(0)'s --split, default heldout: prompts no training
-stage saw), a .json/.jsonl/.parquet file of {id, prompt} rows, or a Hub dataset; conversational prompts
-go through the tokenizer's chat template (as in alignment.generate). Responses are decoded without special
-tokens; toy responses also get their whitespace normalised (as alignment.sft's samples), other models'
-responses are kept as decoded, since their spacing and newlines are part of the answer a judge reads.
+stage saw), or a .json/.jsonl/.parquet file or Hub dataset in one of three layouts, named by --prompt-field or
+found from the first row's fields (auto: the first that fits):
+    prompt       {id, prompt} rows (prompt: text or chat messages); any other field name works the same way
+    turns        MT-Bench's question.jsonl, {question_id, category, turns: [turn 1, turn 2]}: turn 1 is the
+                 prompt; the question id is kept as written (an int stays an int)
+    instruction  AlpacaEval's eval set (alpaca_eval.json: {instruction, output, generator, dataset}): the
+                 instruction is the prompt (the reference's output is not read); dataset is kept
+Rows of another layout are one error naming the file and the fields its rows have. Conversational prompts go
+through the tokenizer's chat template (as in alignment.generate); so do a benchmark's questions (layouts turns
+and instruction) when the tokenizer has one, as a user message each; a tokenizer without one (the toy's) reads
+their plain text. Responses are decoded without special tokens; toy responses also get their whitespace
+normalised (as alignment.sft's samples), other models' responses are kept as decoded, since their spacing and
+newlines are part of the answer a judge reads.
 
 Seeds: each batch draws from three torch.Generators seeded from --seed, the stream (policy, reference,
 KL) and the batch's first prompt id and size: the same command twice gives the same files, and the
@@ -51,16 +60,25 @@ Output: OUT/NAME/ (NAME default "eval"), written atomically (runlog.RunDir):
                          ref_reward_ci, win_rate, win_rate_ci, kl, kl_ci, kl_logratio, kl_logratio_ci,
                          num_prompts, mean_response_tokens}
     evaluations.jsonl    per prompt {"id", "prompt", "response", "reward", "ref_response", "ref_reward", "win",
-                         "kl", "kl_logratio"}
+                         "kl", "kl_logratio"} (of turn 1: every metric is)
+The exports name the model MODEL = --generator-name, default NAME (the pipeline passes LABEL-seedS-iterT, e.g.
+mix_p-seed0-iter2, so the models of one run folder stay apart); a blank name, or one with '/', is an error.
     alpaca_eval.json     (--export alpaca_eval) AlpacaEval 2's model-outputs file: a JSON list of
-                         {"instruction", "output", "generator"}; instruction = the prompt text, or the last user
-                         message of a conversational prompt; generator = --generator-name (default NAME).
-    mt_bench_answers.jsonl (--export mt_bench) FastChat's MT-Bench answer file, one line per prompt:
-                         {"question_id", "answer_id", "model_id", "choices": [{"index": 0, "turns": [output]}],
-                         "tstamp"}. question_id is the prompt id, as an int when it is an integer string (MT-Bench's
-                         own ids are); answer_id is a hash of (model_id, question_id, output) and tstamp is 0.0, so
-                         a rerun writes the same bytes. Only the first turn is answered: a prompt is one user turn
-                         here, so MT-Bench's second turns need a multi-turn generator (judge single-turn only).
+                         {"instruction", "output", "generator": MODEL} plus "dataset" where the eval set has it.
+                         instruction = the eval set's instruction verbatim (AlpacaEval pairs outputs with its
+                         reference outputs by it), else the prompt text or a conversation's last user message.
+                         AlpacaEval skips a generator already in its leaderboard: each model needs its own MODEL.
+    model_answer/MODEL.jsonl (--export mt_bench) FastChat's MT-Bench answer file, as FastChat lays it out
+                         (data/mt_bench/model_answer/<model_id>.jsonl; copy it there), one line per question:
+                         {"question_id", "answer_id", "model_id": MODEL, "choices": [{"index": 0, "turns": [...]}],
+                         "tstamp"}, one answer per user turn of the question. Turn 1 is the evaluated response;
+                         turn 2 (and on) is sampled like it (--temperature, --top-p, --max-new-tokens, the policy's
+                         own stream per turn) from the conversation so far: user turn 1, the model's answer,
+                         user turn 2, through the chat template, or with no template as the plain texts one
+                         after another (turn 1's tokens, the answer's, a blank line and turn 2's). question_id is
+                         MT-Bench's own; for other prompts the id, as an int when it is an integer string (those
+                         are one turn: FastChat's multi-turn judge skips them). answer_id is a hash of (model_id,
+                         question_id, turns) and tstamp is 0.0, so a rerun writes the same bytes.
 --export takes a comma-separated list of alpaca_eval, mt_bench (default both) or "none".
 """
 from __future__ import annotations

@@ -319,3 +319,18 @@ def test_pipeline_names_each_iteration_in_the_exports(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:  # a recipe cannot give every iteration one name
         pipeline(["--config", str(recipe), "--out", str(tmp_path / "dry"), "--dry-run"])
     assert e.value.code == 2 and "generator_name" in capsys.readouterr().err
+
+
+def test_turn_2_too_long_fails_before_generating(runs, tmp_path, capsys):
+    """Turn 1 fits the toy's 128 positions with 60 new tokens, but turn 1 + its answer + turn 2 + 60 more does not:
+    one error line before any generation, nothing written; without the MT-Bench export turn 2 is not needed."""
+    argv = ["--policy", "toy:tiny", "--prompts", str(runs["root"] / "question.jsonl"), "--max-new-tokens", "60",
+            "--out", str(tmp_path / "out")]
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and len(err.splitlines()) == 1 and "--max-new-tokens" in err and "turn" in err, err
+    assert not (tmp_path / "out").exists()
+    with pytest.MonkeyPatch.context() as mp:  # the check is all that is tested here: no real sampling
+        mp.setattr(evaluate, "draw", lambda model, tokenizer, ids, *a: [[TOK.eos_token_id] for _ in ids])
+        assert main(argv + ["--export", "alpaca_eval"]) == tmp_path / "out" / "eval"
