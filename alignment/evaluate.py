@@ -49,7 +49,8 @@ normalised (as alignment.sft's samples), other models' responses are kept as dec
 newlines are part of the answer a judge reads.
 
 Seeds: each batch draws from three torch.Generators seeded from --seed, the stream (policy, reference,
-KL) and the batch's first prompt id and size: the same command twice gives the same files, and the
+KL; and one per later turn of multi-turn questions) and the batch's first prompt id and size: the same
+command twice gives the same files, and the
 reference's responses depend only on the reference, the prompts and the sampling settings, so a caller
 evaluating several policies (the pipeline, one per iteration) generates them once and passes them back in
 (`evaluate_policy(..., ref_samples=...)`). Another --batch-size gives other (equally valid) draws.
