@@ -34,13 +34,23 @@ one value says nothing about its spread. mean_response_tokens is the mean length
 policy's low-temperature responses.
 
 Prompts (--prompts): "toy:N" (the first N of ToyTask(0)'s --split, default heldout: prompts no training
-stage saw), a .json/.jsonl/.parquet file of {id, prompt} rows, or a Hub dataset; conversational prompts
-go through the tokenizer's chat template (as in alignment.generate). Responses are decoded without special
-tokens; toy responses also get their whitespace normalised (as alignment.sft's samples), other models'
-responses are kept as decoded, since their spacing and newlines are part of the answer a judge reads.
+stage saw), or a .json/.jsonl/.parquet file or Hub dataset in one of three layouts, named by --prompt-field or
+found from the first row's fields (auto: the first that fits):
+    prompt       {id, prompt} rows (prompt: text or chat messages); any other field name works the same way
+    turns        MT-Bench's question.jsonl, {question_id, category, turns: [turn 1, turn 2]}: turn 1 is the
+                 prompt; the question id is kept as written (an int stays an int)
+    instruction  AlpacaEval's eval set (alpaca_eval.json: {instruction, output, generator, dataset}): the
+                 instruction is the prompt (the reference's output is not read); dataset is kept
+Rows of another layout are one error naming the file and the fields its rows have. Conversational prompts go
+through the tokenizer's chat template (as in alignment.generate); so do a benchmark's questions (layouts turns
+and instruction) when the tokenizer has one, as a user message each; a tokenizer without one (the toy's) reads
+their plain text. Responses are decoded without special tokens; toy responses also get their whitespace
+normalised (as alignment.sft's samples), other models' responses are kept as decoded, since their spacing and
+newlines are part of the answer a judge reads.
 
 Seeds: each batch draws from three torch.Generators seeded from --seed, the stream (policy, reference,
-KL) and the batch's first prompt id and size: the same command twice gives the same files, and the
+KL; and one per later turn of multi-turn questions) and the batch's first prompt id and size: the same
+command twice gives the same files, and the
 reference's responses depend only on the reference, the prompts and the sampling settings, so a caller
 evaluating several policies (the pipeline, one per iteration) generates them once and passes them back in
 (`evaluate_policy(..., ref_samples=...)`). Another --batch-size gives other (equally valid) draws.
@@ -51,16 +61,25 @@ Output: OUT/NAME/ (NAME default "eval"), written atomically (runlog.RunDir):
                          ref_reward_ci, win_rate, win_rate_ci, kl, kl_ci, kl_logratio, kl_logratio_ci,
                          num_prompts, mean_response_tokens}
     evaluations.jsonl    per prompt {"id", "prompt", "response", "reward", "ref_response", "ref_reward", "win",
-                         "kl", "kl_logratio"}
+                         "kl", "kl_logratio"} (of turn 1: every metric is)
+The exports name the model MODEL = --generator-name, default NAME (the pipeline passes LABEL-seedS-iterT, e.g.
+mix_p-seed0-iter2, so the models of one run folder stay apart); a blank name, or one with '/', is an error.
     alpaca_eval.json     (--export alpaca_eval) AlpacaEval 2's model-outputs file: a JSON list of
-                         {"instruction", "output", "generator"}; instruction = the prompt text, or the last user
-                         message of a conversational prompt; generator = --generator-name (default NAME).
-    mt_bench_answers.jsonl (--export mt_bench) FastChat's MT-Bench answer file, one line per prompt:
-                         {"question_id", "answer_id", "model_id", "choices": [{"index": 0, "turns": [output]}],
-                         "tstamp"}. question_id is the prompt id, as an int when it is an integer string (MT-Bench's
-                         own ids are); answer_id is a hash of (model_id, question_id, output) and tstamp is 0.0, so
-                         a rerun writes the same bytes. Only the first turn is answered: a prompt is one user turn
-                         here, so MT-Bench's second turns need a multi-turn generator (judge single-turn only).
+                         {"instruction", "output", "generator": MODEL} plus "dataset" where the eval set has it.
+                         instruction = the eval set's instruction verbatim (AlpacaEval pairs outputs with its
+                         reference outputs by it), else the prompt text or a conversation's last user message.
+                         AlpacaEval skips a generator already in its leaderboard: each model needs its own MODEL.
+    model_answer/MODEL.jsonl (--export mt_bench) FastChat's MT-Bench answer file, as FastChat lays it out
+                         (data/mt_bench/model_answer/<model_id>.jsonl; copy it there), one line per question:
+                         {"question_id", "answer_id", "model_id": MODEL, "choices": [{"index": 0, "turns": [...]}],
+                         "tstamp"}, one answer per user turn of the question. Turn 1 is the evaluated response;
+                         turn 2 (and on) is sampled like it (--temperature, --top-p, --max-new-tokens, the policy's
+                         own stream per turn) from the conversation so far: user turn 1, the model's answer,
+                         user turn 2, through the chat template, or with no template as the plain texts one
+                         after another (turn 1's tokens, the answer's, a blank line and turn 2's). question_id is
+                         MT-Bench's own; for other prompts the id, as an int when it is an integer string (those
+                         are one turn: FastChat's multi-turn judge skips them). answer_id is a hash of (model_id,
+                         question_id, turns) and tstamp is 0.0, so a rerun writes the same bytes.
 --export takes a comma-separated list of alpaca_eval, mt_bench (default both) or "none".
 """
 from __future__ import annotations
@@ -81,10 +100,16 @@ from runlog import ConfigError, RunDir, arg, atomic_write_json, check_name, chec
 EXPORTS = ("alpaca_eval", "mt_bench")
 EVALUATIONS_FILE = "evaluations.jsonl"
 ALPACA_EVAL_FILE = "alpaca_eval.json"
-MT_BENCH_FILE = "mt_bench_answers.jsonl"
+MT_BENCH_DIR = "model_answer"  # FastChat's data/mt_bench/model_answer/<model_id>.jsonl
 MT_BENCH_TSTAMP = 0.0  # a fixed time stamp: FastChat only displays it, and reruns stay byte-identical
 # the three random streams of a batch; distinct names give independent policy and reference draws
 POLICY_STREAM, REF_STREAM, KL_STREAM = "eval-policy", "eval-ref", "eval-kl"
+TURN_STREAM = "eval-policy-turn{}"  # turn 2, 3, ... of multi-turn questions (MT-Bench)
+# --prompts layouts found from the rows' fields (--prompt-field auto), in this order: the field that holds the
+# prompt, the fields a row must have, what it is
+LAYOUTS = (("prompt", ("prompt",), "{id, prompt} rows"),
+           ("turns", ("question_id", "turns"), "MT-Bench's question.jsonl {question_id, category, turns}"),
+           ("instruction", ("instruction",), "AlpacaEval's eval set {instruction, dataset, ...}"))
 # summary key, its CI key, the per-prompt field it averages
 METRICS = (("reward_mean", "reward_ci", "reward"), ("ref_reward_mean", "ref_reward_ci", "ref_reward"),
            ("win_rate", "win_rate_ci", "win"), ("kl", "kl_ci", "kl"), ("kl_logratio", "kl_logratio_ci", "kl_logratio"))
@@ -117,8 +142,11 @@ class Args:
     policy: str | None = arg(None, "the policy pi: a model folder (or a run folder holding model/), a Hub name, or "
                              "toy:SIZE (a random init; tiny, small, base) (required)")
     ref: str | None = arg(None, "the reference policy pi_ref (default: the same as --policy)")
-    prompts: str = arg("toy:200", "held-out prompts: toy:N, a .json/.jsonl/.parquet file of {id, prompt} rows, "
-                       "or a Hub dataset")
+    prompts: str = arg("toy:200", "held-out prompts: toy:N, a .json/.jsonl/.parquet file or a Hub dataset of "
+                       "{id, prompt} rows, AlpacaEval's eval set (instruction) or MT-Bench's question.jsonl (turns)")
+    prompt_field: str = arg("auto", "field of the --prompts rows that holds the prompt: prompt, instruction "
+                            "(AlpacaEval), turns (MT-Bench: a list of user turns), any other field of text or chat "
+                            "messages, or auto (prompt, else turns with question_id, else instruction)")
     split: str = arg("heldout", "split of the toy task or of a Hub dataset")
     reward: str = arg("toy-oracle", "reward: 'toy-oracle' (the toy task's true reward), a reward-model folder "
                       "(or an alignment.reward_model run folder) or a Hub name", metavar="SPEC")
@@ -134,7 +162,8 @@ class Args:
     dtype: str = arg("auto", "model dtype", choices=["auto", "float32", "bfloat16", "float16"])
     export: str = arg(",".join(EXPORTS), "files for external judges: a comma-separated list of "
                       f"{', '.join(EXPORTS)}, or none")
-    generator_name: str | None = arg(None, "the model's name in the exports (default: the run name)")
+    generator_name: str | None = arg(None, "the model's name in the exports: AlpacaEval's generator, MT-Bench's "
+                                     "model_id and answer file name (default: --name)")
     trust_remote_code: bool = arg(False, "let transformers run code shipped with a model")
     out: str = arg("runs/alignment/evaluate", "output folder; the run is written to OUT/NAME")
     name: str = arg("eval", "run name; an older run of that name is replaced")
@@ -185,8 +214,13 @@ def resolve(args: Args) -> Plan:
     check_out(args.out)
     check_name(args.name)
     generator = args.generator_name if args.generator_name is not None else args.name
-    if not generator.strip():
-        raise ConfigError("--generator-name: empty name")
+    flag = "--generator-name" if args.generator_name is not None else "--name"
+    if not generator.strip() or generator != generator.strip() or "/" in generator or generator.startswith("."):
+        # it names MT-Bench's answer file <model_id>.jsonl and AlpacaEval's leaderboard row
+        raise ConfigError(f"{flag}: {generator!r} cannot name the model in the exports: give a non-blank name without "
+                          f"'/', surrounding spaces or a leading '.'")
+    if not args.prompt_field.strip():
+        raise ConfigError("--prompt-field: empty field name; give a field of the --prompts rows, or auto")
     policy = model_source(args.policy)
     ref = model_source(args.ref) if args.ref is not None else policy
     return Plan(cfg, policy, ref, exports, generator, args.name)
@@ -381,6 +415,127 @@ def evaluate_policy(policy, ref, tokenizer, prompts: list[dict], reward, cfg: Ev
     return summarise(rows, response_tokens), rows, (ref_samples if ref_samples is not None else new_ref_samples)
 
 
+# ------------------------------------------------------------------------------------------------ prompts
+
+def _layout_of(row: dict, source: str) -> str:
+    """The prompt field of a file's layout, from its first row's fields (--prompt-field auto)."""
+    for field, needs, _ in LAYOUTS:
+        if all(row.get(k) is not None for k in needs):
+            return field
+    known = "; ".join(f"{what} (field {field!r})" for field, _, what in LAYOUTS)
+    raise ConfigError(f"--prompts: {source} has rows with fields {', '.join(map(repr, sorted(row))) or 'none'}, not a "
+                      f"layout evaluate knows: {known}; name the prompt's field with --prompt-field")
+
+
+def _check_turns(turns, where: str) -> list[str]:
+    if not (isinstance(turns, list) and turns and all(isinstance(t, str) and t.strip() for t in turns)):
+        raise ConfigError(f"{where}: field 'turns' must be a non-empty list of non-empty strings (the user turns)")
+    return turns
+
+
+def load_eval_prompts(spec: str, split: str, prompt_field: str = "auto") -> list[dict]:
+    """Prompt rows {"id", "prompt"} of --prompts. A benchmark's rows also keep what its judge needs back:
+    "turns" (its user turns: MT-Bench's two, AlpacaEval's one instruction; turn 1 is the prompt), "question_id"
+    (MT-Bench's, as written there: an int stays an int) and "dataset" (AlpacaEval's column)."""
+    from alignment.core.data import load_prompts, load_rows_located, validate_prompts
+
+    if spec == "toy" or spec.startswith("toy:"):
+        if prompt_field not in ("auto", "prompt"):
+            raise ConfigError(f"--prompt-field: toy prompts have field 'prompt', not {prompt_field!r}")
+        return load_prompts(spec, "--prompts", split=split, seed=TASK_SEED)
+    rows, source, lines = load_rows_located(
+        spec, "--prompts", split, "a .json, .jsonl or .parquet file, 'toy[:N]' or a Hub dataset name")
+    if not rows:
+        raise ConfigError(f"--prompts: {source} has no rows")
+    field = _layout_of(rows[0], source) if prompt_field == "auto" else prompt_field
+    out = []
+    for i, row in enumerate(rows):
+        where = f"--prompts: {source} row {i}" + (f" (line {lines[i]})" if lines else "")
+        if row.get(field) is None:
+            raise ConfigError(f"{where}: no field {field!r} (--prompt-field {prompt_field}); its fields: "
+                              f"{', '.join(map(repr, sorted(row))) or 'none'}")
+        if field == "prompt":
+            out.append(row)
+        elif field == "turns":
+            turns = _check_turns(row["turns"], where)
+            qid = row.get("question_id", row.get("id"))
+            out.append({"id": qid, "prompt": turns[0], "turns": turns}
+                       | ({"question_id": qid} if qid is not None else {}))
+        elif field == "instruction":
+            if not isinstance(row["instruction"], str):
+                raise ConfigError(f"{where}: field 'instruction' must be a string, got {type(row['instruction']).__name__}")
+            out.append({"id": row.get("id"), "prompt": row["instruction"], "turns": [row["instruction"]]}
+                       | ({"dataset": row["dataset"]} if row.get("dataset") is not None else {}))
+        else:
+            out.append({"id": row.get("id"), "prompt": row[field]})
+    return validate_prompts(out, source, "--prompts", lines)
+
+
+def chat_prompts(prompts: list[dict], tokenizer) -> list[dict]:
+    """A benchmark's questions (rows with "turns") are chat: with a chat template, turn 1 becomes the user message
+    of a conversation (so it goes through the template); a tokenizer without one (the toy's) reads the plain text."""
+    if not getattr(tokenizer, "chat_template", None):
+        return prompts
+    return [dict(p, prompt=[{"role": "user", "content": p["turns"][0]}]) if "turns" in p else p for p in prompts]
+
+
+def conversation_ids(tokenizer, prompt: dict, first_ids: list[int], answers: list[str]) -> list[int]:
+    """Token ids of the prompt of turn len(answers) + 1 of a multi-turn question: its user turns so far with the
+    model's own answers in between (user t1, assistant answers[0], user t2, ...). With a chat template that
+    conversation goes through it, as conversational prompts do; without one (the toy tokenizer) turn 1's ids
+    (`first_ids`) are followed by each answer's and each next turn's text, tokenised without special tokens and
+    separated by a blank line (the plain-text turn boundary a base model reads)."""
+    j = len(answers)
+    turns = prompt["turns"]
+    if getattr(tokenizer, "chat_template", None):
+        messages = []
+        for user, answer in zip(turns[:j], answers, strict=True):
+            messages += [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]
+        text = tokenizer.apply_chat_template(messages + [{"role": "user", "content": turns[j]}],
+                                             add_generation_prompt=True, tokenize=False)
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+    ids = list(first_ids)
+    for user, answer in zip(turns[1:j + 1], answers, strict=True):
+        ids += tokenizer(answer, add_special_tokens=False)["input_ids"]
+        ids += tokenizer("\n\n" + user, add_special_tokens=False)["input_ids"]
+    return ids
+
+
+def check_turn_lengths(model, tokenizer, prompts: list[dict], prompt_ids: list[list[int]], max_new_tokens: int):
+    """Before any generation: the last turn of every multi-turn question fits the model's positions, counting
+    max_new_tokens for each of its answers (the conversation with empty answers, plus that room)."""
+    limit = getattr(model.config, "max_position_embeddings", None)
+    for p, ids in zip(prompts, prompt_ids):
+        n = len(p.get("turns", ()))
+        if limit is None or n < 2:
+            continue
+        need = len(conversation_ids(tokenizer, p, ids, [""] * (n - 1))) + n * max_new_tokens
+        if need > limit:
+            raise ConfigError(f"--max-new-tokens: question {p['id']!r} has {n} turns; with {max_new_tokens} new "
+                              f"tokens per answer its last turn needs up to {need} positions, more than --policy's "
+                              f"max_position_embeddings {limit} (or give --export alpaca_eval)")
+
+
+def answer_turns(policy, tokenizer, prompts: list[dict], prompt_ids: list[list[int]], rows: list[dict],
+                 cfg: EvalConfig) -> list[list[str]]:
+    """Per prompt, the policy's answers to each of its user turns. Turn 1 is the evaluation's response
+    (rows[i]["response"]); each later turn (MT-Bench's turn 2) is sampled as turn 1 was (--temperature, --top-p,
+    --max-new-tokens) from the conversation so far, the model's own answers included (conversation_ids), in
+    batches of --batch-size questions, each seeded from --seed, the turn and its first id: reproducible."""
+    answers = [[r["response"]] for r in rows]
+    normalise = _is_toy_tokenizer(tokenizer)
+    turn = 1
+    while todo := [i for i, p in enumerate(prompts) if len(p.get("turns", ())) > turn]:
+        for start in range(0, len(todo), cfg.batch_size):
+            idx = todo[start:start + cfg.batch_size]
+            ids = [conversation_ids(tokenizer, prompts[i], prompt_ids[i], answers[i]) for i in idx]
+            seed = batch_seed(cfg.seed, TURN_STREAM.format(turn + 1), prompts[idx[0]]["id"], len(idx))
+            for i, tokens in zip(idx, draw(policy, tokenizer, ids, cfg, seed, cfg.temperature, cfg.top_p)):
+                answers[i].append(decode(tokenizer, tokens, normalise))
+        turn += 1
+    return answers
+
+
 # ------------------------------------------------------------------------------------------------ exports
 
 def instruction_text(prompt) -> str:
@@ -396,28 +551,48 @@ def question_id(rid: str):
     return int(rid) if re.fullmatch(r"-?(0|[1-9][0-9]*)", rid) else rid
 
 
-def answer_id(model_id: str, qid, output: str) -> str:
+def answer_id(model_id: str, qid, turns: list[str]) -> str:
     """A deterministic stand-in for FastChat's random shortuuid (22 characters)."""
-    return hashlib.sha256(json.dumps([model_id, qid, output]).encode()).hexdigest()[:22]
+    return hashlib.sha256(json.dumps([model_id, qid, turns]).encode()).hexdigest()[:22]
 
 
-def alpaca_eval_rows(rows: list[dict], generator: str) -> list[dict]:
-    return [{"instruction": instruction_text(r["prompt"]), "output": r["response"], "generator": generator}
-            for r in rows]
-
-
-def mt_bench_rows(rows: list[dict], model_id: str) -> list[dict]:
+def alpaca_eval_rows(rows: list[dict], generator: str, prompts: list[dict] | None = None) -> list[dict]:
+    """AlpacaEval's model outputs. AlpacaEval pairs them with its reference outputs by the instruction text, so a
+    question of its eval set keeps its instruction verbatim (and its dataset)."""
+    prompts = prompts if prompts is not None else [{}] * len(rows)
     out = []
-    for r in rows:
-        qid = question_id(str(r["id"]))
-        out.append({"question_id": qid, "answer_id": answer_id(model_id, qid, r["response"]), "model_id": model_id,
-                    "choices": [{"index": 0, "turns": [r["response"]]}], "tstamp": MT_BENCH_TSTAMP})
+    for r, p in zip(rows, prompts, strict=True):
+        instruction = p["turns"][0] if "turns" in p else instruction_text(r["prompt"])
+        out.append({"instruction": instruction, "output": r["response"], "generator": generator}
+                   | ({"dataset": p["dataset"]} if "dataset" in p else {}))
     return out
 
 
-def write_outputs(run, summary: dict, rows: list[dict], export: list[str], generator: str) -> None:
+def mt_bench_rows(rows: list[dict], model_id: str, prompts: list[dict] | None = None,
+                  answers: list[list[str]] | None = None) -> list[dict]:
+    """FastChat's answer rows: one per question, its answers to every user turn (`answers`, default the one
+    response of each row). MT-Bench's own question ids are kept as they were; other ids that are integer strings
+    become ints."""
+    prompts = prompts if prompts is not None else [{}] * len(rows)
+    answers = answers if answers is not None else [[r["response"]] for r in rows]
+    out = []
+    for r, p, turns in zip(rows, prompts, answers, strict=True):
+        qid = p["question_id"] if "question_id" in p else question_id(str(r["id"]))
+        out.append({"question_id": qid, "answer_id": answer_id(model_id, qid, turns), "model_id": model_id,
+                    "choices": [{"index": 0, "turns": list(turns)}], "tstamp": MT_BENCH_TSTAMP})
+    return out
+
+
+def mt_bench_file(generator: str) -> str:
+    """The answer file's path in the run folder: FastChat reads the model_id from the file name."""
+    return f"{MT_BENCH_DIR}/{generator}.jsonl"
+
+
+def write_outputs(run, summary: dict, rows: list[dict], export: list[str], generator: str,
+                  prompts: list[dict] | None = None, answers: list[list[str]] | None = None) -> None:
     """evaluations.jsonl and the chosen exports (names from EXPORTS) into an open RunDir. `summary` is the
-    one evaluate_policy returned with `rows`; a mismatch (rows of another evaluation) is an error."""
+    one evaluate_policy returned with `rows`; a mismatch (rows of another evaluation) is an error. `prompts` (the
+    evaluated rows, for the benchmark fields they keep) and `answers` (answer_turns) are optional."""
     from alignment.core.data import write_jsonl
 
     if summary.get("num_prompts") != len(rows):
@@ -428,9 +603,10 @@ def write_outputs(run, summary: dict, rows: list[dict], export: list[str], gener
         raise ValueError(f"export: unknown {unknown[0]!r}; known: {', '.join(EXPORTS)}")
     write_jsonl(run.path(EVALUATIONS_FILE), rows)
     if "alpaca_eval" in export:
-        atomic_write_json(run.path(ALPACA_EVAL_FILE), alpaca_eval_rows(rows, generator))
+        atomic_write_json(run.path(ALPACA_EVAL_FILE), alpaca_eval_rows(rows, generator, prompts))
     if "mt_bench" in export:
-        write_jsonl(run.path(MT_BENCH_FILE), mt_bench_rows(rows, generator))
+        run.path(MT_BENCH_DIR).mkdir(exist_ok=True)
+        write_jsonl(run.path(mt_bench_file(generator)), mt_bench_rows(rows, generator, prompts, answers))
 
 
 # ------------------------------------------------------------------------------------------------ the run
@@ -465,29 +641,35 @@ def run(args: Args) -> Path | None:
     plan = resolve(args)
 
     from alignment import generate
-    from alignment.core.data import load_prompts
     from alignment.generation.backend import check_lengths, encode_prompts, load_models
     from runlog import resolve_device
     from alignment.core.rewards import load_reward
 
     device = resolve_device(args.device)
-    prompts = load_prompts(args.prompts, "--prompts", split=args.split, seed=TASK_SEED)
+    prompts = load_eval_prompts(args.prompts, args.split, args.prompt_field)
     # generate's loader: one object when --policy and --ref name the same model (exact-zero KL then),
     # tokenizers and output vocabularies of the two checked to agree
     loading = generate.Plan(sampler="evaluate", components=[], policy=plan.policy, ref=plan.ref, candidates=None,
                             batch_size=plan.cfg.batch_size, name=plan.name)
     tokenizer, models = load_models(loading, args, device)
-    check_lengths(models, encode_prompts(tokenizer, prompts), plan.cfg.max_new_tokens, prompts)
+    prompts = chat_prompts(prompts, tokenizer)
+    prompt_ids = encode_prompts(tokenizer, prompts)
+    check_lengths(models, prompt_ids, plan.cfg.max_new_tokens, prompts)
+    multi_turn = "mt_bench" in plan.exports and any(len(p.get("turns", ())) > 1 for p in prompts)
+    if multi_turn:
+        check_turn_lengths(models["policy"], tokenizer, prompts, prompt_ids, plan.cfg.max_new_tokens)
     reward = load_reward(args.reward, device=device, batch_size=plan.cfg.batch_size)
     _check_reward_prompts(reward, prompts)
 
     summary, rows, _ = evaluate_policy(models["policy"], models["ref"], tokenizer, prompts, reward, plan.cfg)
+    # MT-Bench's later turns: only its export reads them (the metrics are of turn 1)
+    answers = answer_turns(models["policy"], tokenizer, prompts, prompt_ids, rows, plan.cfg) if multi_turn else None
 
     config = dataclasses.asdict(args) | {"resolved": {"policy": plan.policy, "ref": plan.ref, "name": plan.name,
                                                          "device": str(device), "export": plan.exports,
                                                          "generator": plan.generator}}
     with RunDir(args.out, plan.name, config, [plan.cfg.seed]) as run:
-        write_outputs(run, summary, rows, plan.exports, plan.generator)
+        write_outputs(run, summary, rows, plan.exports, plan.generator, prompts, answers)
         run.log({"stage": "evaluate", "seed": plan.cfg.seed, "step": 0, **summary})
         path = run.finish(summary=summary)
     print(format_summary(summary))

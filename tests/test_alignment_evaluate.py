@@ -214,8 +214,8 @@ def test_main_writes_the_run_and_reruns_identically(tmp_path, capsys):
             "--out", str(out), "--generator-name", "tiny-model"]
     path = main(argv)
     assert path == out / "eval"
-    files = ["alpaca_eval.json", "evaluations.jsonl", "metrics.jsonl", "mt_bench_answers.jsonl", "run.json"]
-    assert sorted(p.name for p in path.iterdir()) == files
+    files = ["alpaca_eval.json", "evaluations.jsonl", "metrics.jsonl", "model_answer/tiny-model.jsonl", "run.json"]
+    assert sorted(str(p.relative_to(path)) for p in path.rglob("*") if p.is_file()) == files
     assert "wrote" in capsys.readouterr().out
 
     [metrics] = read_jsonl(path / "metrics.jsonl")
@@ -233,9 +233,10 @@ def test_main_writes_the_run_and_reruns_identically(tmp_path, capsys):
     assert isinstance(alpaca, list) and all(set(a) == {"instruction", "output", "generator"} for a in alpaca)
     assert [(a["instruction"], a["output"], a["generator"]) for a in alpaca] == \
            [(r["prompt"], e["response"], "tiny-model") for r, e in zip(rows, evals)]
-    answers = read_jsonl(path / "mt_bench_answers.jsonl")
+    answers = read_jsonl(path / "model_answer" / "tiny-model.jsonl")  # FastChat: <model_id>.jsonl
     assert all(set(a) == FASTCHAT_KEYS for a in answers)
     assert [a["question_id"] for a in answers] == [81, 82, "toy-x"]
+    # {id, prompt} rows are one user turn each: one answer turn, the evaluated response
     assert [a["choices"] for a in answers] == [[{"index": 0, "turns": [e["response"]]}] for e in evals]
     assert all(a["model_id"] == "tiny-model" and isinstance(a["answer_id"], str) for a in answers)
 
@@ -244,11 +245,12 @@ def test_main_writes_the_run_and_reruns_identically(tmp_path, capsys):
     main(argv)
     assert {f: (path / f).read_bytes() for f in files if f != "run.json"} == before
     main(argv + ["--seed", "1", "--export", "none"])
-    assert sorted(p.name for p in path.iterdir()) == ["evaluations.jsonl", "metrics.jsonl", "run.json"]
+    assert sorted(str(p.relative_to(path)) for p in path.rglob("*")) == ["evaluations.jsonl", "metrics.jsonl", "run.json"]
     assert (path / "evaluations.jsonl").read_bytes() != before["evaluations.jsonl"]
     main(argv + ["--export", "mt_bench", "--name", "only-mt"])
     assert "alpaca_eval.json" not in {p.name for p in (out / "only-mt").iterdir()}
-    assert (out / "only-mt" / "mt_bench_answers.jsonl").read_bytes() == before["mt_bench_answers.jsonl"]
+    mt_file = "model_answer/tiny-model.jsonl"  # --generator-name, not --name, names the model
+    assert (out / "only-mt" / mt_file).read_bytes() == before[mt_file]
 
 
 BAD = [
@@ -267,6 +269,10 @@ BAD = [
     (["--prompts", "toy:0"], "--prompts"),
     (["--max-new-tokens", "200"], "--max-new-tokens"),  # past the toy model's 128 positions
     (["--name", "a/b"], "--name"),
+    (["--generator-name", " "], "--generator-name"),
+    (["--generator-name", "org/model"], "--generator-name"),
+    (["--prompt-field", ""], "--prompt-field"),
+    (["--prompt-field", "instruction"], "--prompt-field"),  # toy prompts have 'prompt'
     (["--device", "nonsense"], "--device"),
 ]
 

@@ -30,6 +30,9 @@ Layout of OUT (default runs/alignment/pipeline/SAMPLER-seedS):
     iter_T/{generate,annotate,select,train,evaluate}/   each stage's run folder (train/model: the iteration's
                                     checkpoint; select only with a select method; no generate/annotate offline)
     iter_T/STAGE.done               the stage's done marker;  iter_T/STAGE.log  its printed output
+    iter_T/evaluate/alpaca_eval.json, iter_T/evaluate/model_answer/LABEL-seedS-iterT.jsonl
+                                    the exports for AlpacaEval and MT-Bench: the model is named LABEL-seedS-iterT
+                                    (LABEL: --label, else the sampler)
 
 Resume (alignment/pipeline/resume.py, the rule every orchestrator of this package follows): a stage's run folder
 appears by an atomic rename once it is complete, and then its done marker is written; metrics.jsonl is rewritten
@@ -66,7 +69,8 @@ OWNED = {"generate": ("policy", "ref", "prompts", "split", "sampler", "seed", "o
          "annotate": ("generations", "reward", "seed", "out", "name"),
          "select": ("data", "split", "data_config", "data_dir", "ref", "seed", "out", "name"),
          "train": ("config", "preferences", "split", "data_config", "data_dir", "policy", "ref", "seed", "out", "name"),
-         "evaluate": ("policy", "ref", "prompts", "split", "reward", "seed", "out", "name")}
+         "evaluate": ("policy", "ref", "prompts", "prompt_field", "split", "reward", "seed", "generator_name", "out",
+                      "name")}
 METRIC_KEYS = ("reward_mean", "reward_ci", "win_rate", "win_rate_ci", "kl", "kl_ci", "kl_logratio", "kl_logratio_ci",
                "ref_reward_mean", "num_prompts", "mean_response_tokens")
 
@@ -172,7 +176,8 @@ class Plan:
                       "--policy", policy, "--ref", a.policy, "--seed", str(stage_seed(a.seed, t))],
             "evaluate": ["--policy", a.policy if t == 0 else str(d / "train"), "--ref", a.policy,
                          "--prompts", str(self.out / "eval_prompts.jsonl"), "--reward", a.eval_reward or a.reward,
-                         "--seed", str(a.seed)],  # one seed for every iteration: common random numbers
+                         "--seed", str(a.seed),  # one seed for every iteration: common random numbers
+                         "--generator-name", export_name(a, t)],
         }[stage]
         # train reads its recipe section itself (--config, with the dpo: mapping); flags after it override it
         extra = self.train_flags if stage == "train" else _flags(self.sections[stage])
@@ -184,6 +189,12 @@ class Plan:
                                                                and self.sections["generate"].get("backend", "hf") == "hf"))
         prefix = shlex.split(self.args.launch) if launched else [sys.executable]
         return prefix + ["-m", module] + self.argv(stage, t)
+
+
+def export_name(args: Args, t: int) -> str:
+    """Iteration t's policy in the evaluate stage's exports (AlpacaEval's generator, MT-Bench's model_id): distinct
+    per run and iteration, so the judges keep the models of one folder apart, e.g. mix_p-seed0-iter2."""
+    return f"{args.label or args.sampler}-seed{args.seed}-iter{t}"
 
 
 def stage_seed(seed: int, t: int) -> int:
