@@ -27,7 +27,10 @@ GPU memory of the stage (torch.cuda.max_memory_allocated, reset before each stag
 tokens; annotate, train_dpo and select count the tokens of every sequence the model reads (prompt + response; DPO:
 both sequences of every candidate pair of every step; the reference model's passes over the same tokens are not
 counted again). A stage that raises or exits is a FAILED row (the recipe's later stages are skipped) and the
-script exits 1 after the table; stages past --budget-s are skipped (exit 0, marked in the table).
+script exits 1 after the table; stages past --budget-s are skipped (exit 0, marked in the table). --out FILE also
+writes the rows as JSON, with each stage's wall time and held_before_gib (GPU memory still allocated when the stage
+started: it should be ~0, since the peak includes it). Model folders live under --work (default: a temporary folder)
+and are removed after each recipe.
 Exit 2 with one line when --device cuda finds no CUDA device (or on a bad flag); --device cpu needs --tiny.
 """
 from __future__ import annotations
@@ -392,6 +395,8 @@ def measure(stage, ctx: Context) -> dict:
     if cuda:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
+    # what earlier stages left allocated (should be ~0: the peak below would include it)
+    held = torch.cuda.memory_allocated() / 2**30 if cuda else None
     t0 = time.perf_counter()
     try:
         tokens, seconds = stage(ctx)
@@ -401,6 +406,7 @@ def measure(stage, ctx: Context) -> dict:
         row = {"status": "FAILED", "error": f"{type(e).__name__}: {e}".splitlines()[0][:300]}
     row["wall_s"] = time.perf_counter() - t0
     row["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
+    row["held_before_gib"] = held
     return row
 
 
@@ -415,6 +421,36 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def check_recipe(ctx: Context, base: dict, policy_name: str, reward_name: str | None, stages: tuple,
+                 t_start: float) -> list[dict]:
+    """Build one recipe's models, then run its stages in order: its table rows."""
+    a, work = ctx.a, ctx.work
+    rows = []
+    try:
+        base["params_m"] = save_model(policy_name, ctx.policy, a, a.device, a.seed) / 1e6
+        if "generate_mix_p" in stages:
+            ctx.ref = work / "ref"
+            save_model(policy_name, ctx.ref, a, a.device, a.seed + 2)
+        if "annotate" in stages:
+            ctx.reward = work / "reward"
+            save_model(reward_name, ctx.reward, a, a.device, a.seed + 1, reward=True)
+    except Exception as e:
+        return [base | {"stage": s, "status": "FAILED", "error": f"building the models: {type(e).__name__}: "
+                        f"{e}".splitlines()[0][:300]} for s in stages]
+    failed = False
+    for stage in stages:
+        row = base | {"stage": stage}
+        if failed:
+            rows.append(row | {"status": "skipped (an earlier stage failed)"})
+        elif time.perf_counter() - t_start > a.budget_s:
+            rows.append(row | {"status": "skipped (--budget-s)"})
+        else:
+            print(f"== gpu_check: {ctx.name} / {stage}", flush=True)
+            rows.append(row | measure(STAGES[stage], ctx))
+            failed = rows[-1]["status"] == "FAILED"
+    return rows
+
+
 def run(a: Args) -> Path | None:
     from alignment.pipeline.recipes import load_yaml
 
@@ -425,7 +461,7 @@ def run(a: Args) -> Path | None:
     scratch = Path(a.work) if a.work else Path(tempfile.mkdtemp(prefix="gpu_check-"))
     rows = []
     try:
-        for i, name in enumerate(names):
+        for name in names:
             recipe = load_yaml(str(CONFIGS / f"{name}.yaml"))
             policy_name, reward_name = recipe_models(recipe)
             stages = RECIPE_STAGES[name]
@@ -435,29 +471,9 @@ def run(a: Args) -> Path | None:
             work.mkdir(parents=True)
             ctx = Context(name, recipe, a, a.device, work, work / "policy")
             try:
-                base["params_m"] = save_model(policy_name, ctx.policy, a, a.device, a.seed) / 1e6
-                if "generate_mix_p" in stages:
-                    ctx.ref = work / "ref"
-                    save_model(policy_name, ctx.ref, a, a.device, a.seed + 2)
-                if "annotate" in stages:
-                    ctx.reward = work / "reward"
-                    save_model(reward_name, ctx.reward, a, a.device, a.seed + 1, reward=True)
-            except Exception as e:
-                rows += [base | {"stage": s, "status": "FAILED", "error": f"building the models: {type(e).__name__}: "
-                                 f"{e}".splitlines()[0][:300]} for s in stages]
-                continue
-            failed = False
-            for stage in stages:
-                row = base | {"stage": stage}
-                if failed:
-                    rows.append(row | {"status": "skipped (an earlier stage failed)"})
-                elif time.perf_counter() - t_start > a.budget_s:
-                    rows.append(row | {"status": "skipped (--budget-s)"})
-                else:
-                    print(f"== gpu_check: {name} / {stage}", flush=True)
-                    rows.append(row | measure(STAGES[stage], ctx))
-                    failed = rows[-1]["status"] == "FAILED"
-            shutil.rmtree(work, ignore_errors=True)  # the next recipe's models need the disk
+                rows += check_recipe(ctx, base, policy_name, reward_name, stages, t_start)
+            finally:
+                shutil.rmtree(work, ignore_errors=True)  # the next recipe's models need the disk
     finally:
         if not a.work:
             shutil.rmtree(scratch, ignore_errors=True)

@@ -10,6 +10,18 @@ from benchmarks import gpu_check
 EXPECTED = {(recipe, stage) for recipe, stages in gpu_check.RECIPE_STAGES.items() for stage in stages}
 
 
+def test_scaled_configs_keep_the_real_architecture():
+    # Llama-3-8B: head size 128, 4 query heads per key/value head, MLP 3.5 x hidden, its 128256-token vocabulary
+    c = gpu_check.scaled_config("meta-llama/Meta-Llama-3-8B-Instruct", 2048, 16)
+    assert (c.model_type, c.hidden_size, c.num_hidden_layers, c.vocab_size) == ("llama", 2048, 16, 128256)
+    assert c.hidden_size // c.num_attention_heads == 128 and c.num_attention_heads == 4 * c.num_key_value_heads
+    assert c.intermediate_size == 7168
+    g = gpu_check.scaled_config("google/gemma-2-9b-it", 2048, 16)
+    assert (g.model_type, g.head_dim, g.num_attention_heads, g.num_key_value_heads) == ("gemma2", 256, 8, 4)
+    assert gpu_check.build_tokenizer(32001).vocab_size == 32001  # alpaca-7b's vocabulary, exactly
+
+
+@pytest.mark.slow  # ~25 s on two shared cores: every recipe
 def test_tiny_cpu_run_has_every_row_with_positive_throughput(tmp_path, capsys):
     out = tmp_path / "check.json"
     path = gpu_check.main(["--tiny", "--device", "cpu", "--dpo-steps", "2", "--select-pairs", "8", "--gen-batches", "1",
@@ -28,6 +40,23 @@ def test_tiny_cpu_run_has_every_row_with_positive_throughput(tmp_path, capsys):
     table = capsys.readouterr().out
     for recipe, stage in EXPECTED:
         assert f"| {recipe} | {stage} |" in table
+
+
+def test_tiny_cpu_generation_annotation_dpo_and_reward_gap_rows(tmp_path, capsys):
+    # the quick lane's share: the four kinds of rows the check exists for (fused and plain generation, DPO steps,
+    # reward-gap scoring) plus annotation, one recipe each
+    out = tmp_path / "check.json"
+    gpu_check.main(["--tiny", "--device", "cpu", "--recipes", "iterative_prompt,difficulty", "--dpo-steps", "1",
+                    "--select-pairs", "8", "--gen-batches", "1", "--out", str(out)])
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["recipe"], r["stage"]) for r in rows] == [("iterative_prompt", s) for s in
+                                                         gpu_check.RECIPE_STAGES["iterative_prompt"]] + \
+        [("difficulty", s) for s in gpu_check.RECIPE_STAGES["difficulty"]]
+    assert all(r["status"] == "ok" and r["tokens_per_s"] > 0 for r in rows), rows
+    gen = {r["stage"]: r["tokens"] for r in rows if r["recipe"] == "iterative_prompt"}
+    # --tiny: batches of 4 prompts, 4 new tokens per response (random inits rarely stop early: at most this many);
+    # mix_p here draws 2 fused responses + the recipe's on-policy pair, on_policy the recipe's K = 2
+    assert 0 < gen["generate_mix_p"] <= 4 * 4 * 4 and 0 < gen["generate_on_policy"] <= 4 * 2 * 4
 
 
 def test_a_failing_stage_is_a_failed_row_and_exit_1(tmp_path, monkeypatch):
