@@ -124,8 +124,14 @@ def scaled_config(name: str, hidden: int, layers: int, vocab: int | None = None,
         return transformers.GPT2Config(n_embd=hidden, n_layer=layers, n_head=heads, n_positions=real["n_positions"],
                                        vocab_size=vocab or real["vocab_size"], **token_ids)
     head_dim = min(real.get("head_dim", real["hidden_size"] // real["num_attention_heads"]), max(hidden // 4, 1))
-    heads = max(1, hidden // head_dim)
+    if hidden % head_dim:  # e.g. OpenLLaMA-3B's 100: the largest power of two below it that divides the hidden size
+        head_dim = 1 << (head_dim.bit_length() - 1)
+        while hidden % head_dim:
+            head_dim //= 2
+    heads = hidden // head_dim
     kv = max(1, heads * real["num_key_value_heads"] // real["num_attention_heads"])
+    while heads % kv:  # grouped-query attention needs whole groups
+        kv -= 1
     inter = max(32, round(real["intermediate_size"] * hidden / real["hidden_size"] / 32) * 32)
     cls = {"llama": transformers.LlamaConfig, "mistral": transformers.MistralConfig, "gemma": transformers.GemmaConfig,
            "gemma2": transformers.Gemma2Config, "qwen2": transformers.Qwen2Config}[family]

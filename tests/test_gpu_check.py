@@ -19,6 +19,17 @@ def test_scaled_configs_keep_the_real_architecture():
     g = gpu_check.scaled_config("google/gemma-2-9b-it", 2048, 16)
     assert (g.model_type, g.head_dim, g.num_attention_heads, g.num_key_value_heads) == ("gemma2", 256, 8, 4)
     assert gpu_check.build_tokenizer(32001).vocab_size == 32001  # alpaca-7b's vocabulary, exactly
+    # every architecture scales to a valid config (transformers validates it): OpenLLaMA-3B's head size 100 does
+    # not divide 2048, so its heads become 32 of 64
+    for name, (_, real) in gpu_check.ARCHITECTURES.items():
+        for hidden, layers in ((2048, 16), (64, 2)):
+            c = gpu_check.scaled_config(name, hidden, layers)
+            heads = getattr(c, "num_attention_heads", None) or c.n_head
+            assert c.get_text_config().vocab_size == real["vocab_size"] and hidden % heads == 0, name
+            kv = getattr(c, "num_key_value_heads", heads)
+            assert heads % kv == 0, name
+    c = gpu_check.scaled_config("openlm-research/open_llama_3b_v2", 2048, 16)
+    assert (c.num_attention_heads, c.num_key_value_heads) == (32, 32)
 
 
 @pytest.mark.slow  # ~25 s on two shared cores: every recipe
