@@ -105,7 +105,8 @@ class Args:
     response_tokens: int = arg(256, "tokens per synthetic response of the preference pairs")
     dpo_steps: int = arg(20, "optimizer steps per train_dpo stage (the recipe's batch size and grad-accum)")
     select_pairs: int = arg(128, "pairs scored by the reward_gap selection")
-    budget_s: float = arg(450.0, "time budget in seconds: stages that would start after it are skipped")
+    budget_s: float = arg(400.0, "time budget in seconds: stages that would start after it are skipped (the last one "
+                          "started may run a minute past it: the default keeps the check under 8 minutes)")
     seed: int = arg(0, "seed of the inits, the synthetic data and every stage")
     work: str | None = arg(None, "scratch folder for the model folders and runs (default: a temporary folder, "
                            "removed at the end)")
