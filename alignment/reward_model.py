@@ -28,6 +28,7 @@ import torch
 
 from alignment.core.models import model_source
 from alignment.training.common import check_common, trainer_device
+from alignment.training.common import REPORT_TO_HELP, RUN_NAME_HELP
 from runlog import ConfigError, RunDir, arg, check_positive, entry_point
 
 LABELS = ("bt", "hard")
@@ -59,6 +60,10 @@ class Args:
                           "training); 0: only before and after")
     seed: int = arg(0, "seed of the model init, the pairs, the labels and the training order")
     device: str = arg("cpu", "torch device: cpu or cuda (pick a GPU with CUDA_VISIBLE_DEVICES)")
+    gradient_checkpointing: bool = arg(False, "recompute activations in the backward pass instead of storing them "
+                                       "(less memory, about a third more compute; transformers' gradient checkpointing)")
+    report_to: str = arg("none", REPORT_TO_HELP)
+    run_name: str | None = arg(None, RUN_NAME_HELP)
     trust_remote_code: bool = arg(False, "allow a Hub model's own Python code (off unless you ask)")
     out: str = arg("runs/alignment/reward_model", "output folder; the run is written to OUT/NAME")
     name: str = arg("toy", "run name; an older run of that name is replaced")
@@ -138,7 +143,12 @@ def run(args: Args) -> Path:
               f"{result.metrics['train_runtime']:.1f} s)")
         summary = {"heldout_accuracy_before": before, "heldout_accuracy_after": after, "steps": steps,
                    "train_loss_mean": result.metrics.get("train_loss"), "num_params": num_params}
-        path = save_and_finish(run, model, tokenizer, summary, t0)
+        card = dict(stage="reward_model", base_model=source, data=args.data,
+                    settings={"labels": args.label if args.data == "toy" else None, "epochs": args.epochs,
+                              "max_steps": args.max_steps, "lr": args.lr, "batch_size": args.batch_size,
+                              "max_length": args.max_length, "seed": args.seed, "steps": steps,
+                              "heldout_accuracy": round(after, 4)})
+        path = save_and_finish(run, model, tokenizer, summary, t0, card=card)
     print(f"finished in {summary['wall_s']:.0f} s")
     return path
 

@@ -20,6 +20,7 @@ import torch
 
 from alignment.core.models import model_source
 from alignment.training.common import check_common, trainer_device
+from alignment.training.common import REPORT_TO_HELP, RUN_NAME_HELP
 from runlog import ConfigError, RunDir, arg, check_positive, entry_point
 
 
@@ -43,6 +44,10 @@ class Args:
     max_new_tokens: int = arg(32, "toy data only: token limit of each sampled response")
     seed: int = arg(0, "seed of the model init (toy), the data, the training order and the sampling")
     device: str = arg("cpu", "torch device: cpu or cuda (pick a GPU with CUDA_VISIBLE_DEVICES)")
+    gradient_checkpointing: bool = arg(False, "recompute activations in the backward pass instead of storing them "
+                                       "(less memory, about a third more compute; transformers' gradient checkpointing)")
+    report_to: str = arg("none", REPORT_TO_HELP)
+    run_name: str | None = arg(None, RUN_NAME_HELP)
     trust_remote_code: bool = arg(False, "allow a Hub model's own Python code (off unless you ask)")
     out: str = arg("runs/alignment/sft", "output folder; the run is written to OUT/NAME")
     name: str = arg("toy", "run name; an older run of that name is replaced")
@@ -119,7 +124,11 @@ def run(args: Args) -> Path:
             run.log({"stage": "sft", "seed": args.seed, "step": trainer.state.global_step,
                      "fluency_rate": summary["fluency_rate"], "mean_reward": summary["mean_reward"]})
         tokenizer.padding_side = "left"
-        path = save_and_finish(run, model, tokenizer, summary, t0)
+        card = dict(stage="sft", base_model=source, data=args.data,
+                    settings={"epochs": args.epochs, "max_steps": args.max_steps, "lr": args.lr,
+                              "batch_size": args.batch_size, "max_length": args.max_length, "seed": args.seed,
+                              "steps": trainer.state.global_step, "heldout_loss": round(after, 4)})
+        path = save_and_finish(run, model, tokenizer, summary, t0, card=card)
     print(f"finished in {summary['wall_s']:.0f} s")
     return path
 

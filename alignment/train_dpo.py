@@ -73,13 +73,12 @@ import torch
 from alignment.core.models import model_source
 from alignment.pipeline.recipes import stage_defaults
 from alignment.selection.batch import SAMS_MODES, SAMS_NORMALISATIONS, SAMS_REWARDS, SAMS_UPDATES
-from alignment.training.common import trainer_device
+from alignment.training.common import REPORT_TO_HELP, RUN_NAME_HELP, reporters, trainer_device
 from alignment.training.losses import TRAIN_LOSSES
 from runlog import ConfigError, RunDir, arg, check_name, check_out, check_positive, entry_point
 from runlog.rundir import dumps
 
 DEFAULT_POLICY = "runs/alignment/sft/toy/model"
-REPORTERS = ("none", "wandb", "tensorboard")
 # DPOConfig fields set by our own flags (or by us): a recipe's dpo: mapping may not set them a second way
 OWN_FIELDS = {"output_dir", "learning_rate", "per_device_train_batch_size", "per_device_eval_batch_size",
               "gradient_accumulation_steps", "num_train_epochs", "max_steps", "lr_scheduler_type", "warmup_ratio",
@@ -178,8 +177,8 @@ class Args:
                        "run's, no step run twice")
     gradient_checkpointing: bool = arg(False, "recompute activations in the backward pass instead of storing them "
                                        "(less memory, about a third more compute; transformers' gradient checkpointing)")
-    report_to: str = arg("none", "also send the logs to wandb or tensorboard (installed separately)",
-                         choices=list(REPORTERS))
+    report_to: str = arg("none", REPORT_TO_HELP)
+    run_name: str | None = arg(None, RUN_NAME_HELP)
     trust_remote_code: bool = arg(False, "let transformers run code shipped with a model")
     out: str = arg("runs/alignment/train_dpo", "output folder; the run is written to OUT/NAME")
     name: str = arg("dpo", "run name; an older run of that name is replaced")
@@ -233,12 +232,9 @@ def resolve(args: Args) -> torch.device:
     check_positive("grad-accum", args.grad_accum, integer=True)
     if isinstance(args.save_every, bool) or not isinstance(args.save_every, int) or args.save_every < 0:
         raise ConfigError(f"--save-every: must be an integer >= 0 (0: no checkpoints), got {args.save_every!r}")
-    if args.report_to != "none":
-        import importlib.util
-
-        if importlib.util.find_spec(args.report_to) is None:
-            raise ConfigError(f"--report-to: {args.report_to} is not installed (pip install {args.report_to}); "
-                              f"or leave --report-to none")
+    reporters(args.report_to)
+    if args.run_name is not None and not args.run_name.strip():
+        raise ConfigError("--run-name: empty; leave it out to use --name")
     check_name(args.name)
     check_out(args.out)
     check_dpo_extras(args.dpo)
@@ -257,9 +253,8 @@ def dpo_config(args: Args, device: torch.device, output_dir: Path):
     kw = trainer_kwargs(args, device, output_dir) | dict(
         lr_scheduler_type=args.lr_scheduler, warmup_steps=args.warmup_ratio, gradient_accumulation_steps=args.grad_accum,
         beta=args.beta, loss_type=["sigmoid" if args.loss == "rev_kl" else args.loss],
-        precompute_ref_log_probs=args.precompute_ref, report_to=args.report_to, disable_dropout=args.disable_dropout,
-        logging_steps=1, remove_unused_columns=True, gradient_checkpointing=args.gradient_checkpointing,
-        save_strategy="steps" if args.save_every else "no", save_steps=args.save_every or 500, save_total_limit=2)
+        precompute_ref_log_probs=args.precompute_ref, disable_dropout=args.disable_dropout,
+        logging_steps=1, remove_unused_columns=True, save_strategy="steps" if args.save_every else "no", save_steps=args.save_every or 500, save_total_limit=2)
     return SamplerDPOConfig(**(kw | {name: getattr(args, name) for name in SAMPLER_FIELDS} | args.dpo))
 
 
@@ -301,6 +296,22 @@ def resume_point(args: Args) -> Path | None:
     return ckpt
 
 
+def model_card_settings(args: Args, state, zero3: bool) -> dict:
+    """What the model card of model/ lists: where the pairs came from (sampler, rule, selection), the loss and its
+    settings, the batch selector, the optimisation budget and the distribution."""
+    from alignment.training.common import pair_provenance
+
+    lora = f"r {args.lora_r}, alpha {args.lora_alpha}, merged" + (" (4-bit base: adapters only)" if args.load_in_4bit
+                                                                   else "") if args.lora_r else None
+    return pair_provenance(args.preferences) | {
+        "loss": args.loss, "beta": args.beta, "margin_scale": args.margin_scale if args.loss == "rev_kl" else None,
+        "selector": args.selector, "select_ratio": args.select_ratio if args.selector != "all" else None,
+        "reference": args.ref or "the base model", "lr": args.lr, "lr_scheduler": args.lr_scheduler,
+        "epochs": args.epochs if args.max_steps is None else None, "max_steps": args.max_steps,
+        "batch": f"{args.batch_size} x {args.grad_accum} x {state.num_processes} processes",
+        "max_length": args.max_length, "lora": lora, "zero3": zero3 or None, "seed": args.seed}
+
+
 def save_merged(trainer, folder: Path, is_main: bool) -> None:
     """Merge the LoRA adapters into the base weights and save a plain model folder. Under ZeRO-3 the weights are
     gathered first (every process takes part; the main process merges the full tensors and saves them): merging the
@@ -339,7 +350,7 @@ def run(args: Args) -> Path | None:
     from alignment.core.data import load_preferences
     from alignment.core.models import (DTYPES, check_saved_weights, load_causal_lm, load_tokenizer, parameter_shapes,
                                        quantization_config, zero3_enabled)
-    from alignment.training.common import read_checkpoint_log
+    from alignment.training.common import read_checkpoint_log, write_model_card
     from alignment.training.config import lora_config
     from alignment.training.data import training_rows
     from alignment.training.trainer import fit
@@ -421,6 +432,7 @@ def run(args: Args) -> Path | None:
             check_saved_weights(final, None if args.load_in_4bit else shapes, "train_dpo: model/")
             tokenizer.padding_side = "left"
             tokenizer.save_pretrained(final)
+            write_model_card(final, "train_dpo", policy_src, args.preferences, model_card_settings(args, state, zero3))
             shutil.move(str(final), rundir.path("model"))
             shutil.rmtree(scratch, ignore_errors=True)
             summary["wall_s"] = time.perf_counter() - t0

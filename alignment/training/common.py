@@ -30,6 +30,37 @@ def check_common(args) -> None:
     check_budget(args)
     check_name(args.name)
     check_out(args.out)
+    reporters(args.report_to)
+    if args.run_name is not None and not args.run_name.strip():
+        raise ConfigError("--run-name: empty; leave it out to use --name")
+
+
+# --report-to: transformers' reporting integrations (TrainingArguments.report_to), and the module each needs
+REPORTERS = {"wandb": "wandb", "tensorboard": "tensorboard", "trackio": "trackio", "mlflow": "mlflow",
+             "comet_ml": "comet_ml", "clearml": "clearml", "neptune": "neptune", "dvclive": "dvclive",
+             "swanlab": "swanlab", "codecarbon": "codecarbon"}
+REPORT_TO_HELP = ("send the trainer's logs also to these trackers: a comma-separated list of " + ", ".join(REPORTERS)
+                  + " (transformers' integrations, each installed separately), or none; the run appears there as "
+                    "--run-name")
+RUN_NAME_HELP = "the run's name in the trackers of --report-to (default: --name)"
+
+
+def reporters(spec: str) -> list[str]:
+    """'wandb,tensorboard' -> ['wandb', 'tensorboard'] (each known and installed); 'none' -> []."""
+    import importlib.util
+
+    names = [n.strip() for n in str(spec).split(",")]
+    if names == ["none"]:
+        return []
+    for n in names:
+        if n not in REPORTERS:
+            raise ConfigError(f"--report-to: unknown tracker {n!r}; give none or a comma-separated list of "
+                              f"{', '.join(REPORTERS)}")
+        if importlib.util.find_spec(REPORTERS[n]) is None:
+            raise ConfigError(f"--report-to: {n} is not installed (pip install {REPORTERS[n]}); or leave --report-to none")
+    if len(set(names)) < len(names):
+        raise ConfigError(f"--report-to: {spec!r} names a tracker twice")
+    return names
 
 
 def check_budget(args) -> None:
@@ -54,16 +85,18 @@ def trainer_device(name: str) -> torch.device:
 
 
 def trainer_kwargs(args, device: torch.device, output_dir: Path) -> dict:
-    """TrainingArguments shared by the SFT, reward and DPO trainers: no checkpoints, no reporting, no gradient
-    checkpointing (TRL turns it on by default), fp32 on CPU (TRL would default to bf16 autocast there) and
-    bf16 autocast on a GPU that has it."""
+    """TrainingArguments shared by the SFT, reward and DPO trainers: no checkpoints (train_dpo's --save-every adds
+    them), the trackers of --report-to under --run-name, gradient checkpointing only with --gradient-checkpointing
+    (TRL turns it on by default), fp32 on CPU (TRL would default to bf16 autocast there) and bf16 autocast on a GPU
+    that has it."""
     bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
     return dict(
         output_dir=str(output_dir), learning_rate=args.lr, per_device_train_batch_size=args.batch_size,
         per_device_eval_batch_size=args.batch_size, num_train_epochs=args.epochs,
         max_steps=args.max_steps if args.max_steps is not None else -1, lr_scheduler_type="linear",
         warmup_steps=0.05, weight_decay=0.0, seed=args.seed, data_seed=args.seed, use_cpu=device.type == "cpu",
-        bf16=bf16, fp16=False, gradient_checkpointing=False, save_strategy="no", report_to="none", logging_steps=10,
+        bf16=bf16, fp16=False, gradient_checkpointing=args.gradient_checkpointing, save_strategy="no",
+        report_to=reporters(args.report_to) or "none", run_name=args.run_name or args.name, logging_steps=10,
         dataloader_num_workers=0, dataloader_pin_memory=device.type == "cuda", max_length=args.max_length,
         trust_remote_code=args.trust_remote_code,
     )
@@ -161,10 +194,64 @@ def shuffled_split(rows: list[dict], num_train: int, num_heldout: int, seed: int
     return train, heldout
 
 
-def save_and_finish(run, model, tokenizer, summary: dict, t0: float):
-    """Save model and tokenizer under the run's model/, drop the trainer's scratch folder, finish the run."""
+def _hub_id(name) -> str | None:
+    """name when it reads as a Hub repo id (ORG/NAME, not a local path or toy model), for the card's metadata."""
+    import re
+
+    name = str(name)
+    if Path(name).exists() or not re.fullmatch(r"[\w.-]+/[\w.-]+", name):
+        return None
+    return name
+
+
+def pair_provenance(spec) -> dict:
+    """Where a preference set came from, read along its run folders' run.json (select -> annotate -> generate):
+    the selection method, the annotation rule and reward, the generation sampler. Empty for a plain file."""
+    import json
+
+    found, folder = {}, Path(str(spec))
+    for _ in range(3):
+        try:
+            config = json.loads((folder / "run.json").read_text()).get("config", {})
+        except (OSError, ValueError, AttributeError):
+            break
+        if "method" in config and "data" in config:  # select
+            found.setdefault("selection", config["method"])
+            folder = Path(str(config["data"]))
+        elif "rule" in config and "generations" in config:  # annotate
+            found.setdefault("rule", config["rule"])
+            found.setdefault("reward", config.get("reward"))
+            folder = Path(str(config["generations"]))
+        elif "sampler" in config:  # generate
+            found.setdefault("sampler", config["sampler"])
+            break
+        else:
+            break
+    return found
+
+
+def write_model_card(folder, stage: str, base_model: str, data: str, settings: dict) -> None:
+    """README.md of a saved model folder (huggingface_hub's ModelCard): the base model, the data, and the settings
+    that made the model (sampler, loss, ...), so a folder copied to the Hub or a colleague says what it is."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    meta = ModelCardData(library_name="transformers", base_model=_hub_id(base_model),
+                         datasets=[d] if (d := _hub_id(data)) else None,
+                         tags=["dpo-samplers", stage] + ([f"sampler:{settings['sampler']}"] if settings.get("sampler") else []))
+    rows = "\n".join(f"| {k} | {v} |" for k, v in settings.items() if v is not None)
+    body = (f"# {Path(folder).parent.name}\n\nTrained by `python -m alignment.{stage}` (DPO samplers toolkit).\n\n"
+            f"- base model: `{base_model}`\n- data: `{data}`\n\n| setting | value |\n|---|---|\n{rows}\n\n"
+            f"The run's full configuration is its run.json (one folder up).\n")
+    ModelCard(f"---\n{meta.to_yaml()}\n---\n\n{body}").save(str(Path(folder) / "README.md"))
+
+
+def save_and_finish(run, model, tokenizer, summary: dict, t0: float, card: dict | None = None):
+    """Save model and tokenizer under the run's model/ (with its model card: write_model_card's keyword arguments),
+    drop the trainer's scratch folder, finish the run."""
     model.save_pretrained(run.path("model"))
     tokenizer.save_pretrained(run.path("model"))
+    if card is not None:
+        write_model_card(run.path("model"), **card)
     shutil.rmtree(run.path("trainer"), ignore_errors=True)
     summary["wall_s"] = time.perf_counter() - t0
     return run.finish(summary=summary)
