@@ -334,3 +334,23 @@ def test_turn_2_too_long_fails_before_generating(runs, tmp_path, capsys):
     with pytest.MonkeyPatch.context() as mp:  # the check is all that is tested here: no real sampling
         mp.setattr(evaluate, "draw", lambda model, tokenizer, ids, *a: [[TOK.eos_token_id] for _ in ids])
         assert main(argv + ["--export", "alpaca_eval"]) == tmp_path / "out" / "eval"
+
+
+def test_pipeline_evaluates_mt_bench_questions_with_both_turns(tmp_path):
+    """--eval-prompts MT-Bench's question.jsonl: eval_prompts.jsonl keeps the turns and question ids, so each
+    iteration's answer file (named by the iteration) has both turns for every question."""
+    from alignment.pipeline.driver import main as pipeline
+    from conftest import tiny_pipeline_recipe
+
+    (tmp_path / "question.jsonl").write_text("".join(json.dumps(q) + "\n" for q in QUESTIONS))
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(tiny_pipeline_recipe(1).replace("eval_prompts: toy:16", f"eval_prompts: {tmp_path / 'question.jsonl'}")
+                      .replace("export: none", "export: mt_bench"))
+    out = tmp_path / "run"
+    pipeline(["--config", str(recipe), "--sampler", "on_policy", "--iterations", "1", "--seed", "2", "--out", str(out)])
+    kept = read_jsonl(out / "eval_prompts.jsonl")
+    assert [r["turns"] for r in kept] == [q["turns"] for q in QUESTIONS]
+    for t in (0, 1):
+        answers = read_jsonl(out / f"iter_{t}" / "evaluate" / "model_answer" / f"on_policy-seed2-iter{t}.jsonl")
+        assert [a["question_id"] for a in answers] == [81, 82, 101]
+        assert all(len(a["choices"][0]["turns"]) == 2 for a in answers)

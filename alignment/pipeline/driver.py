@@ -314,25 +314,43 @@ def check_launch(launch: str) -> None:
 
 # ------------------------------------------------------------------------------------------------ prompts
 
-def load_pipeline_prompts(spec: str, split: str, field_: str, template: str, flag: str) -> list[dict]:
-    """Prompt rows {id, prompt}: toy prompts, or a file / Hub dataset's `field_` put into `template`."""
+def load_pipeline_prompts(spec: str, split: str, field_: str, template: str, flag: str,
+                          benchmarks: bool = False) -> list[dict]:
+    """Prompt rows {id, prompt}: toy prompts, or a file / Hub dataset's `field_` put into `template`. benchmarks
+    (--eval-prompts): a file in MT-Bench's or AlpacaEval's own layout (it lacks `field_`, and evaluate recognises it)
+    is read as evaluate reads it, its rows keeping their turns, question ids and dataset names for the exports;
+    those rows are not put into the template (a judge compares the answers with its own questions)."""
     from alignment.core.data import load_rows, load_prompts, validate_prompts
 
     if spec == "toy" or spec.startswith("toy:"):
         rows = load_prompts(spec, flag, split=split, seed=0)
     else:
         rows = []
-        for i, row in enumerate(load_rows(spec, flag, split)):
+        loaded = load_rows(spec, flag, split)
+        if benchmarks and loaded and field_ not in loaded[0]:
+            from alignment.evaluate import LAYOUTS, load_eval_prompts
+
+            if any(all(loaded[0].get(k) is not None for k in needs) for f, needs, _ in LAYOUTS if f != "prompt"):
+                return apply_template(load_eval_prompts(spec, split, "auto"), template, flag)
+        for i, row in enumerate(loaded):
             if field_ not in row:
                 raise ConfigError(f"{flag}: {spec!r} row {i} has no field {field_!r} (--prompt-field); its fields: "
                                   f"{', '.join(sorted(row))}")
             rid = row.get("id", row.get("prompt_id", i))
             rows.append({"id": str(rid) if rid is not None else str(i), "prompt": row[field_]})
         rows = validate_prompts(rows, repr(spec), flag)
+    return apply_template(rows, template, flag)
+
+
+def apply_template(rows: list[dict], template: str, flag: str) -> list[dict]:
+    """Each prompt put into --prompt-template (benchmark rows, those with "turns", as they are)."""
     if template == "{prompt}":
         return rows
     out = []
     for r in rows:
+        if "turns" in r:
+            out.append(r)
+            continue
         text = r["prompt"]
         if isinstance(text, list):  # chat messages: the last user turn goes into the template
             users = [m["content"] for m in text if m.get("role") == "user"]
@@ -519,7 +537,7 @@ def run(args: Args) -> Path | None:
 
     prompts = load_pipeline_prompts(args.prompts, args.split, args.prompt_field, args.prompt_template, "--prompts")
     eval_prompts = load_pipeline_prompts(args.eval_prompts, args.eval_split, args.prompt_field, args.prompt_template,
-                                         "--eval-prompts")[:args.num_eval_prompts]
+                                         "--eval-prompts", benchmarks=True)[:args.num_eval_prompts]
     write_jsonl(plan.out / "eval_prompts.jsonl", eval_prompts)
     rows, t0 = [], time.perf_counter()
     for t in range(0, t_total + 1):
