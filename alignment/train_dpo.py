@@ -161,7 +161,8 @@ class Args:
     dropout: float = arg(0.05, "us / ae: dropout probability of the Monte Carlo passes")
     gamma: float = arg(2.0, "ae: width multiplier gamma of the confidence bound")
     lora_r: int = arg(0, "LoRA rank (peft): train low-rank adapters on --lora-targets instead of every weight; 0: full "
-                      "fine-tuning. model/ then holds the merged weights (the adapters with --load-in-4bit)")
+                      "fine-tuning. model/ then holds the merged weights (with --load-in-4bit merged into the unquantized "
+                      "bf16 base; the adapters also in adapter/), gathered first under ZeRO-3")
     lora_alpha: int = arg(16, "LoRA scaling alpha")
     lora_dropout: float = arg(0.05, "LoRA dropout")
     lora_targets: str = arg("all-linear", "modules that get adapters: all-linear, or comma-separated module names "
@@ -301,8 +302,9 @@ def model_card_settings(args: Args, state, zero3: bool) -> dict:
     settings, the batch selector, the optimisation budget and the distribution."""
     from alignment.training.common import pair_provenance
 
-    lora = f"r {args.lora_r}, alpha {args.lora_alpha}, merged" + (" (4-bit base: adapters only)" if args.load_in_4bit
-                                                                   else "") if args.lora_r else None
+    lora = (f"r {args.lora_r}, alpha {args.lora_alpha}, merged" + (" into the bf16 base (QLoRA: trained over 4-bit "
+                                                                     "NF4 weights; adapters in ../adapter)"
+                                                                     if args.load_in_4bit else "")) if args.lora_r else None
     return pair_provenance(args.preferences) | {
         "loss": args.loss, "beta": args.beta, "margin_scale": args.margin_scale if args.loss == "rev_kl" else None,
         "selector": args.selector, "select_ratio": args.select_ratio if args.selector != "all" else None,
@@ -348,8 +350,8 @@ def run(args: Args) -> Path | None:
     from datasets import disable_progress_bars
 
     from alignment.core.data import load_preferences
-    from alignment.core.models import (DTYPES, check_saved_weights, load_causal_lm, load_tokenizer, parameter_shapes,
-                                       quantization_config, zero3_enabled)
+    from alignment.core.models import (DTYPES, check_saved_weights, load_causal_lm, load_tokenizer, merge_adapters,
+                                       parameter_shapes, quantization_config, zero3_enabled)
     from alignment.training.common import read_checkpoint_log, write_model_card
     from alignment.training.config import lora_config
     from alignment.training.data import training_rows
@@ -423,13 +425,17 @@ def run(args: Args) -> Path | None:
             final = scratch / "final"
             if args.lora_r and not args.load_in_4bit:  # the adapters merged into the weights: a plain model folder
                 save_merged(trainer, final, state.is_main_process)
-            else:
-                trainer.save_model(str(final))  # every process: ZeRO-3 gathers the shards here
+            else:  # every process: ZeRO-3 gathers the shards here; QLoRA: the adapters alone
+                trainer.save_model(str(scratch / "adapter" if args.load_in_4bit else final))
             state.wait_for_everyone()
             if not state.is_main_process:
                 return None
+            if args.load_in_4bit:  # QLoRA: the adapters merged into the unquantized base weights
+                check_saved_weights(scratch / "adapter", None, "train_dpo: adapter/")
+                shapes = merge_adapters(policy_src, scratch / "adapter", final, "bfloat16", args.trust_remote_code)
+                shutil.move(str(scratch / "adapter"), rundir.path("adapter"))
             # read back before the folder joins the run: a ZeRO-3 save that did not gather writes empty tensors
-            check_saved_weights(final, None if args.load_in_4bit else shapes, "train_dpo: model/")
+            check_saved_weights(final, shapes, "train_dpo: model/")
             tokenizer.padding_side = "left"
             tokenizer.save_pretrained(final)
             write_model_card(final, "train_dpo", policy_src, args.preferences, model_card_settings(args, state, zero3))

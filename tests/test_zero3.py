@@ -166,3 +166,29 @@ def test_check_saved_weights_refuses_empty_and_missing_tensors(tmp_path):
     (tmp_path / "model.safetensors").unlink()
     with pytest.raises(ConfigError, match="saved weights are incomplete"):
         check_saved_weights(tmp_path, shapes, "model/")
+
+
+def test_qlora_merge_puts_the_adapters_into_the_unquantized_base(tmp_path):
+    """What train_dpo --load-in-4bit saves (4-bit weights need CUDA, so the adapters here are trained-like random
+    ones over a float base): merge_adapters reloads the base unquantized, merges, and saves a plain model equal to
+    peft's own in-memory merge of the same adapters."""
+    from peft import LoraConfig, get_peft_model
+
+    from alignment.core.models import check_saved_weights, load_causal_lm, merge_adapters
+
+    base = load_causal_lm("toy:tiny", seed=0)
+    base.save_pretrained(tmp_path / "base")
+    peft_model = get_peft_model(load_causal_lm(str(tmp_path / "base")), LoraConfig(r=4, target_modules="all-linear"))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:  # peft starts B at 0 (a no-op adapter): give it something to merge
+                p.normal_(0, 0.1)
+    peft_model.save_pretrained(tmp_path / "adapter")
+    expected = peft_model.merge_and_unload().state_dict()
+    shapes = merge_adapters(str(tmp_path / "base"), tmp_path / "adapter", tmp_path / "merged", dtype="float32")
+    check_saved_weights(tmp_path / "merged", shapes, "merged")
+    got = load_causal_lm(str(tmp_path / "merged")).state_dict()
+    assert not torch.equal(got["model.layers.0.self_attn.q_proj.weight"], base.state_dict()["model.layers.0.self_attn.q_proj.weight"])
+    for k in expected:
+        torch.testing.assert_close(got[k], expected[k], rtol=0, atol=1e-6)

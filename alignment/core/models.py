@@ -114,6 +114,40 @@ def gathered(model):
     return deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None)
 
 
+def without_zero3():
+    """Context in which transformers creates models whole even while a ZeRO-3 config is live (it is restored on
+    exit): a merged copy built on the main process alone must not be partitioned (that would be a collective)."""
+    from contextlib import contextmanager
+
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    @contextmanager
+    def ctx():
+        ref = hf_deepspeed._hf_deepspeed_config_weak_ref
+        live = ref() if ref is not None else None
+        hf_deepspeed.unset_hf_deepspeed_config()
+        try:
+            yield
+        finally:
+            if live is not None:
+                hf_deepspeed.set_hf_deepspeed_config(live)
+
+    return ctx()
+
+
+def merge_adapters(base: str, adapters, out, dtype: str = "bfloat16", trust_remote_code: bool = False) -> dict:
+    """QLoRA's saved model: the LoRA adapters (trained over the 4-bit base) merged into the base weights loaded
+    unquantized in `dtype` on the CPU (merging into 4-bit weights would round the adapters away), saved to `out` as
+    a plain model folder. Returns the merged model's parameter shapes (for check_saved_weights)."""
+    from peft import PeftModel
+
+    with without_zero3():
+        model = load_causal_lm(base, "--policy", device="cpu", dtype=dtype, trust_remote_code=trust_remote_code)
+        merged = PeftModel.from_pretrained(model, str(adapters)).merge_and_unload()
+        merged.save_pretrained(out)
+    return parameter_shapes(merged)
+
+
 def check_saved_weights(folder, shapes: dict[str, tuple[int, ...]] | None, what: str) -> int:
     """Read back the safetensors files of a saved model folder: no tensor may be empty, and with `shapes` (the
     model's full parameter shapes) every parameter must be there with its shape. A ZeRO-3 save that did not gather
