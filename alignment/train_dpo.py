@@ -52,7 +52,7 @@ Selectors need TRL's plain sigmoid loss underneath (no loss_type / ld_alpha / us
 The reference model is always loaded as its own frozen copy and passed to the trainer (--ref, default: the
 same weights as --policy): TRL never re-loads it from a path. Config: flags, or a YAML recipe (--config; its
 `train:` section, see alignment/pipeline/recipes.py) whose values the flags override. DPOConfig fields that have no
-flag here go in the recipe's `dpo:` mapping (e.g. {warmup_ratio: 0.03, gradient_checkpointing: true}).
+flag here go in the recipe's `dpo:` mapping (e.g. {max_grad_norm: 10.0, weight_decay: 0.01}).
 
 Writes OUT/NAME/{run.json, metrics.jsonl (the trainer's logs: loss, reward margins and accuracies, lr),
 model/ (the trained policy and tokenizer)}. --report-to wandb or tensorboard also sends the logs there

@@ -137,3 +137,19 @@ def test_pair_provenance_follows_the_run_folders(tmp_path):
     assert pair_provenance(_prefs(tmp_path)) == {}
     assert _hub_id("Qwen/Qwen2.5-0.5B") == "Qwen/Qwen2.5-0.5B" and _hub_id("toy:tiny") is None
     assert _hub_id(str(tmp_path)) is None
+
+
+@pytest.mark.parametrize("recipe", sorted(p.name for p in (Path(__file__).resolve().parents[1] / "alignment" /
+                                                             "configs").glob("*.yaml") if not p.name.startswith("zero")))
+def test_every_recipes_train_section_passes_train_dpos_checks(recipe):
+    """A recipe may not set a field train_dpo owns through its dpo: mapping (gradient_checkpointing is a flag now)."""
+    import yaml
+
+    from alignment.pipeline.dryrun import parse_command
+    from alignment.train_dpo import resolve
+
+    path = Path(__file__).resolve().parents[1] / "alignment" / "configs" / recipe
+    if "train" not in yaml.safe_load(path.read_text()):
+        pytest.skip(f"{recipe} has no train: section")
+    _, args = parse_command("alignment.train_dpo", ["--config", str(path), "--preferences", "pairs.jsonl"])
+    resolve(args)
