@@ -148,6 +148,10 @@ class Args:
                             "(AlpacaEval), turns (MT-Bench: a list of user turns), any other field of text or chat "
                             "messages, or auto (prompt, else turns with question_id, else instruction)")
     split: str = arg("heldout", "split of the toy task or of a Hub dataset")
+    data_config: str | None = arg(None, "config (subset) name of a Hub --prompts dataset (datasets.load_dataset's "
+                                  "name)", metavar="NAME")
+    data_dir: str | None = arg(None, "data_dir of a Hub --prompts dataset, e.g. helpful-base for Anthropic/hh-rlhf",
+                               metavar="DIR")
     reward: str = arg("toy-oracle", "reward: 'toy-oracle' (the toy task's true reward), a reward-model folder "
                       "(or an alignment.reward_model run folder) or a Hub name", metavar="SPEC")
     temperature: float = arg(EvalConfig.temperature, "temperature of the reward and win-rate samples (0: greedy); "
@@ -433,7 +437,8 @@ def _check_turns(turns, where: str) -> list[str]:
     return turns
 
 
-def load_eval_prompts(spec: str, split: str, prompt_field: str = "auto") -> list[dict]:
+def load_eval_prompts(spec: str, split: str, prompt_field: str = "auto", config: str | None = None,
+                      data_dir: str | None = None) -> list[dict]:
     """Prompt rows {"id", "prompt"} of --prompts. A benchmark's rows also keep what its judge needs back:
     "turns" (its user turns: MT-Bench's two, AlpacaEval's one instruction; turn 1 is the prompt), "question_id"
     (MT-Bench's, as written there: an int stays an int) and "dataset" (AlpacaEval's column)."""
@@ -442,9 +447,10 @@ def load_eval_prompts(spec: str, split: str, prompt_field: str = "auto") -> list
     if spec == "toy" or spec.startswith("toy:"):
         if prompt_field not in ("auto", "prompt"):
             raise ConfigError(f"--prompt-field: toy prompts have field 'prompt', not {prompt_field!r}")
-        return load_prompts(spec, "--prompts", split=split, seed=TASK_SEED)
+        return load_prompts(spec, "--prompts", split=split, seed=TASK_SEED, config=config, data_dir=data_dir)
     rows, source, lines = load_rows_located(
-        spec, "--prompts", split, "a .json, .jsonl or .parquet file, 'toy[:N]' or a Hub dataset name")
+        spec, "--prompts", split, "a .json, .jsonl or .parquet file, 'toy[:N]' or a Hub dataset name", config=config,
+        data_dir=data_dir)
     if not rows:
         raise ConfigError(f"--prompts: {source} has no rows")
     field = _layout_of(rows[0], source) if prompt_field == "auto" else prompt_field
@@ -646,7 +652,7 @@ def run(args: Args) -> Path | None:
     from alignment.core.rewards import load_reward
 
     device = resolve_device(args.device)
-    prompts = load_eval_prompts(args.prompts, args.split, args.prompt_field)
+    prompts = load_eval_prompts(args.prompts, args.split, args.prompt_field, args.data_config, args.data_dir)
     # generate's loader: one object when --policy and --ref name the same model (exact-zero KL then),
     # tokenizers and output vocabularies of the two checked to agree
     loading = generate.Plan(sampler="evaluate", components=[], policy=plan.policy, ref=plan.ref, candidates=None,

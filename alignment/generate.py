@@ -90,6 +90,10 @@ class Args:
     ref: str | None = arg(None, "the reference model pi_ref (default: the same as --policy)")
     prompts: str = arg("toy:64", "prompts: toy:N, a .json/.jsonl/.parquet file of {id, prompt} rows, or a Hub dataset")
     split: str = arg("train", "split of the toy task or of a Hub dataset")
+    data_config: str | None = arg(None, "config (subset) name of a Hub --prompts dataset (datasets.load_dataset's "
+                                  "name)", metavar="NAME")
+    data_dir: str | None = arg(None, "data_dir of a Hub --prompts dataset, e.g. helpful-base for Anthropic/hh-rlhf",
+                               metavar="DIR")
     sampler: str = arg("on_policy", "generation sampler: " + ", ".join(SAMPLERS) + " (or an alias: online, mixp, "
                        "mixp_seq, ...; python -m bandit.vocabulary)")
     num_responses: int = arg(4, "responses per prompt K (even for gshf, mix_p, mix_p_seq: K/2 per component)")
@@ -257,7 +261,8 @@ def run(args: Args) -> Path | None:
             raise ConfigError("--backend: run --backend vllm as one process (it starts an engine per GPU set "
                               "itself: --tensor-parallel-size, --data-parallel-size); use accelerate launch with "
                               "--backend hf")
-    prompts = load_prompts(args.prompts, "--prompts", split=args.split, seed=TASK_SEED)
+    prompts = load_prompts(args.prompts, "--prompts", split=args.split, seed=TASK_SEED, config=args.data_config,
+                           data_dir=args.data_dir)
     if args.backend == "hf":
         from alignment.generation.backend import HFBackend, load_models
 

@@ -305,3 +305,24 @@ def test_select_reads_hh_helpful_base_through_data_dir(tmp_path):
     kept = [json.loads(line) for line in (path / "preferences.jsonl").read_text().splitlines()]
     assert [r["prompt"] + r["chosen"] for r in kept] == [HH_ONE_TURN["chosen"], HH_TWO_TURNS["chosen"]]
     assert json.loads((path / "run.json").read_text())["config"]["data_dir"] == "helpful-base"
+
+
+def test_generate_and_evaluate_read_prompts_through_data_dir(tmp_path, capsys):
+    """A prompt dataset in a sub-folder (HH-style data_dir) reaches generate's and evaluate's --prompts; the same
+    flag on toy prompts is one error naming --data-dir."""
+    from alignment.evaluate import load_eval_prompts
+    from alignment.generate import main as generate
+
+    folder = tmp_path / "prompts"
+    (folder / "helpful-base").mkdir(parents=True)
+    rows = [{"id": f"p{i}", "prompt": f"write about sea in {i + 1} sentences :"} for i in range(3)]
+    (folder / "helpful-base" / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    got = load_eval_prompts(str(folder), "test", "auto", None, "helpful-base")
+    assert [r["prompt"] for r in got] == [r["prompt"] for r in rows]
+    path = generate(["--policy", "toy:tiny", "--prompts", str(folder), "--data-dir", "helpful-base", "--split", "test",
+                     "--num-responses", "2", "--max-new-tokens", "3", "--device", "cpu", "--out", str(tmp_path / "gen")])
+    gens = [json.loads(l) for l in (path / "generations.jsonl").read_text().splitlines()]
+    assert [g["id"] for g in gens] == ["p0", "p1", "p2"]
+    with pytest.raises(SystemExit) as e:
+        generate(["--policy", "toy:tiny", "--prompts", "toy:4", "--data-dir", "x", "--out", str(tmp_path / "bad")])
+    assert e.value.code == 2 and "--data-dir" in capsys.readouterr().err and not (tmp_path / "bad").exists()

@@ -65,12 +65,12 @@ STAGES = ("generate", "annotate", "select", "train", "evaluate")
 MODULES = {"generate": "alignment.generate", "annotate": "alignment.annotate", "select": "alignment.select",
            "train": "alignment.train_dpo", "evaluate": "alignment.evaluate"}
 # flags the pipeline sets itself in each stage; a recipe section may not set them
-OWNED = {"generate": ("policy", "ref", "prompts", "split", "sampler", "seed", "out", "name"),
+OWNED = {"generate": ("policy", "ref", "prompts", "split", "data_config", "data_dir", "sampler", "seed", "out", "name"),
          "annotate": ("generations", "reward", "seed", "out", "name"),
          "select": ("data", "split", "data_config", "data_dir", "ref", "seed", "out", "name"),
          "train": ("config", "preferences", "split", "data_config", "data_dir", "policy", "ref", "seed", "out", "name"),
-         "evaluate": ("policy", "ref", "prompts", "prompt_field", "split", "reward", "seed", "generator_name", "out",
-                      "name")}
+         "evaluate": ("policy", "ref", "prompts", "prompt_field", "split", "data_config", "data_dir", "reward", "seed",
+                      "generator_name", "out", "name")}
 METRIC_KEYS = ("reward_mean", "reward_ci", "win_rate", "win_rate_ci", "kl", "kl_ci", "kl_logratio", "kl_logratio_ci",
                "ref_reward_mean", "num_prompts", "mean_response_tokens")
 
