@@ -4,9 +4,9 @@
     python -m alignment.prepare_data --data HuggingFaceH4/ultrafeedback_binarized --split train_prefs --out D
     python -m alignment.prepare_data --data Anthropic/hh-rlhf --sft-fraction 0.3 --out D   # AE-DPO's pretrain_fraction
 
-Why a separate step: alignment.train_dpo, alignment.select and alignment.reward_model read only the "train" split
-of a Hub set (UltraFeedback-binarized has train_prefs instead), every process of a launched training would load
-the Hub set again, and a public set's few identical or unsplittable pairs would stop each of them at its start.
+Why a separate step (alignment.train_dpo, alignment.select and alignment.reward_model also read a Hub set directly,
+with --split / --data-config / --data-dir): every process of a launched training would load the Hub set again, and a
+public set's few identical or unsplittable pairs would stop each of them at its start.
 Here the set is loaded once (--split: any split name, or datasets' slicing such as "train[:2000]"), checked by
 alignment.core.data's rules, and written as plain JSON Lines that every later stage reads offline.
 

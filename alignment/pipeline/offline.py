@@ -50,7 +50,7 @@ usage: {script} [--dry-run] [--model M] [--selector S] [--seed N] [--out DIR] [-
 
 SamS batch scheduling for offline DPO (Huang et al., NeurIPS 2025), recipe alignment/configs/sams.yaml:
   1. python -m alignment.prepare_data --data D --split S --out DIR/data --name D-S
-       the model's preference set, checked and exported once (alignment.train_dpo reads only a "train" split)
+       the model's preference set, checked and exported once (every training process then reads it offline)
   2. accelerate launch --config_file alignment/configs/zero3.yaml -m alignment.train_dpo --config YAML
        --policy P --preferences DIR/data/D-S --beta B --lr L --selector S --seed N --out DIR/M --name S-seedN
        every batch of 16 pairs is a candidate batch of which the selector keeps 8 (select_ratio 0.5)
