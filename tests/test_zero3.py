@@ -149,7 +149,8 @@ def test_zero3_save_that_cannot_gather_is_an_error_not_an_empty_model(tmp_path):
 
 
 def test_check_saved_weights_refuses_empty_and_missing_tensors(tmp_path):
-    """The read-back guard itself, on folders written by hand: an empty tensor, a wrong shape, a missing one."""
+    """The read-back guard itself, on folders written by hand: an empty tensor, too few values, a missing tensor,
+    no file; renamed or extra (tied) tensors are fine."""
     from safetensors.torch import save_file
 
     from alignment.core.models import check_saved_weights
@@ -158,7 +159,10 @@ def test_check_saved_weights_refuses_empty_and_missing_tensors(tmp_path):
     shapes = {"a": (2, 3), "b": (4,)}
     save_file({"a": torch.zeros(2, 3), "b": torch.zeros(4)}, str(tmp_path / "model.safetensors"))
     assert check_saved_weights(tmp_path, shapes, "model/") == 10
-    for bad in ({"a": torch.zeros(0), "b": torch.zeros(4)}, {"a": torch.zeros(3, 2), "b": torch.zeros(4)},
+    save_file({"a.renamed": torch.zeros(6), "b": torch.zeros(4), "tied": torch.zeros(4)},  # renamed, split, tied
+              str(tmp_path / "model.safetensors"))
+    assert check_saved_weights(tmp_path, shapes, "model/") == 14
+    for bad in ({"a": torch.zeros(0), "b": torch.zeros(4)}, {"a": torch.zeros(2, 2), "b": torch.zeros(4)},
                 {"a": torch.zeros(2, 3)}):
         save_file(bad, str(tmp_path / "model.safetensors"))
         with pytest.raises(ConfigError, match="saved weights are incomplete"):

@@ -248,7 +248,11 @@ def write_model_card(folder, stage: str, base_model: str, data: str, settings: d
 def save_and_finish(run, model, tokenizer, summary: dict, t0: float, card: dict | None = None):
     """Save model and tokenizer under the run's model/ (with its model card: write_model_card's keyword arguments),
     drop the trainer's scratch folder, finish the run."""
+    from alignment.core.models import check_saved_weights, parameter_shapes
+
     model.save_pretrained(run.path("model"))
+    # read back: a partitioned (ZeRO-3) model saved this way would write empty tensors; an error, not a model
+    check_saved_weights(run.path("model"), parameter_shapes(model), "model/")
     tokenizer.save_pretrained(run.path("model"))
     if card is not None:
         write_model_card(run.path("model"), **card)
