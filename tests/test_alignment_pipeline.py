@@ -17,6 +17,9 @@ REPO = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
 REQUIRED = {"iteration", "sampler", "seed", "step", "reward_mean", "reward_ci", "win_rate", "win_rate_ci", "kl",
             "kl_ci", "num_pairs", "ties_dropped"}
+# the in-process runs with one torch thread, like the subprocesses (OMP_NUM_THREADS=1): on the tiny model a second
+# thread only adds overhead, and it stalls badly when the machine's cores are busy
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
 
 

@@ -3,11 +3,14 @@ scripts (safe_rlhf.sh, iterative_prompt.sh, both wrappers of alignment/pipeline/
 through the dry run: every stage's flags are parsed by that stage's own parser and checked, the commands are
 printed, and nothing is loaded, run or written. Also the DeepSpeed accelerate configs the recipes launch training
 with."""
+import contextlib
+import io
 import os
 import re
 import shlex
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -36,14 +39,16 @@ def _env(tmp: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """Every subprocess these tests need, started at once (each is ~3 s of imports per pipeline dry run)."""
+    """Every dry run these tests read, in this process (`alignment/NAME.sh` is `exec python -m alignment.pipeline.paper
+    NAME`; test_script_help_and_bad_arguments runs the scripts themselves): the stages' modules are imported once,
+    not once per run."""
     root = tmp_path_factory.mktemp("recipes")
     jobs = {}
     for name in RECIPES:
         tmp = root / f"tmp-{name}"
         tmp.mkdir()
         out = root / f"out-{name}"
-        jobs[name] = (["bash", f"alignment/{name}.sh", "--dry-run", "--seed", "7", "--out", str(out)],
+        jobs[name] = (["paper", name, "--dry-run", "--seed", "7", "--out", str(out)],
                       tmp, out)
     vllm = {"vllm-safe_rlhf": ["safe_rlhf"],  # the four samplers: mixp keeps hf
             "vllm-iterative_prompt": ["iterative_prompt", "--sampler", "mixp_seq"],  # vLLM and the on-policy pair
@@ -55,7 +60,7 @@ def runs(tmp_path_factory):
         tmp.mkdir()
         out = root / f"out-{key}"
         cut = flags.index("--") if "--" in flags else len(flags)
-        jobs[key] = (["bash", f"alignment/{name}.sh", "--dry-run", "--backend", "vllm", "--out", str(out),
+        jobs[key] = (["paper", name, "--dry-run", "--backend", "vllm", "--out", str(out),
                       *flags[:cut], *flags[cut:]], tmp, out)
     for name, section in (("safe_rlhf", "generate"), ("iterative_prompt", "train")):
         recipe = yaml.safe_load((REPO / f"alignment/configs/{name}.yaml").read_text())
@@ -63,14 +68,26 @@ def runs(tmp_path_factory):
         bad = root / f"bad-{name}.yaml"
         bad.write_text(yaml.safe_dump(recipe, sort_keys=False))
         out = root / f"out-bad-{name}"
-        jobs[f"bad-{name}"] = ([sys.executable, "-m", "alignment.pipeline", "--config", str(bad), "--sampler", "gshf",
+        jobs[f"bad-{name}"] = (["pipeline", "--config", str(bad), "--sampler", "gshf",
                                 "--dry-run", "--out", str(out)], root, out)
-    procs = {k: subprocess.Popen(cmd, cwd=REPO, env=_env(tmp), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                 text=True) for k, (cmd, tmp, _) in jobs.items()}
+    from alignment.pipeline import driver, paper
+
     results = {}
-    for k, p in procs.items():
-        out, err = p.communicate(timeout=300)
-        results[k] = {"rc": p.returncode, "stdout": out, "stderr": err, "tmp": jobs[k][1], "out": jobs[k][2]}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(REPO)  # the scripts cd to the repository root: the recipes' paths are relative to it
+        for key, (cmd, tmp, out) in jobs.items():
+            for var, value in _env(tmp).items():
+                if os.environ.get(var) != value:
+                    mp.setenv(var, value)
+            mp.setattr(tempfile, "tempdir", str(tmp))  # whatever a dry run would write to a temp folder lands here
+            stdout, stderr, rc = io.StringIO(), io.StringIO(), 0
+            with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+                try:
+                    (paper.main if cmd[0] == "paper" else driver.main)(cmd[1:])
+                except SystemExit as e:
+                    rc = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+            results[key] = {"rc": rc, "stdout": stdout.getvalue(), "stderr": stderr.getvalue(), "tmp": tmp,
+                            "out": out}
     return results
 
 

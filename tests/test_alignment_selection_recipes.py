@@ -3,12 +3,15 @@ active.sh, difficulty.sh, wrappers of alignment/pipeline/offline.py), checked on
 run: every command is parsed by its own module's parser and checked (alignment.pipeline.dryrun), printed, and
 nothing is loaded, run or written. One real-mode run (a fake `accelerate` on PATH) checks the resume logic (the
 pipeline's rule: a run folder and its FOLDER.done marker)."""
+import contextlib
+import io
 import json
 import os
 import re
 import shlex
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -33,6 +36,20 @@ def _env(tmp: Path, **extra) -> dict:
                 PYTHON=sys.executable, TMPDIR=str(tmp), **extra)
 
 
+def _in_process(argv: list[str]) -> dict:
+    """rc, stdout and stderr of `python -m alignment.pipeline.offline ARGV`, run in this process."""
+    from alignment.pipeline import offline
+
+    out, err = io.StringIO(), io.StringIO()
+    rc = 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            offline.main(list(argv))
+        except SystemExit as e:
+            rc = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    return {"rc": rc, "stdout": out.getvalue(), "stderr": err.getvalue()}
+
+
 def _bad_recipe(root: Path, name: str, section: str, key: str, value) -> Path:
     recipe = yaml.safe_load((REPO / f"alignment/configs/{name}.yaml").read_text())
     recipe[section][key] = value
@@ -43,7 +60,9 @@ def _bad_recipe(root: Path, name: str, section: str, key: str, value) -> Path:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """Every dry run these tests read, started at once (each is a few seconds of imports per command)."""
+    """Every dry run these tests read, in this process (`alignment/X.sh` is `exec python -m alignment.pipeline.offline
+    X`; the subprocess tests below run the scripts themselves): the modules each command is checked with are
+    imported once, not once per run."""
     root = tmp_path_factory.mktemp("selection-recipes")
     cases = {
         "sams-llama3": ("sams", []),
@@ -61,17 +80,15 @@ def runs(tmp_path_factory):
                                                                              "bogus_key_xyz", 1))]),
         "bad-active-sft": ("active", ["--config", str(_bad_recipe(root, "active", "sft", "lr", "fast"))]),
     }
-    procs = {}
-    for key, (script, flags) in cases.items():
-        tmp, out = root / f"tmp-{key}", root / f"out-{key}"
-        tmp.mkdir()
-        cmd = ["bash", f"alignment/{script}.sh", "--dry-run", "--out", str(out), *flags]
-        procs[key] = (subprocess.Popen(cmd, cwd=REPO, env=_env(tmp), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                       text=True), tmp, out)
     results = {}
-    for key, (p, tmp, out) in procs.items():
-        stdout, stderr = p.communicate(timeout=300)
-        results[key] = {"rc": p.returncode, "stdout": stdout, "stderr": stderr, "tmp": tmp, "out": out}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(REPO)  # the scripts cd to the repository root: the recipes' paths are relative to it
+        for key, (script, flags) in cases.items():
+            tmp, out = root / f"tmp-{key}", root / f"out-{key}"
+            tmp.mkdir()
+            mp.setenv("TMPDIR", str(tmp))
+            mp.setattr(tempfile, "tempdir", str(tmp))  # whatever a dry run would write to a temp folder lands here
+            results[key] = {**_in_process([script, "--dry-run", "--out", str(out), *flags]), "tmp": tmp, "out": out}
     return results
 
 
@@ -269,13 +286,17 @@ def test_a_bad_key_in_a_copied_recipe_is_one_error_line(runs, key, words):
     ("difficulty", ["--seed", "-1"], "--seed"),
 ])
 @pytest.mark.slow
-def test_bad_script_arguments_exit_2_with_one_line(tmp_path, script, args, word):
-    r = subprocess.run(["bash", f"alignment/{script}.sh", "--dry-run", *args], cwd=REPO, env=_env(tmp_path),
-                       capture_output=True, text=True, timeout=120)
-    lines = [line for line in r.stderr.splitlines() if line.strip()]
-    assert r.returncode == 2 and len(lines) == 1 and word in lines[0] and lines[0].startswith(f"{script}.sh: error:"), \
-        (args, r.stderr)
-    assert r.stdout == "" and not _ours(tmp_path)
+def test_bad_script_arguments_exit_2_with_one_line(tmp_path, monkeypatch, script, args, word):
+    # in this process: the script is `exec python -m alignment.pipeline.offline SCRIPT` (test_help and the runs
+    # below start the scripts themselves)
+    monkeypatch.chdir(REPO)
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    r = _in_process([script, "--dry-run", *args])
+    lines = [line for line in r["stderr"].splitlines() if line.strip()]
+    assert r["rc"] == 2 and len(lines) == 1 and word in lines[0] and lines[0].startswith(f"{script}.sh: error:"), \
+        (args, r["stderr"])
+    assert r["stdout"] == "" and not _ours(tmp_path)
 
 
 @pytest.mark.parametrize("script", ["sams", "active", "difficulty"])

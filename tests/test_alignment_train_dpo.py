@@ -108,6 +108,25 @@ def _cli(argv, tmp_path):
                           capture_output=True, text=True, timeout=300)
 
 
+def _in_process(argv, tmp_path, monkeypatch):
+    """`python -m alignment.train_dpo ARGV` in this process (its imports once for all the bad inputs;
+    test_cli_trains_and_writes_run runs the module itself): an object with returncode and stderr."""
+    import contextlib
+    import io
+    import types
+
+    from alignment import train_dpo
+
+    monkeypatch.chdir(REPO)
+    stdout, stderr, rc = io.StringIO(), io.StringIO(), 0
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        try:
+            train_dpo.main(list(argv))
+        except SystemExit as e:
+            rc = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    return types.SimpleNamespace(returncode=rc, stdout=stdout.getvalue(), stderr=stderr.getvalue())
+
+
 @pytest.mark.slow
 def test_cli_trains_and_writes_run(tmp_path):
     prefs = _write_prefs(tmp_path / "p.jsonl", PAIRS * 4)
@@ -141,9 +160,10 @@ def test_cli_trains_and_writes_run(tmp_path):
                                           reason="wandb is installed here")),
 ])
 @pytest.mark.slow
-def test_bad_flags_exit_2_and_write_nothing(tmp_path, argv, rows, flag):
+def test_bad_flags_exit_2_and_write_nothing(tmp_path, monkeypatch, argv, rows, flag):
     prefs = _write_prefs(tmp_path / "p.jsonl", rows)
-    r = _cli(["--preferences", str(prefs), "--policy", "toy:tiny", "--out", str(tmp_path / "out"), *argv], tmp_path)
+    r = _in_process(["--preferences", str(prefs), "--policy", "toy:tiny", "--out", str(tmp_path / "out"), *argv], tmp_path,
+                   monkeypatch)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and flag in r.stderr, r.stderr
     assert not (tmp_path / "out").exists()
 

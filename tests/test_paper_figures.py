@@ -45,8 +45,10 @@ def _pipeline(argv, monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def logs(tmp_path_factory):
-    """root/runs: the real logs of every figure; root/extra: a second tabular task (step=newton)."""
+def logs(tmp_path_factory, torch_single_thread):
+    """root/runs: the real logs of every figure; root/extra: a second tabular task (step=newton). The in-process
+    pipelines run with one torch thread (the subprocesses get OMP_NUM_THREADS=1): on tiny tensors a second thread
+    only adds overhead, and it stalls badly when the cores are busy with the bandit subprocesses."""
     root = tmp_path_factory.mktemp("paper_figures")
     runs = root / "runs"
     ex = REPO / "bandit" / "examples"
@@ -98,10 +100,25 @@ def logs(tmp_path_factory):
 def made(logs, tmp_path_factory):
     """make_all on every log: (out folder, its printed report)."""
     out = tmp_path_factory.mktemp("made") / "out"
-    proc = subprocess.run([sys.executable, str(REPO / "paper_figures" / "make_all.py"), "--runs", str(logs / "runs"),
-                           "--out", str(out)], cwd=logs, env=ENV, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return out, proc.stdout
+    # in this process (test_bad_input_subprocess_exits_2_with_one_line runs make_all.py itself): its imports once
+    rc, stdout, stderr = _make_all_in_process(["--runs", str(logs / "runs"), "--out", str(out)], cwd=logs)
+    assert rc == 0, stderr[-3000:]
+    return out, stdout
+
+
+def _make_all_in_process(argv, cwd):
+    """(exit code, stdout, stderr) of `python paper_figures/make_all.py ARGV` run in this process from cwd."""
+    import contextlib
+    import io
+
+    stdout, stderr, rc = io.StringIO(), io.StringIO(), 0
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        mp.chdir(cwd)
+        try:
+            make_all.main(list(argv))
+        except SystemExit as e:
+            rc = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    return rc, stdout.getvalue(), stderr.getvalue()
 
 
 def _image(path: Path) -> np.ndarray:
@@ -196,11 +213,10 @@ def test_each_method_is_drawn_in_its_fixed_colour(made, figure):
 @pytest.mark.slow
 def test_missing_logs_are_skipped_with_their_command(logs, tmp_path):
     out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, str(REPO / "paper_figures" / "make_all.py"), "--runs",
-                           str(logs / "runs" / "bandit"), "--out", str(out)], cwd=tmp_path, env=ENV,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    skipped = _skipped(proc.stdout)
+    rc, stdout, stderr = _make_all_in_process(["--runs", str(logs / "runs" / "bandit"), "--out", str(out)],
+                                              cwd=tmp_path)
+    assert rc == 0, stderr[-3000:]
+    skipped = _skipped(stdout)
     assert set(skipped) == set(COMMANDS) | {"tables/alignment_iterations"}
     for name, command in COMMANDS.items():
         assert skipped[name].endswith(f"produce the logs with: {command}"), skipped[name]
