@@ -255,7 +255,8 @@ def dpo_config(args: Args, device: torch.device, output_dir: Path):
         lr_scheduler_type=args.lr_scheduler, warmup_steps=args.warmup_ratio, gradient_accumulation_steps=args.grad_accum,
         beta=args.beta, loss_type=["sigmoid" if args.loss == "rev_kl" else args.loss],
         precompute_ref_log_probs=args.precompute_ref, disable_dropout=args.disable_dropout,
-        logging_steps=1, remove_unused_columns=True, save_strategy="steps" if args.save_every else "no", save_steps=args.save_every or 500, save_total_limit=2)
+        logging_steps=1, remove_unused_columns=True, save_strategy="steps" if args.save_every else "no", save_steps=args.save_every or 500,
+        save_total_limit=2 if args.save_every else None)
     return SamplerDPOConfig(**(kw | {name: getattr(args, name) for name in SAMPLER_FIELDS} | args.dpo))
 
 

@@ -14,8 +14,8 @@ toy models; peak allocated GPU memory on CUDA), next to the weights plus full KV
 are alignment.training.trainer.fit(...) itself (SamplerDPOTrainer, train_dpo.dpo_config, the metrics.jsonl callback
 writing through RunDir.log, the quiet progress bar; rev_kl adds its forward hooks and soft-label term); `TRL DPOTrainer`
 is trl.DPOTrainer with its default callbacks and a DPOConfig written out by hand with the same hyperparameters
-(checked field by field against dpo_config's: report_to none, logging every step, no saving, dropout off, fp32 on
-the CPU, bf16 autocast on a GPU that has it). Every run starts from deep copies of one toy:--dpo-size init (the
+(checked field by field against dpo_config's: report_to none, run_name the run's name, logging every step, no
+saving, dropout off, fp32 on the CPU, bf16 autocast on a GPU that has it). Every run starts from deep copies of one toy:--dpo-size init (the
 policy and an explicit reference) and trains on the same --dpo-pairs toy preference pairs (two demonstrations per
 ToyTask prompt, their true rewards as chosen_reward / rejected_reward) for --dpo-steps optimizer steps of
 --dpo-batch-size pairs, in the same order (same seed): ours with sigmoid reaches TRL's final loss bit for bit.
@@ -236,7 +236,7 @@ def trl_config(a, device, output_dir, steps: int):
         per_device_eval_batch_size=d.batch_size, gradient_accumulation_steps=d.grad_accum, num_train_epochs=d.epochs,
         max_steps=steps, lr_scheduler_type=d.lr_scheduler, warmup_steps=d.warmup_ratio, weight_decay=0.0,
         seed=d.seed, data_seed=d.seed, use_cpu=not cuda, bf16=cuda and torch.cuda.is_bf16_supported(), fp16=False,
-        gradient_checkpointing=False, save_strategy="no", report_to="none", logging_steps=1,
+        gradient_checkpointing=False, save_strategy="no", report_to="none", run_name=d.name, logging_steps=1,
         dataloader_num_workers=0, dataloader_pin_memory=cuda, max_length=d.max_length, beta=d.beta,
         loss_type=["sigmoid"], precompute_ref_log_probs=False, disable_dropout=True, remove_unused_columns=True)
 
