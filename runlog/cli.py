@@ -33,29 +33,86 @@ class ArgParser(argparse.ArgumentParser):
 
 
 def check_out(out, flag: str = "--out") -> None:
-    """An output folder must be a folder, or not exist yet."""
+    """An output folder must be a folder we can write in, or a path we can create: checked before any work, so that a
+    bad --out is one line at the start rather than a traceback after the run."""
+    import os
+    import tempfile
     from pathlib import Path
 
-    if Path(out).exists() and not Path(out).is_dir():
+    path = Path(out).expanduser()
+    if path.exists() and not path.is_dir():
         raise ConfigError(f"{flag}: {str(out)!r} exists and is not a folder")
+    existing = path if path.exists() else next((p for p in path.absolute().parents if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise ConfigError(f"{flag}: {str(out)!r} cannot be created: {str(existing)!r} is a file, not a folder")
+    if existing is None:
+        return
+    # a probe folder, removed at once: permissions alone miss read-only or virtual file systems (/proc), and root
+    try:
+        os.rmdir(tempfile.mkdtemp(dir=existing, prefix=".probe-"))
+    except OSError as e:
+        where = "" if existing == path else f" (its nearest existing folder {str(existing)!r})"
+        raise ConfigError(f"{flag}: {str(out)!r}{where} is not writable ({e.strerror})") from None
+
+
+# a run is built in ".NAME.<8 random>.tmp" beside its place (runlog.RunDir): that name must fit the file system's
+# 255-byte limit too
+NAME_MAX_BYTES = 255 - len("..12345678.tmp")
 
 
 def check_name(name: str, flag: str = "--name") -> None:
-    """A run name becomes a folder name: no '/', not hidden, not blank."""
-    if "/" in name or name.startswith(".") or not name.strip():
+    """A run name becomes a folder name: no '/', not hidden, not blank, short enough for the file system."""
+    if "/" in name or "\0" in name or name.startswith(".") or not name.strip():
         raise ConfigError(f"{flag}: {name!r} must be a plain folder name (no '/', not starting with '.')")
+    if len(name.encode()) > NAME_MAX_BYTES:
+        raise ConfigError(f"{flag}: {len(name.encode())} bytes long; a run name may have at most {NAME_MAX_BYTES} "
+                          f"(the file system's 255 less the temporary folder's prefix and suffix)")
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what `timeout`, schedulers and `kill` send), raised where the work is, as Ctrl-C's KeyboardInterrupt
+    is: every `with RunDir(...)` and cleanup handler of the interrupted work runs the same way."""
+
+
+def terminate_as_interrupt():
+    """Context in which SIGTERM raises Terminated in the main thread (the previous handler is restored on exit)."""
+    import contextlib
+    import signal
+    import threading
+
+    @contextlib.contextmanager
+    def ctx():
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handler(signum, frame):
+            raise Terminated()
+
+        previous = signal.signal(signal.SIGTERM, handler)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+    return ctx()
 
 
 def exit_on_config_error(main):
-    """Decorate an entry point's main(): a ConfigError becomes one stderr line and exit code 2."""
+    """Decorate an entry point's main(): a ConfigError becomes one stderr line and exit code 2; SIGTERM unwinds the
+    work as Ctrl-C does (every cleanup runs: no hidden temporary run folder is left) and exits 143 with one line."""
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
         try:
-            return main(*args, **kwargs)
+            with terminate_as_interrupt():
+                return main(*args, **kwargs)
         except ConfigError as e:
             print(f"{program_name()}: error: {e}", file=sys.stderr)
             sys.exit(2)
+        except Terminated:
+            print(f"{program_name()}: terminated (SIGTERM); what it was writing was removed", file=sys.stderr)
+            sys.exit(128 + 15)
 
     return wrapper
 

@@ -110,11 +110,20 @@ class RunDir:
         self._metrics = None
 
     def __enter__(self):
+        if self.final.exists() and not self.final.is_dir():  # finish() would fail on it after all the work
+            from runlog.cli import ConfigError
+
+            raise ConfigError(f"--name: {str(self.final)!r} exists and is not a run folder (a file); choose another "
+                              f"--name or --out")
         self.final.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = Path(tempfile.mkdtemp(dir=self.final.parent, prefix=f".{self.final.name}.", suffix=".tmp"))
-        os.chmod(self.tmp, 0o777 & ~_umask())
-        self._metrics = open(self.tmp / "metrics.jsonl", "w")
-        atomic_write_json(self.tmp / "run.json", self._run_info(finished=None))
+        try:  # an interrupt here (a SIGTERM as the run starts) must not leave the folder: __exit__ would not run
+            os.chmod(self.tmp, 0o777 & ~_umask())
+            self._metrics = open(self.tmp / "metrics.jsonl", "w")
+            atomic_write_json(self.tmp / "run.json", self._run_info(finished=None))
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
         return self
 
     def _run_info(self, finished, extra=None) -> dict:

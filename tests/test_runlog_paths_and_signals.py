@@ -1,0 +1,91 @@
+"""The shared command-line layer (runlog): a bad output place is one error line before any work, and SIGTERM (what
+`timeout`, schedulers and `kill` send) unwinds the work as Ctrl-C does, leaving no hidden temporary run folder."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from runlog import ConfigError, RunDir, check_name, check_out
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+
+
+def test_output_places_that_cannot_be_written_are_refused(tmp_path):
+    (tmp_path / "file").write_text("thesis")
+    for out, words in ((tmp_path / "file", "is not a folder"), (tmp_path / "file" / "run", "is a file"),
+                       ("/proc/nope/run", "not writable")):
+        with pytest.raises(ConfigError, match=words):
+            check_out(out)
+    check_out(tmp_path / "new" / "deeper")  # creatable: fine, and nothing created by the check
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+    assert (tmp_path / "file").read_text() == "thesis"
+
+
+def test_run_names_too_long_for_the_file_system_are_refused(tmp_path):
+    check_name("a" * 241)
+    with RunDir(tmp_path, "a" * 241, {}, [0]) as run:  # the longest allowed name fits with its temporary folder
+        run.finish()
+    with pytest.raises(ConfigError, match="at most 241"):
+        check_name("a" * 242)
+    with pytest.raises(ConfigError, match="at most 241"):
+        check_name("é" * 121)  # bytes, not characters
+
+
+def test_a_run_name_taken_by_a_file_is_refused_before_the_work(tmp_path, capsys):
+    from bandit.examples.tabular import main
+
+    (tmp_path / "both-fixed").write_text("not a run")
+    with pytest.raises(SystemExit) as e:
+        main(["--out", str(tmp_path), "--seeds", "1"])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and len(err.splitlines()) == 1 and "is not a run folder" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["both-fixed"]
+
+
+def _terminate_when(proc, ready, timeout=120):
+    t0 = time.time()
+    while not ready():
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        assert time.time() - t0 < timeout, "the run never started writing"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    return proc.communicate(timeout=120)
+
+
+def _hidden(out: Path):
+    return sorted(p.name for p in out.iterdir() if p.name.startswith(".")) if out.exists() else []
+
+
+def test_sigterm_mid_run_leaves_no_temporary_run_folder(tmp_path):
+    """A bandit run killed by SIGTERM while its run folder is being written: exit 143, one line, nothing left."""
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "bandit/examples/tabular.py", "--seeds", "400", "--out", str(out)],
+                            cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _, err = _terminate_when(proc, lambda: any(p.name.endswith(".tmp") for p in out.glob(".*")))
+    assert proc.returncode == 143, err[-2000:]
+    last = [l for l in err.strip().splitlines() if "terminated" in l]
+    assert last and "SIGTERM" in last[-1]
+    assert not out.exists() or list(out.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_sigterm_during_dpo_training_removes_the_run_and_trainer_folders(tmp_path):
+    import json
+
+    prefs = tmp_path / "p.jsonl"
+    prefs.write_text("".join(json.dumps({"prompt": f"write about sea in {i} sentences :", "chosen": " the calm sea .",
+                                         "rejected": " ."}) + "\n" for i in range(1, 9)))
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "alignment.train_dpo", "--preferences", str(prefs), "--policy",
+                             "toy:tiny", "--max-steps", "100000", "--batch-size", "2", "--device", "cpu", "--out",
+                             str(out)], cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _, err = _terminate_when(proc, lambda: (out / ".dpo.trainer").is_dir() and any(out.glob(".dpo.*.tmp")))
+    assert proc.returncode == 143, err[-2000:]
+    assert not out.exists() or list(out.iterdir()) == [], list(out.iterdir())
