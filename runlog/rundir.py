@@ -42,6 +42,12 @@ def _clean(x):
     return x
 
 
+def json_number(v) -> str:
+    """A float as a JSON number for the bulk line writers (RunDir.log_lines): NaN and inf are null, as in dumps."""
+    v = float(v)
+    return repr(v) if math.isfinite(v) else "null"
+
+
 def dumps(obj, **kw) -> str:
     return json.dumps(_clean(obj), default=_json_default, allow_nan=False, **kw)
 

@@ -89,3 +89,21 @@ def test_sigterm_during_dpo_training_removes_the_run_and_trainer_folders(tmp_pat
     _, err = _terminate_when(proc, lambda: (out / ".dpo.trainer").is_dir() and any(out.glob(".dpo.*.tmp")))
     assert proc.returncode == 143, err[-2000:]
     assert not out.exists() or list(out.iterdir()) == [], list(out.iterdir())
+
+
+def test_bulk_metric_lines_stay_strict_json_with_infinite_values():
+    """Huge finite rewards overflow param_diff to inf: the log line still parses as strict JSON (null), so analysis
+    can read its own log (DESIGN section 5)."""
+    import json
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from bandit.examples.common import METRICS, metric_lines
+
+    m = np.zeros((2, len(METRICS), 1))
+    m[1, 0, 0], m[1, 1, 0] = np.inf, np.nan
+    traj = SimpleNamespace(metrics=m, valid_steps=lambda b: 2, diverged_at=np.array([-1]))
+    rows = [json.loads(line, parse_constant=lambda c: pytest.fail(f"{c} is not JSON"))
+            for line in metric_lines("exact", "mix_p", [0], traj)]
+    assert rows[1][METRICS[0]] is None and rows[1][METRICS[1]] is None and rows[0][METRICS[0]] == 0.0

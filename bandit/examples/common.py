@@ -18,7 +18,8 @@ from bandit.runner import simulate
 from bandit.samplers import DEFAULT_SAMPLERS, SAMPLERS, drawable
 from bandit.spec import BASES, SPECS, PairSpec, mix_p_llm
 from bandit.vocabulary import PAIR_SAMPLER, canonical_list
-from runlog import ConfigError, RunDir, arg, atomic_write_json, check_name, check_out, check_number, check_positive
+from runlog import (ConfigError, RunDir, arg, atomic_write_json, check_name, check_out, check_number, check_positive,
+                    json_number)
 from runlog import resolve_device as runlog_resolve_device
 
 # The paper's settings (Shi, Zhou, Du, ICLR 2025): exact lr 10 for 100 iterations, empirical lr 0.05 for 3000.
@@ -184,7 +185,7 @@ def metric_lines(setting: str, sampler: str, seeds, traj, fields: dict | None = 
         prefix = json.dumps(head | {"seed": seed})[:-1] + ', "step": '
         m = traj.metrics[:, :, b]
         for t in range(traj.valid_steps(b)):
-            vals = ", ".join(f'"{k}": {float(v)!r}' for k, v in zip(METRICS, m[t]))
+            vals = ", ".join(f'"{k}": {json_number(v)}' for k, v in zip(METRICS, m[t]))  # inf/NaN: null
             lines.append(f"{prefix}{t}, {vals}}}")
         d = int(traj.diverged_at[b])
         if d >= 0:

@@ -32,7 +32,6 @@ flip and pairs_used (distinct labelled pairs the policy has trained on; online: 
 from __future__ import annotations
 
 import dataclasses
-import math
 import zlib
 from dataclasses import dataclass
 
@@ -50,7 +49,7 @@ from bandit.vocabulary import PAIR_SAMPLER, canonical
 from bandit.selectors import SELECTORS, SelectorConfig, canonical_selector, make_selector
 from runlog import (
     ConfigError, RunDir, arg, atomic_write_json, check_name, check_number, check_out, check_positive, check_ratio, exit_on_config_error,
-    parse_dataclass)
+    json_number, parse_dataclass)
 
 DESCRIPTION = (
     "Offline regime of DESIGN.md section 3: each seed draws N labelled pairs once; every selector then runs "
@@ -198,10 +197,6 @@ def generator_factory(device, seed: int, env: str):
     return make
 
 
-def _num(v: float) -> str:
-    return repr(float(v)) if math.isfinite(v) else "null"
-
-
 def metric_lines(env: str, selector: str, regime: str, flip: float, seeds, res) -> list[str]:
     lines = []
     for b, seed in enumerate(seeds):
@@ -209,7 +204,7 @@ def metric_lines(env: str, selector: str, regime: str, flip: float, seeds, res) 
                   f'"seed": {seed}, "flip": {float(flip)!r}, "step": ')
         m, used = res.metrics[:, :, b], res.pairs_used[:, b]
         for t in range(m.shape[0]):
-            vals = ", ".join(f'"{k}": {_num(v)}' for k, v in zip(METRICS, m[t]))
+            vals = ", ".join(f'"{k}": {json_number(v)}' for k, v in zip(METRICS, m[t]))
             lines.append(f'{prefix}{t}, {vals}, "pairs_used": {int(used[t])}}}')
     return lines
 
