@@ -325,6 +325,10 @@ def run(args: Args) -> Path | None:
     check_reward_inputs(reward, rows)
     scores = score_all(reward, rows, args.batch_size)
     prefs, summary = annotate(rows, scores, args.rule, args.p, args.seed, args.flip, args.length_penalty)
+    if not prefs:  # an empty preference set is no result: say why instead of writing it with exit code 0
+        raise ConfigError(f"--generations: no preference pair to write: of {summary['prompts']} prompts, "
+                          f"{summary['ties_dropped']} had only tied rewards under --rule {args.rule} and "
+                          f"{summary['too_few_responses']} too few responses; nothing was written")
 
     config = dataclasses.asdict(args) | {"resolved": {"name": name, "device": str(device)}}
     metrics = {"sampler": _generation_sampler(args.generations), "rule": args.rule, "seed": args.seed, "step": 0,

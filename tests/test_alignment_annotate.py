@@ -534,3 +534,15 @@ def test_flip_swaps_labels_with_the_given_probability_and_marks_rows():
     again, _ = annotate(rows, scores, "max_min", 0.7, seed=3, flip=0.2)
     assert again == noisy  # seeded per prompt
     assert "flipped" not in clean[0]
+
+
+def test_no_pair_at_all_is_one_error_and_writes_nothing(tmp_path, capsys):
+    """Only ties and single responses (GEN's rows b and d): an empty preference set is refused, not written with
+    exit code 0."""
+    gen = write_gen(tmp_path / "g.jsonl", [GEN[1], GEN[3]])
+    with pytest.raises(SystemExit) as e:
+        ann.main(["--generations", str(gen), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and len(err.splitlines()) == 1, err
+    assert "no preference pair" in err and "1 had only tied rewards" in err and "1 too few responses" in err
+    assert not (tmp_path / "o").exists() or list((tmp_path / "o").iterdir()) == []

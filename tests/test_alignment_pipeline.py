@@ -238,3 +238,22 @@ def test_offline_regime_trains_on_a_fixed_set_and_reports_its_label(tmp_path):
     from alignment.report import find_runs, load_table
 
     assert {r["sampler"] for r in load_table(find_runs([str(out)]))} == {"all"}
+
+
+def test_corrupt_pipeline_json_and_zero_eval_prompts_are_refused(tmp_path, capsys):
+    """A pipeline.json that does not read back is the user's to restore, not ours to overwrite; --num-eval-prompts 0
+    is below its minimum (it used to pass as 'or 1')."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "pipeline.json").write_text('{"policy": "toy:tiny", "trunc')
+    argv = ["--config", _recipe(tmp_path), "--iterations", "1", "--out", str(out)]
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and len(err.splitlines()) == 1 and "pipeline.json" in err and "--fresh" in err, err
+    assert (out / "pipeline.json").read_text() == '{"policy": "toy:tiny", "trunc'
+    assert sorted(p.name for p in out.iterdir()) == ["pipeline.json"]
+    with pytest.raises(SystemExit) as e:
+        main(argv[:-2] + ["--out", str(tmp_path / "other"), "--num-eval-prompts", "0"])
+    assert e.value.code == 2 and "--num-eval-prompts" in capsys.readouterr().err
+    assert not (tmp_path / "other").exists()

@@ -214,7 +214,8 @@ def resolve(args: Args, check_preferences: bool = True) -> Plan:
     if not args.prompt_field:
         raise ConfigError("--prompt-field: empty field name")
     for flag, value, low in (("iterations", args.iterations, 1), ("prompts-per-iteration", args.prompts_per_iteration, 1),
-                             ("seed", args.seed, 0), ("num-eval-prompts", args.num_eval_prompts or 1, 1)):
+                             ("seed", args.seed, 0),
+                             ("num-eval-prompts", 1 if args.num_eval_prompts is None else args.num_eval_prompts, 1)):
         if value < low:
             raise ConfigError(f"--{flag}: must be an integer >= {low}, got {value}")
     out = Path(args.out or f"runs/alignment/pipeline/{args.sampler}-seed{args.seed}")
@@ -455,9 +456,12 @@ def _check_same_recipe(plan: Plan) -> None:
     if path.exists():
         try:
             old = json.loads(path.read_text())
-        except ValueError:
-            old = None
-        if old is not None and old != recipe:
+        except (ValueError, UnicodeDecodeError):  # not ours to overwrite on a guess: the user decides
+            raise ConfigError(f"--out: {str(path)!r} is not readable JSON, so the run in {str(plan.out)!r} cannot be "
+                              f"checked against this recipe; restore the file, or use --fresh to start the run over") from None
+        if not isinstance(old, dict):
+            raise ConfigError(f"--out: {str(path)!r} is not a pipeline recipe (a JSON object); restore it, or use --fresh")
+        if old != recipe:
             changed = sorted(k for k in set(old) | set(recipe) if old.get(k) != recipe.get(k))
             raise ConfigError(f"--out: {str(plan.out)!r} holds a run of another recipe (differs in: "
                               f"{', '.join(changed)}); use another --out, or --fresh to start it over")
