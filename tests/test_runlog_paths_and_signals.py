@@ -107,3 +107,45 @@ def test_bulk_metric_lines_stay_strict_json_with_infinite_values():
     rows = [json.loads(line, parse_constant=lambda c: pytest.fail(f"{c} is not JSON"))
             for line in metric_lines("exact", "mix_p", [0], traj)]
     assert rows[1][METRICS[0]] is None and rows[1][METRICS[1]] is None and rows[0][METRICS[0]] == 0.0
+
+
+def test_files_that_are_not_what_they_claim_are_one_error(tmp_path):
+    """Deeply nested JSON (json's parser recurses), a recipe that is not UTF-8, a mistyped toy split: one
+    ConfigError each, naming the flag and the file."""
+    from alignment.core.data import load_preferences, load_prompts
+    from alignment.pipeline.recipes import load_yaml
+
+    deep = tmp_path / "deep.jsonl"
+    deep.write_text("[" * 100000 + "]" * 100000 + "\n")
+    with pytest.raises(ConfigError, match="--preferences: .*nested too deeply"):
+        load_preferences(str(deep))
+    (tmp_path / "deep.json").write_text("[" + "[" * 100000 + "]" * 100000 + "]")
+    with pytest.raises(ConfigError, match="nested too deeply"):
+        load_preferences(str(tmp_path / "deep.json"))
+    (tmp_path / "r.yaml").write_bytes("train: {lr: 1.0e-4}  # caf\u00e9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match="--config: .*r.yaml.* is not UTF-8"):
+        load_yaml(str(tmp_path / "r.yaml"))
+    with pytest.raises(ConfigError, match="--split: the toy task's prompt splits are train, heldout, not 'heldot'"):
+        load_prompts("toy:4", split="heldot")
+    assert [r["id"] for r in load_prompts("toy:2", split="heldout")] == ["toy-heldout-0", "toy-heldout-1"]
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (os.system, ("touch ran-code",))
+
+
+def test_an_unsafe_pickle_checkpoint_never_runs_and_is_one_error(tmp_path, monkeypatch):
+    """A model folder whose pytorch_model.bin is a pickle that would run a command: transformers' weights-only
+    torch.load refuses it; the loaders turn that into one ConfigError, and the command never ran."""
+    import pickle
+
+    from alignment.core.models import load_causal_lm
+
+    monkeypatch.chdir(tmp_path)
+    load_causal_lm("toy:tiny").config.save_pretrained(tmp_path / "model")
+    with open(tmp_path / "model" / "pytorch_model.bin", "wb") as f:
+        pickle.dump({"model.embed_tokens.weight": _RunsCode()}, f)
+    with pytest.raises(ConfigError, match="--policy: cannot load a causal LM .*could run code"):
+        load_causal_lm(str(tmp_path / "model"), "--policy")
+    assert not (tmp_path / "ran-code").exists()

@@ -82,6 +82,8 @@ def _read_jsonl(path: Path, field: str, source: str) -> tuple[list[dict], list[i
             row = json.loads(line)
         except json.JSONDecodeError as e:
             raise ConfigError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+        except RecursionError:  # json's parser recurses per level of nesting
+            raise ConfigError(f"{where}: nested too deeply to be a row") from None
         if not isinstance(row, dict):
             raise ConfigError(f"{where}: a row must be a JSON object, got {type(row).__name__}")
         rows.append(row)
@@ -101,6 +103,8 @@ def _read_json(path: Path, field: str, source: str) -> tuple[list[dict], list[in
         data = json.loads(text)
     except json.JSONDecodeError as e:
         raise ConfigError(f"{field}: {source} line {e.lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+    except RecursionError:
+        raise ConfigError(f"{field}: {source}: nested too deeply to be a list of rows") from None
     for i, row in enumerate(data):
         if not isinstance(row, dict):
             raise ConfigError(f"{_where(field, source, i)}: a row must be a JSON object, got {type(row).__name__}")
@@ -324,6 +328,9 @@ def validate_prompts(rows: list[dict], source: str, field: str = "--prompts", li
     return out
 
 
+TOY_SPLITS = ("train", "heldout")  # the toy prompts' user-facing splits: training and held-out evaluation
+
+
 def load_prompts(spec: str, field: str = "--prompts", split: str = "train", seed: int = 0,
                  config: str | None = None, data_dir: str | None = None) -> list[dict]:
     """"toy" / "toy:N" (N toy prompts of `split`, default 64), a local file, or a Hub dataset name (config,
@@ -335,6 +342,9 @@ def load_prompts(spec: str, field: str = "--prompts", split: str = "train", seed
         if not n.isdigit() or int(n) < 1:
             raise ConfigError(f"{field}: 'toy:N' needs a count N >= 1, got {spec!r}")
         _hub_only(config, data_dir, field, spec, "the toy task")
+        if split not in TOY_SPLITS:  # any other name would silently draw another, valid-looking prompt set
+            raise ConfigError(f"--split: the toy task's prompt splits are {', '.join(TOY_SPLITS)}, not {split!r} "
+                              f"(for {field} {spec!r})")
         return ToyTask(seed).prompts(int(n), split)
     rows, source, lines = load_rows_located(
         spec, field, split, "a .json, .jsonl or .parquet file, 'toy[:N]' or a Hub dataset name",

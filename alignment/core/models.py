@@ -5,6 +5,7 @@ trust_remote_code stays off unless the caller asks for it.
 """
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import torch
@@ -13,6 +14,19 @@ from alignment.core import toy
 from runlog import ConfigError
 
 DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+# what from_pretrained raises on a folder or name that does not hold a loadable model; UnpicklingError: .bin weights
+# that torch's weights-only loader refuses (a pickle that would run code), never loaded any other way
+LOAD_ERRORS = (OSError, ValueError, pickle.UnpicklingError)
+
+
+def load_failure(e: Exception) -> str:
+    """The reason of a LOAD_ERRORS error, in one line."""
+    if isinstance(e, pickle.UnpicklingError):
+        return ("its .bin weights are not a plain tensor file: torch's weights-only loader refuses them, as unpickling "
+                "them could run code; use a safetensors copy of the model")
+    return str(e).splitlines()[0]
 
 
 def is_toy(name: str) -> bool:
@@ -49,8 +63,8 @@ def load_tokenizer(name: str, field: str = "--model", trust_remote_code: bool = 
     check_source(name, field)
     try:
         tok = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"{field}: cannot load a tokenizer from {name!r} ({str(e).splitlines()[0]})") from None
+    except LOAD_ERRORS as e:
+        raise ConfigError(f"{field}: cannot load a tokenizer from {name!r} ({load_failure(e)})") from None
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"
@@ -74,8 +88,8 @@ def load_causal_lm(name: str, field: str = "--model", device="cpu", dtype: str =
         try:
             model = AutoModelForCausalLM.from_pretrained(name, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code,
                                                          **quant)
-        except (OSError, ValueError) as e:
-            raise ConfigError(f"{field}: cannot load a causal LM from {name!r} ({str(e).splitlines()[0]})") from None
+        except LOAD_ERRORS as e:
+            raise ConfigError(f"{field}: cannot load a causal LM from {name!r} ({load_failure(e)})") from None
         if quantization_config is not None:  # already placed; quantized weights cannot be moved with .to()
             return model.eval()
     if zero3_enabled():  # partitioned at creation; DeepSpeed places the shards itself

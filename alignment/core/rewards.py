@@ -11,6 +11,7 @@ from typing import Callable
 
 import torch
 
+from alignment.core.models import LOAD_ERRORS, load_failure
 from runlog import ConfigError
 
 
@@ -44,8 +45,8 @@ class HFRewardModel:
         self.tokenizer.padding_side = "right"  # the classifier reads the last non-pad token
         try:
             self.model = AutoModelForSequenceClassification.from_pretrained(name, trust_remote_code=trust_remote_code)
-        except (OSError, ValueError) as e:
-            raise ConfigError(f"{field}: cannot load a reward model from {name!r} ({str(e).splitlines()[0]})") from None
+        except LOAD_ERRORS as e:
+            raise ConfigError(f"{field}: cannot load a reward model from {name!r} ({load_failure(e)})") from None
         if self.model.config.num_labels != 1:
             raise ConfigError(f"{field}: {name!r} has {self.model.config.num_labels} outputs; a reward model needs 1")
         self.model.config.pad_token_id = self.tokenizer.pad_token_id

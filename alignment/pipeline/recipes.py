@@ -30,7 +30,11 @@ def load_yaml(path: str, field: str = "--config") -> dict:
     if not p.is_file():
         raise ConfigError(f"{field}: no such file {path!r}")
     try:
-        data = yaml.safe_load(p.read_text())
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{field}: {path!r} is not UTF-8 text (byte {e.start}); save the recipe as UTF-8") from None
+    except RecursionError:
+        raise ConfigError(f"{field}: {path!r} is nested too deeply to be a recipe") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from transformers import TrainerCallback
 
+from alignment.core.models import LOAD_ERRORS, load_failure
 from runlog import ConfigError
 
 
@@ -29,9 +30,9 @@ def build_classifier(source: str, tokenizer, seed: int, trust_remote_code: bool)
         try:
             model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=1, dtype=torch.float32,
                                                                        trust_remote_code=trust_remote_code)
-        except (OSError, ValueError) as e:
+        except LOAD_ERRORS as e:
             raise ConfigError(f"--model: cannot load a sequence classifier from {source!r} "
-                              f"({str(e).splitlines()[0]})") from None
+                              f"({load_failure(e)})") from None
     model.config.pad_token_id = tokenizer.pad_token_id
     return model
 
