@@ -192,7 +192,7 @@ def resolve(args: Args) -> Plan:
             raise ConfigError(f"--device: --backend vllm places the models itself on the GPU; leave --device auto "
                               f"(got {args.device!r}), or use --backend hf")
     check_out(args.out)
-    name = args.name or args.sampler
+    name = args.sampler if args.name is None else args.name  # a blank --name is an error, not the default
     check_name(name)
 
     components = component_plan(args.sampler, k, args.mixp_online_pair, args.alpha)

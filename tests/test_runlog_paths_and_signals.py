@@ -149,3 +149,16 @@ def test_an_unsafe_pickle_checkpoint_never_runs_and_is_one_error(tmp_path, monke
     with pytest.raises(ConfigError, match="--policy: cannot load a causal LM .*could run code"):
         load_causal_lm(str(tmp_path / "model"), "--policy")
     assert not (tmp_path / "ran-code").exists()
+
+
+@pytest.mark.parametrize("entry", ["bandit.examples.tabular", "bandit.examples.offline", "bandit.examples.alpha_p",
+                                   "alignment.generate"])
+def test_a_blank_name_is_an_error_not_the_default(entry, tmp_path, capsys):
+    import importlib
+
+    main = importlib.import_module(entry).main
+    with pytest.raises(SystemExit) as e:
+        main(["--name", "", "--out", str(tmp_path / "out")])  # "" used to fall back to the default name
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and len(err.splitlines()) == 1 and "--name" in err, err
+    assert not (tmp_path / "out").exists()

@@ -145,7 +145,7 @@ def run(args: Args):
         check_positive("lr", args.lr)
     lr = args.lr if args.lr is not None else PAPER[args.setting]["lr"]
     check_out(args.out)
-    name = args.name or args.setting
+    name = args.setting if args.name is None else args.name  # blank: an error, not the default
     check_name(name)
     device = resolve_device(args.device)
     seeds = list(range(args.seed, args.seed + args.seeds))

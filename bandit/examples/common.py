@@ -157,7 +157,7 @@ def resolve(args: BanditArgs, defaults: dict = PAPER) -> Plan:
             raise ConfigError("--lr: applies to --step fixed only; --step newton sets the step from the rewards")
         check_positive("lr", args.lr)
     device = resolve_device(args.device)
-    name = args.name or f"{args.setting}-{args.step}"
+    name = f"{args.setting}-{args.step}" if args.name is None else args.name  # blank: an error, not the default
     check_name(name)
     settings = ["exact", "empirical"] if args.setting == "both" else [args.setting]
     plan = {s: {"lr": args.lr if args.lr is not None else defaults[s]["lr"], "iters": args.iters or defaults[s]["iters"]}

@@ -169,7 +169,7 @@ def resolve(args: Args) -> Plan:
                           f"fewer than --batch {B}")
     check_out(args.out)
     device = resolve_device(args.device)
-    name = args.name or f"{args.env}-flip{args.flip:g}"
+    name = f"{args.env}-flip{args.flip:g}" if args.name is None else args.name  # blank: an error, not the default
     check_name(name)
     envs = list(ENVS) if args.env == "both" else [args.env]
     cfg = SelectorConfig(ratio=args.ratio, sams_ratio=args.sams_ratio, abs=args.abs,
