@@ -95,6 +95,7 @@ from pathlib import Path
 from alignment.core.toy import TASK_SEED
 from alignment.generation.backend import batch_seed
 from analysis.aggregate import t_interval as mean_ci  # the project's one t-interval: (mean, half-width)
+from alignment.core.data import DATA_CONFIG_HELP, DATA_DIR_HELP
 from runlog import ConfigError, RunDir, arg, atomic_write_json, check_name, check_number, check_out, entry_point
 
 EXPORTS = ("alpaca_eval", "mt_bench")
@@ -148,10 +149,8 @@ class Args:
                             "(AlpacaEval), turns (MT-Bench: a list of user turns), any other field of text or chat "
                             "messages, or auto (prompt, else turns with question_id, else instruction)")
     split: str = arg("heldout", "split of the toy task or of a Hub dataset")
-    data_config: str | None = arg(None, "config (subset) name of a Hub --prompts dataset (datasets.load_dataset's "
-                                  "name)", metavar="NAME")
-    data_dir: str | None = arg(None, "data_dir of a Hub --prompts dataset, e.g. helpful-base for Anthropic/hh-rlhf",
-                               metavar="DIR")
+    data_config: str | None = arg(None, DATA_CONFIG_HELP, metavar="NAME")
+    data_dir: str | None = arg(None, DATA_DIR_HELP, metavar="DIR")
     reward: str = arg("toy-oracle", "reward: 'toy-oracle' (the toy task's true reward), a reward-model folder "
                       "(or an alignment.reward_model run folder) or a Hub name", metavar="SPEC")
     temperature: float = arg(EvalConfig.temperature, "temperature of the reward and win-rate samples (0: greedy); "

@@ -76,6 +76,7 @@ from alignment.core.toy import TASK_SEED
 from alignment.generation.samplers import (PAIRED, SAMPLERS, VLLM_SAMPLERS, component_models, component_plan,
                                            generate_batch, sampler_spec)
 from bandit.vocabulary import PAIR_SAMPLER, canonical
+from alignment.core.data import DATA_CONFIG_HELP, DATA_DIR_HELP
 from runlog import ConfigError, RunDir, arg, check_name, check_number, check_out, entry_point, resolve_device
 
 DEFAULT_POLICY = "runs/alignment/sft/toy/model"
@@ -90,10 +91,8 @@ class Args:
     ref: str | None = arg(None, "the reference model pi_ref (default: the same as --policy)")
     prompts: str = arg("toy:64", "prompts: toy:N, a .json/.jsonl/.parquet file of {id, prompt} rows, or a Hub dataset")
     split: str = arg("train", "split of the toy task or of a Hub dataset")
-    data_config: str | None = arg(None, "config (subset) name of a Hub --prompts dataset (datasets.load_dataset's "
-                                  "name)", metavar="NAME")
-    data_dir: str | None = arg(None, "data_dir of a Hub --prompts dataset, e.g. helpful-base for Anthropic/hh-rlhf",
-                               metavar="DIR")
+    data_config: str | None = arg(None, DATA_CONFIG_HELP, metavar="NAME")
+    data_dir: str | None = arg(None, DATA_DIR_HELP, metavar="DIR")
     sampler: str = arg("on_policy", "generation sampler: " + ", ".join(SAMPLERS) + " (or an alias: online, mixp, "
                        "mixp_seq, ...; python -m bandit.vocabulary)")
     num_responses: int = arg(4, "responses per prompt K (even for gshf, mix_p, mix_p_seq: K/2 per component)")

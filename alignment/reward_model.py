@@ -29,6 +29,7 @@ import torch
 from alignment.core.models import model_source
 from alignment.training.common import check_common, trainer_device
 from alignment.training.common import REPORT_TO_HELP, RUN_NAME_HELP
+from alignment.core.data import DATA_CONFIG_HELP, DATA_DIR_HELP
 from runlog import ConfigError, RunDir, arg, check_positive, entry_point
 
 LABELS = ("bt", "hard")
@@ -43,10 +44,8 @@ class Args:
                     "dataset with chosen + rejected (+ optional prompt) fields")
     split: str = arg("train", "split of a Hub dataset (or dataset folder) to read, e.g. train_prefs or a slice "
                      "such as train[:2000]; a local file is read whole")
-    data_config: str | None = arg(None, "config (subset) name of a Hub dataset (datasets.load_dataset's name)",
-                                  metavar="NAME")
-    data_dir: str | None = arg(None, "data_dir of a Hub dataset, e.g. helpful-base for Anthropic/hh-rlhf",
-                               metavar="DIR")
+    data_config: str | None = arg(None, DATA_CONFIG_HELP, metavar="NAME")
+    data_dir: str | None = arg(None, DATA_DIR_HELP, metavar="DIR")
     num_pairs: int = arg(16000, "training pairs (toy: generated; a file or Hub dataset: at most this many)")
     num_heldout: int = arg(512, "held-out pairs for the held-out accuracy")
     label: str = arg("bt", "toy labels: bt = winner sampled with P(a > b) = sigmoid(r(a) - r(b)); hard = the "

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import torch
 
-from alignment.core.data import PREFERENCES_FILE, write_jsonl
+from alignment.core.data import DATA_CONFIG_HELP, DATA_DIR_HELP, PREFERENCES_FILE, write_jsonl
 from alignment.core.models import model_source
 from alignment.selection.scores import METHODS, keep_count, keeps_largest, select_top
 from runlog import ConfigError, RunDir, arg, check_name, check_out, entry_point
@@ -64,10 +64,8 @@ class Args:
                            "dataset with prompt, chosen, rejected (required)", metavar="PATH")
     split: str = arg("train", "split of a Hub dataset (or dataset folder) to read, e.g. train_prefs or a slice "
                      "such as train[:2000]; a local file or run folder is read whole")
-    data_config: str | None = arg(None, "config (subset) name of a Hub dataset (datasets.load_dataset's name)",
-                                  metavar="NAME")
-    data_dir: str | None = arg(None, "data_dir of a Hub dataset, e.g. helpful-base for Anthropic/hh-rlhf",
-                               metavar="DIR")
+    data_config: str | None = arg(None, DATA_CONFIG_HELP, metavar="NAME")
+    data_dir: str | None = arg(None, DATA_DIR_HELP, metavar="DIR")
     beta: float = arg(0.1, "beta of the implicit reward beta log(pi / pi_ref) (use the DPO run's)")
     abs: bool = arg(False, "reward_gap ablation: rank by |gap| instead of the signed gap")
     length_normalise: bool = arg(False, "reward_gap ablation: mean instead of summed response log-probs")

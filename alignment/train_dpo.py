@@ -73,8 +73,9 @@ import torch
 from alignment.core.models import model_source
 from alignment.pipeline.recipes import stage_defaults
 from alignment.selection.batch import SAMS_MODES, SAMS_NORMALISATIONS, SAMS_REWARDS, SAMS_UPDATES
-from alignment.training.common import REPORT_TO_HELP, RUN_NAME_HELP, reporters, trainer_device
+from alignment.training.common import REPORT_TO_HELP, RUN_NAME_HELP, check_trackers, trainer_device
 from alignment.training.losses import TRAIN_LOSSES
+from alignment.core.data import DATA_CONFIG_HELP, DATA_DIR_HELP
 from runlog import ConfigError, RunDir, arg, check_name, check_out, check_positive, entry_point
 from runlog.rundir import dumps
 
@@ -99,10 +100,8 @@ class Args:
     split: str = arg("train", "split of a Hub dataset (or dataset folder) to read, e.g. train_prefs for "
                      "HuggingFaceH4/ultrafeedback_binarized, or a slice such as train[:2000]; a local file or run "
                      "folder is read whole")
-    data_config: str | None = arg(None, "config (subset) name of a Hub dataset (datasets.load_dataset's name)",
-                                  metavar="NAME")
-    data_dir: str | None = arg(None, "data_dir of a Hub dataset, e.g. helpful-base for Anthropic/hh-rlhf "
-                               "(datasets.load_dataset's data_dir)", metavar="DIR")
+    data_config: str | None = arg(None, DATA_CONFIG_HELP, metavar="NAME")
+    data_dir: str | None = arg(None, DATA_DIR_HELP, metavar="DIR")
     policy: str | None = arg(None, "the policy to train: a model folder (or a run folder holding model/), a Hub "
                              f"name or toy:SIZE (default: {DEFAULT_POLICY}, written by `python -m alignment.sft`)")
     ref: str | None = arg(None, "the fixed reference pi_ref (default: the same weights as --policy, loaded as a "
@@ -233,9 +232,7 @@ def resolve(args: Args) -> torch.device:
     check_positive("grad-accum", args.grad_accum, integer=True)
     if isinstance(args.save_every, bool) or not isinstance(args.save_every, int) or args.save_every < 0:
         raise ConfigError(f"--save-every: must be an integer >= 0 (0: no checkpoints), got {args.save_every!r}")
-    reporters(args.report_to)
-    if args.run_name is not None and not args.run_name.strip():
-        raise ConfigError("--run-name: empty; leave it out to use --name")
+    check_trackers(args)
     check_name(args.name)
     check_out(args.out)
     check_dpo_extras(args.dpo)

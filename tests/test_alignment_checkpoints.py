@@ -4,6 +4,7 @@ resumes a killed train stage the same way; the refusals (resume without a checkp
 start over pending checkpoints) are one ConfigError each."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -38,6 +39,25 @@ SamplerDPOTrainer.training_step = training_step
 from alignment.train_dpo import main
 main(sys.argv[1:])
 """
+
+
+@contextlib.contextmanager
+def _interrupted_after(step: int):
+    """Training raises KeyboardInterrupt (an in-process kill: every cleanup runs) once `step` optimizer steps are done."""
+    from alignment.training.trainer import SamplerDPOTrainer
+
+    train_step = SamplerDPOTrainer.training_step
+
+    def dies(self, *a, **k):
+        if self.state.global_step >= step:
+            raise KeyboardInterrupt
+        return train_step(self, *a, **k)
+
+    SamplerDPOTrainer.training_step = dies
+    try:
+        yield
+    finally:
+        SamplerDPOTrainer.training_step = train_step
 
 
 def _prefs(tmp_path) -> Path:
@@ -103,23 +123,10 @@ def test_resume_refusals(tmp_path, capsys):
 
 def test_checkpoint_of_other_flags_is_not_resumed(tmp_path, capsys):
     """Interrupt after step 2 (an exception: the in-process kill), then --resume with another --lr: refused."""
-    from alignment.training.trainer import SamplerDPOTrainer
-
     out = tmp_path / "out"
     argv = _argv(tmp_path, out, "--save-every", "2")
-    step = SamplerDPOTrainer.training_step
-
-    def interrupted(self, *a, **k):
-        if self.state.global_step >= 2:
-            raise KeyboardInterrupt
-        return step(self, *a, **k)
-
-    SamplerDPOTrainer.training_step = interrupted
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            main(argv)
-    finally:
-        SamplerDPOTrainer.training_step = step
+    with _interrupted_after(2), pytest.raises(KeyboardInterrupt):
+        main(argv)
     assert "rerun with --resume" in capsys.readouterr().err
     assert (out / ".dpo.trainer" / "checkpoint-2" / "metrics.jsonl").is_file()
     assert [p.name for p in out.iterdir()] == [".dpo.trainer"]  # no half-written run folder
@@ -129,20 +136,9 @@ def test_checkpoint_of_other_flags_is_not_resumed(tmp_path, capsys):
 
 
 def test_interrupted_run_without_checkpoints_leaves_nothing(tmp_path):
-    from alignment.training.trainer import SamplerDPOTrainer
-
     out = tmp_path / "out"
-    step = SamplerDPOTrainer.training_step
-
-    def interrupted(self, *a, **k):
-        raise KeyboardInterrupt
-
-    SamplerDPOTrainer.training_step = interrupted
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            main(_argv(tmp_path, out))
-    finally:
-        SamplerDPOTrainer.training_step = step
+    with _interrupted_after(0), pytest.raises(KeyboardInterrupt):
+        main(_argv(tmp_path, out))
     assert list(out.iterdir()) == []
 
 
@@ -150,25 +146,13 @@ def test_pipeline_resumes_a_killed_train_stage_from_its_checkpoint(tmp_path):
     """A pipeline whose train stage dies after step 2 (save_every 1): the rerun continues that stage from
     checkpoint-2, and its log has every step once."""
     from alignment.pipeline.driver import main as pipeline
-    from alignment.training.trainer import SamplerDPOTrainer
     from tests.conftest import tiny_pipeline_recipe
 
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(tiny_pipeline_recipe(1).replace("train: {", "train: {save_every: 1, "))
     argv = ["--config", str(recipe), "--sampler", "on_policy", "--iterations", "1", "--out", str(tmp_path / "run")]
-    step = SamplerDPOTrainer.training_step
-
-    def dies(self, *a, **k):
-        if self.state.global_step >= 2:
-            raise KeyboardInterrupt
-        return step(self, *a, **k)
-
-    SamplerDPOTrainer.training_step = dies
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            pipeline(argv)
-    finally:
-        SamplerDPOTrainer.training_step = step
+    with _interrupted_after(2), pytest.raises(KeyboardInterrupt):
+        pipeline(argv)
     d = tmp_path / "run" / "iter_1"
     assert (d / ".train.trainer" / "checkpoint-2").is_dir() and not (d / "train").exists()
     pipeline(argv)

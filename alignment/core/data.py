@@ -328,6 +328,10 @@ def validate_prompts(rows: list[dict], source: str, field: str = "--prompts", li
     return out
 
 
+# --data-config / --data-dir of every entry point that reads a Hub dataset (datasets.load_dataset's name, data_dir)
+DATA_CONFIG_HELP = "config (subset) name of a Hub dataset (datasets.load_dataset's name)"
+DATA_DIR_HELP = "data_dir of a Hub dataset, e.g. helpful-base for Anthropic/hh-rlhf (datasets.load_dataset's data_dir)"
+
 TOY_SPLITS = ("train", "heldout")  # the toy prompts' user-facing splits: training and held-out evaluation
 
 

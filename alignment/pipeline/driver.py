@@ -407,12 +407,12 @@ def summary_line(row: dict, total: int, seconds: float) -> str:
 
 # ------------------------------------------------------------------------------------------------ running
 
-def stage_args(plan: Plan, stage: str, t: int):
+def stage_args(plan: Plan, stage: str, t: int, extra: list[str] = ()):
     """(module, Args) of a stage at iteration t: the flags plan.argv gives it (what --dry-run prints and a launcher
-    gets), read by the stage's own parser."""
+    gets) and `extra` (a rerun's --resume), read by the stage's own parser."""
     from alignment.pipeline.dryrun import parse_command
 
-    return parse_command(MODULES[stage], plan.argv(stage, t))
+    return parse_command(MODULES[stage], plan.argv(stage, t) + list(extra))
 
 
 def resume_flags(plan: Plan, stage: str, t: int) -> list[str]:
@@ -438,9 +438,7 @@ def run_stage(plan: Plan, stage: str, t: int) -> None:
         if code:
             raise ConfigError(f"{stage} of iteration {t} failed (exit code {code}); its output: {log}")
     else:
-        from alignment.pipeline.dryrun import parse_command
-
-        module, args = parse_command(MODULES[stage], plan.argv(stage, t) + resuming)
+        module, args = stage_args(plan, stage, t, resuming)
         with open(log, "a" if resuming else "w") as f, contextlib.redirect_stdout(f):
             try:
                 path = module.run(args)

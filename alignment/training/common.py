@@ -30,9 +30,7 @@ def check_common(args) -> None:
     check_budget(args)
     check_name(args.name)
     check_out(args.out)
-    reporters(args.report_to)
-    if args.run_name is not None and not args.run_name.strip():
-        raise ConfigError("--run-name: empty; leave it out to use --name")
+    check_trackers(args)
 
 
 # --report-to: transformers' reporting integrations (TrainingArguments.report_to), and the module each needs
@@ -43,6 +41,13 @@ REPORT_TO_HELP = ("send the trainer's logs also to these trackers: a comma-separ
                   + " (transformers' integrations, each installed separately), or none; the run appears there as "
                     "--run-name")
 RUN_NAME_HELP = "the run's name in the trackers of --report-to (default: --name)"
+
+
+def check_trackers(args) -> None:
+    """--report-to (known, installed trackers) and --run-name (not blank), as every trainer stage has them."""
+    reporters(args.report_to)
+    if args.run_name is not None and not args.run_name.strip():
+        raise ConfigError("--run-name: empty; leave it out to use --name")
 
 
 def reporters(spec: str) -> list[str]:
