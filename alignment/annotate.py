@@ -50,7 +50,7 @@ from typing import NamedTuple
 
 from bandit.vocabulary import PAIR_SAMPLER, normalise
 from alignment.core.data import GENERATIONS_FILE, PREFERENCES_FILE, load_generations, write_jsonl
-from runlog import ConfigError, RunDir, arg, check_name, check_out, entry_point, read_run
+from runlog import ConfigError, RunDir, arg, check_name, check_out, check_seed, entry_point, read_run
 
 RULES = ("max_min", "random", "max_random", "max_max", "mixed_max_min")
 HOWS = ("max_min", "random", "max_random", "max_max", "fused", "policy", "first_half", "second_half")
@@ -292,8 +292,7 @@ def resolve(args: Args) -> str:
     if args.length_penalty and args.rule != "max_min":
         raise ConfigError(f"--length-penalty: applies to --rule max_min only (the samplers paper's max_min_p), "
                           f"not {args.rule}")
-    if args.seed < 0:
-        raise ConfigError(f"--seed: must be an integer >= 0, got {args.seed}")
+    check_seed("seed", args.seed)
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size: must be an integer >= 1, got {args.batch_size}")
     check_out(args.out)

@@ -96,7 +96,7 @@ from alignment.core.toy import TASK_SEED
 from alignment.generation.backend import batch_seed
 from analysis.aggregate import t_interval as mean_ci  # the project's one t-interval: (mean, half-width)
 from alignment.core.data import DATA_CONFIG_HELP, DATA_DIR_HELP
-from runlog import ConfigError, RunDir, arg, atomic_write_json, check_name, check_number, check_out, entry_point
+from runlog import ConfigError, RunDir, arg, atomic_write_json, check_name, check_number, check_out, check_seed, entry_point
 
 EXPORTS = ("alpaca_eval", "mt_bench")
 EVALUATIONS_FILE = "evaluations.jsonl"
@@ -135,7 +135,7 @@ def check_config(cfg: EvalConfig) -> None:
     check_number("max-new-tokens", cfg.max_new_tokens, low=1, integer=True)
     check_number("kl-samples", cfg.kl_samples, low=1, integer=True)
     check_number("batch-size", cfg.batch_size, low=1, integer=True)
-    check_number("seed", cfg.seed, low=0, integer=True)
+    check_seed("seed", cfg.seed)
 
 
 @dataclass

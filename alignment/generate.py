@@ -77,7 +77,7 @@ from alignment.generation.samplers import (PAIRED, SAMPLERS, VLLM_SAMPLERS, comp
                                            generate_batch, sampler_spec)
 from bandit.vocabulary import PAIR_SAMPLER, canonical
 from alignment.core.data import DATA_CONFIG_HELP, DATA_DIR_HELP
-from runlog import ConfigError, RunDir, arg, check_name, check_number, check_out, entry_point, resolve_device
+from runlog import ConfigError, RunDir, arg, check_name, check_number, check_out, check_seed, entry_point, resolve_device
 
 DEFAULT_POLICY = "runs/alignment/sft/toy/model"
 
@@ -148,7 +148,7 @@ def resolve(args: Args) -> Plan:
     check_number("max-new-tokens", args.max_new_tokens, low=1, integer=True)
     if args.batch_size is not None:
         check_number("batch-size", args.batch_size, low=1, integer=True)
-    check_number("seed", args.seed, low=0, integer=True)
+    check_seed("seed", args.seed)
     check_number("vllm-gpu-memory", args.vllm_gpu_memory, low=0, high=1, low_open=True)
     check_number("tensor-parallel-size", args.tensor_parallel_size, low=1, integer=True)
     if args.data_parallel_size is not None:

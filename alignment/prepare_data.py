@@ -43,7 +43,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from runlog import ConfigError, RunDir, arg, check_name, check_out, entry_point
+from runlog import ConfigError, RunDir, arg, check_name, check_out, check_seed, entry_point
 
 SFT_FILE = "sft.jsonl"
 HH_HUMAN, HH_ASSISTANT = "\n\nHuman:", "\n\nAssistant:"
@@ -78,8 +78,7 @@ def resolve(args: Args) -> None:
     f = args.sft_fraction
     if isinstance(f, bool) or not isinstance(f, (int, float)) or not math.isfinite(f) or not 0.0 <= f < 1.0:
         raise ConfigError(f"--sft-fraction: must be a number in [0, 1), got {f}")
-    if args.seed < 0:
-        raise ConfigError(f"--seed: must be an integer >= 0, got {args.seed}")
+    check_seed("seed", args.seed)
     check_name(args.name)
     check_out(args.out)
 

@@ -43,7 +43,7 @@ import torch
 from alignment.core.data import DATA_CONFIG_HELP, DATA_DIR_HELP, PREFERENCES_FILE, write_jsonl
 from alignment.core.models import model_source
 from alignment.selection.scores import METHODS, keep_count, keeps_largest, select_top
-from runlog import ConfigError, RunDir, arg, check_name, check_out, entry_point
+from runlog import ConfigError, RunDir, arg, check_name, check_out, check_seed, entry_point
 
 DEFAULT_RATIO = {"reward_gap": 0.1, "us": 1 / 3, "ae": 1 / 3}
 SCORES_FILE = "scores.jsonl"
@@ -137,8 +137,7 @@ def resolve(args: Args) -> tuple[float, str, torch.device]:
         raise ConfigError(f"--batch-size: must be an integer >= 1, got {args.batch_size}")
     if args.max_length < 2:
         raise ConfigError(f"--max-length: must be at least 2 tokens, got {args.max_length}")
-    if args.seed < 0:
-        raise ConfigError(f"--seed: must be an integer >= 0, got {args.seed}")
+    check_seed("seed", args.seed)
     name = args.name if args.name is not None else args.method
     check_name(name)
     check_out(args.out)

@@ -11,20 +11,32 @@ def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _show(value) -> str:
+    """A number for a message: integers exactly, floats shortly, and a 400-digit value cut to its size."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, int):
+        text = str(value)
+        return text if len(text) <= 24 else f"{text[:8]}... ({len(text)} digits)"
+    return f"{value:g}"
+
+
 def check_number(flag: str, value, low=None, high=None, low_open: bool = False, integer: bool = False) -> None:
     """A finite number (an integer with integer=True), at least `low` (above it with low_open) and at most `high`.
     `flag` without its dashes: "num-responses" reads --num-responses in the message."""
-    bad = not _is_number(value) or not math.isfinite(value) or (integer and value != int(value))
+    # an int is exact however large (math.isfinite would overflow on a 400-digit one); a float must be finite
+    bad = not _is_number(value) or (isinstance(value, float) and not math.isfinite(value)) \
+        or (integer and value != int(value))
     if not bad and low is not None:
         bad = value <= low if low_open else value < low
     if not bad and high is not None:
         bad = value > high
     if bad:
-        lo = "" if low is None else (f"> {low:g}" if low_open else f">= {low:g}")
-        hi = "" if high is None else f"<= {high:g}"
+        lo = "" if low is None else (f"> {_show(low)}" if low_open else f">= {_show(low)}")
+        hi = "" if high is None else f"<= {_show(high)}"
         what = " and ".join(x for x in (lo, hi) if x)
         kind = "an integer" if integer else "a finite number"
-        raise ConfigError(f"--{flag}: must be {kind}{' ' + what if what else ''}, got {value}")
+        raise ConfigError(f"--{flag}: must be {kind}{' ' + what if what else ''}, got {_show(value)}")
 
 
 def check_positive(flag: str, value, integer: bool = False) -> None:
@@ -67,3 +79,23 @@ def resolve_device(name: str, flag: str = "--device", types: tuple[str, ...] | N
         raise ConfigError(f"{flag}: {name!r}: the trainer uses the first visible GPU; "
                           f"run with CUDA_VISIBLE_DEVICES={device.index} and --device cuda")
     return device
+
+
+# numpy's legacy seeding (np.random.seed, which transformers.set_seed and TRL call) takes 0 <= seed < 2**32; torch
+# takes more, python's random any integer: the narrowest one bounds every seed we hand on
+SEED_MAX = 2**32 - 1
+
+
+def check_seed(flag: str, value, derived=None, how: str = "") -> int:
+    """A seed: an integer in [0, SEED_MAX]. `derived(seed)`, if given, is the largest seed an entry point derives
+    from it (the pipeline's seed x 1000 + iteration; `how` says so), which must fit too. Returns the seed.
+    `flag` without its dashes, as in check_number."""
+    check_number(flag, value, low=0, high=SEED_MAX, integer=True)
+    if derived is not None and derived(int(value)) > SEED_MAX:
+        low, high = 0, int(value)  # derived grows with the seed: the largest seed that fits, by bisection
+        while low < high:
+            mid = (low + high + 1) // 2
+            low, high = (mid, high) if derived(mid) <= SEED_MAX else (low, mid - 1)
+        raise ConfigError(f"--{flag}: {value} is too large: {how or 'the seeds derived from it'} must stay <= "
+                          f"{SEED_MAX} (numpy's limit), so at most {low}")
+    return int(value)

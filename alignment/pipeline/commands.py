@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from alignment.pipeline import resume
-from runlog import ArgParser, ConfigError
+from runlog import SEED_MAX, ArgParser, ConfigError
 
 PYTHON = sys.executable  # the commands run with the interpreter that runs the script (its wrapper's $PYTHON)
 SCRIPTS = "alignment"  # where the wrappers live (the repository root is the working directory)
@@ -68,11 +68,18 @@ def parse_script(parser: ArgParser, argv, usage: str, passthrough: bool = True, 
     return args, extra
 
 
-def check_uint(flag: str, value: str, low: int = 0) -> int:
-    """An integer flag given as text: at least `low`, else one error naming the flag."""
-    if not re.fullmatch(r"[0-9]+", str(value)) or int(value) < low:
-        raise ConfigError(f"{flag}: must be an integer >= {low}, got {value!r}")
+def check_uint(flag: str, value: str, low: int = 0, high: int | None = None) -> int:
+    """An integer flag given as text: at least `low` (and at most `high`), else one error naming the flag."""
+    if not re.fullmatch(r"[0-9]+", str(value)) or int(value) < low or (high is not None and int(value) > high):
+        shown = str(value) if len(str(value)) <= 24 else f"{str(value)[:8]}... ({len(str(value))} characters)"
+        raise ConfigError(f"{flag}: must be an integer >= {low}{'' if high is None else f' and <= {high}'}, "
+                          f"got {shown!r}")
     return int(value)
+
+
+def check_seed_text(flag: str, value: str) -> int:
+    """A seed given as text (a script's --seed, toy.sh's SEEDS): an integer in [0, SEED_MAX]."""
+    return check_uint(flag, value, high=SEED_MAX)
 
 
 def dispatch(module: str, doc: str, bodies: dict, what: str, argv=None) -> None:

@@ -57,7 +57,7 @@ from pathlib import Path
 from alignment.pipeline import resume
 from alignment.pipeline.recipes import check_section, config_path, load_yaml
 from bandit.vocabulary import PAIR_SAMPLER, canonical, names, normalise
-from runlog import ConfigError, arg, atomic_write_json, atomic_write_text, check_out, entry_point
+from runlog import ConfigError, arg, atomic_write_json, atomic_write_text, check_out, check_seed, entry_point
 from runlog.rundir import dumps
 
 SAMPLERS = names(PAIR_SAMPLER, "alignment")
@@ -214,10 +214,11 @@ def resolve(args: Args, check_preferences: bool = True) -> Plan:
     if not args.prompt_field:
         raise ConfigError("--prompt-field: empty field name")
     for flag, value, low in (("iterations", args.iterations, 1), ("prompts-per-iteration", args.prompts_per_iteration, 1),
-                             ("seed", args.seed, 0),
                              ("num-eval-prompts", 1 if args.num_eval_prompts is None else args.num_eval_prompts, 1)):
         if value < low:
             raise ConfigError(f"--{flag}: must be an integer >= {low}, got {value}")
+    check_seed("seed", args.seed, derived=lambda s: stage_seed(s, args.iterations),
+               how=f"the stages' seeds, seed x 1000 + iteration (up to {args.iterations})")
     out = Path(args.out or f"runs/alignment/pipeline/{args.sampler}-seed{args.seed}")
     check_out(out)
     changes = _changes(args)

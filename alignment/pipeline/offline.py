@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from alignment.pipeline.commands import (PYTHON, Command, Recipe, check_uint, dispatch, parse_script, run_commands,
+from alignment.pipeline.commands import (PYTHON, Command, Recipe, check_seed_text, check_uint, dispatch, parse_script, run_commands,
                                          script_parser, script_path, slug)
 from bandit.vocabulary import SELECTOR, canonical
 from runlog import ConfigError
@@ -34,7 +34,7 @@ def _common(parser, out: str, config: str) -> None:
 
 def _checked_common(args) -> tuple[int, list[str]]:
     """(seed, the accelerate words that set the process count); the recipe file exists."""
-    seed = check_uint("--seed", args.seed)
+    seed = check_seed_text("--seed", args.seed)
     nproc = [] if args.num_processes is None else ["--num_processes", str(check_uint("--num-processes",
                                                                                          args.num_processes, 1))]
     if not Path(args.config).is_file():

@@ -18,7 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from alignment.pipeline.commands import (PYTHON, StageFailed, check_uint, parse_script, run_script, script_parser,
+from alignment.pipeline.commands import (PYTHON, StageFailed, check_seed_text, check_uint, parse_script, run_script, script_parser,
                                          script_path)
 from bandit.vocabulary import PAIR_SAMPLER, canonical
 from runlog import ConfigError
@@ -88,7 +88,7 @@ def pipeline_commands(name: str, argv) -> tuple:
                                                           vllm=VLLM_OVERRIDE))
     samplers = SAMPLERS if args.sampler is None else (canonical(args.sampler, PAIR_SAMPLER, "alignment", "--sampler",
                                                                 allowed=KNOWN),)
-    seed = check_uint("--seed", args.seed)
+    seed = check_seed_text("--seed", args.seed)
     if args.backend not in ("hf", "vllm"):
         raise ConfigError(f"--backend: must be hf or vllm, got {args.backend!r}")
     user_override, rest = split_override(extra)

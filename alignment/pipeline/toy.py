@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from alignment.pipeline import resume
-from alignment.pipeline.commands import (PYTHON, StageFailed, check_uint, dispatch, parse_script, script_parser,
+from alignment.pipeline.commands import (PYTHON, StageFailed, check_seed_text, check_uint, dispatch, parse_script, script_parser,
                                          script_path)
 from bandit.vocabulary import PAIR_SAMPLER, SELECTOR, canonical
 from runlog import ConfigError
@@ -248,7 +248,7 @@ def _setup(out: Path, dry_run: bool) -> None:
 def toy(argv) -> None:
     out, dry_run = _parse("toy", TOY_USAGE, argv)
     samplers = _names("SAMPLERS", "offline on_policy gshf mix_p", PAIR_SAMPLER)
-    seeds = [check_uint("SEEDS", s) for s in env("SEEDS", "0 1 2").split()]
+    seeds = [check_seed_text("SEEDS", s) for s in env("SEEDS", "0 1 2").split()]
     jobs_at_once = check_uint("JOBS", env("JOBS", "2"), 1)
     recipe = env("RECIPE", "alignment/configs/toy.yaml")
     pipeline_flags = env_words("PIPELINE_FLAGS")
@@ -305,7 +305,7 @@ def selection_override(method: str, ratio: str, out: Path, seed: int) -> str:
 def toy_selection(argv) -> None:
     out, dry_run = _parse("toy_selection", SELECTION_USAGE, argv)
     methods = _names("METHODS", " ".join(SELECTION_METHODS), SELECTOR, allowed=SELECTION_METHODS)
-    seeds = [check_uint("SEEDS", s) for s in env("SEEDS", "0 1").split()]
+    seeds = [check_seed_text("SEEDS", s) for s in env("SEEDS", "0 1").split()]
     jobs_at_once = check_uint("JOBS", env("JOBS", "2"), 1)
     flip, ratio = env_ratio("FLIP", "0.2"), env_ratio("RATIO", "0.5")
     num_prompts = check_uint("NUM_PROMPTS", env("NUM_PROMPTS", "1024"), 1)

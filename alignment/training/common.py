@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from runlog import ConfigError, RunDir, atomic_write_text, check_name, check_out, check_positive, resolve_device
+from runlog import ConfigError, RunDir, atomic_write_text, check_name, check_out, check_positive, check_seed, resolve_device
 from runlog.rundir import dumps
 
 
@@ -79,8 +79,7 @@ def check_budget(args) -> None:
     check_positive("max-length", args.max_length, integer=True)
     if args.max_length < 2:
         raise ConfigError(f"--max-length: must be at least 2 tokens, got {args.max_length}")
-    if args.seed < 0:
-        raise ConfigError(f"--seed: must be an integer >= 0, got {args.seed}")
+    check_seed("seed", args.seed)
 
 
 def trainer_device(name: str) -> torch.device:

@@ -38,7 +38,7 @@ from bandit.examples.common import (PAPER, check_alpha, llm_mix_p, metric_lines,
 from bandit.rates import TOL
 from bandit.runner import simulate
 from bandit.spec import BASES, SPECS
-from runlog import ConfigError, RunDir, arg, atomic_write_json, check_name, check_out, check_positive, entry_point
+from runlog import ConfigError, RunDir, arg, atomic_write_json, check_name, check_out, check_positive, check_seed, entry_point
 
 STEPS = ("newton", "fixed")
 REFERENCE = "mix_p (paper)"      # the label of the paper's bandit mix_p row
@@ -138,8 +138,7 @@ def run(args: Args):
         check_positive(name.replace("_", "-"), getattr(args, name), integer=True)
     if args.actions < 2:
         raise ConfigError(f"--actions: need at least 2 actions to form a pair, got {args.actions}")
-    if args.seed < 0:
-        raise ConfigError(f"--seed: must be an integer >= 0, got {args.seed}")
+    check_seed("seed", args.seed)
     check_positive("beta", args.beta)
     if args.lr is not None:
         check_positive("lr", args.lr)

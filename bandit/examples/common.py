@@ -19,7 +19,7 @@ from bandit.samplers import DEFAULT_SAMPLERS, SAMPLERS, drawable
 from bandit.spec import BASES, SPECS, PairSpec, mix_p_llm
 from bandit.vocabulary import PAIR_SAMPLER, canonical_list
 from runlog import (ConfigError, RunDir, arg, atomic_write_json, check_name, check_out, check_number, check_positive,
-                    json_number)
+                    check_seed, json_number)
 from runlog import resolve_device as runlog_resolve_device
 
 # The paper's settings (Shi, Zhou, Du, ICLR 2025): exact lr 10 for 100 iterations, empirical lr 0.05 for 3000.
@@ -148,8 +148,7 @@ def resolve(args: BanditArgs, defaults: dict = PAPER) -> Plan:
         raise ConfigError(f"--actions: need at least 2 actions to form a pair, got {args.actions}")
     if args.iters is not None:
         check_positive("iters", args.iters, integer=True)
-    if args.seed < 0:
-        raise ConfigError(f"--seed: must be an integer >= 0, got {args.seed}")
+    check_seed("seed", args.seed)
     check_out(args.out)
     check_positive("beta", args.beta)
     if args.lr is not None:

@@ -48,7 +48,7 @@ from bandit.samplers import SAMPLERS
 from bandit.vocabulary import PAIR_SAMPLER, canonical
 from bandit.selectors import SELECTORS, SelectorConfig, canonical_selector, make_selector
 from runlog import (
-    ConfigError, RunDir, arg, atomic_write_json, check_name, check_number, check_out, check_positive, check_ratio, exit_on_config_error,
+    ConfigError, RunDir, arg, atomic_write_json, check_name, check_number, check_out, check_positive, check_ratio, check_seed, exit_on_config_error,
     json_number, parse_dataclass)
 
 DESCRIPTION = (
@@ -143,7 +143,7 @@ def resolve(args: Args) -> Plan:
         check_positive(flag.replace("_", "-"), v, integer=True)
     if args.actions < 2:
         raise ConfigError(f"--actions: must be an integer >= 2 (a pair needs two actions), got {args.actions}")
-    check_number("seed", args.seed, low=0, integer=True)
+    check_seed("seed", args.seed)
     check_positive("beta", args.beta)
     if args.lr is not None:
         check_positive("lr", args.lr)
