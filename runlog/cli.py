@@ -100,7 +100,8 @@ def terminate_as_interrupt():
 
 def exit_on_config_error(main):
     """Decorate an entry point's main(): a ConfigError becomes one stderr line and exit code 2; SIGTERM unwinds the
-    work as Ctrl-C does (every cleanup runs: no hidden temporary run folder is left) and exits 143 with one line."""
+    work as Ctrl-C does (every cleanup runs: no hidden temporary run folder is left) and exits 143 with one line;
+    Ctrl-C exits 130 with one line."""
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
@@ -113,6 +114,9 @@ def exit_on_config_error(main):
         except Terminated:
             print(f"{program_name()}: terminated (SIGTERM); what it was writing was removed", file=sys.stderr)
             sys.exit(128 + 15)
+        except KeyboardInterrupt:  # Ctrl-C: the same unwinding, one line instead of a traceback, the shell's 130
+            print(f"{program_name()}: interrupted (Ctrl-C); what it was writing was removed", file=sys.stderr)
+            sys.exit(128 + 2)
 
     return wrapper
 

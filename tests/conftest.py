@@ -1,3 +1,5 @@
+import contextlib
+
 import pytest
 import torch
 
@@ -10,6 +12,14 @@ def torch_single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@contextlib.contextmanager
+def interrupted_exit():
+    """An entry point stopped by Ctrl-C (KeyboardInterrupt) exits 130 after its cleanup, with one line."""
+    with pytest.raises(SystemExit) as e:
+        yield
+    assert e.value.code == 130, e.value.code
 
 
 def sharp_toy_model(seed: int = 0, size: str = "tiny", scale: float = 8.0):

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from alignment.train_dpo import main
-from runlog import ConfigError
+from tests.conftest import interrupted_exit
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
@@ -125,7 +125,7 @@ def test_checkpoint_of_other_flags_is_not_resumed(tmp_path, capsys):
     """Interrupt after step 2 (an exception: the in-process kill), then --resume with another --lr: refused."""
     out = tmp_path / "out"
     argv = _argv(tmp_path, out, "--save-every", "2")
-    with _interrupted_after(2), pytest.raises(KeyboardInterrupt):
+    with _interrupted_after(2), interrupted_exit():
         main(argv)
     assert "rerun with --resume" in capsys.readouterr().err
     assert (out / ".dpo.trainer" / "checkpoint-2" / "metrics.jsonl").is_file()
@@ -137,7 +137,7 @@ def test_checkpoint_of_other_flags_is_not_resumed(tmp_path, capsys):
 
 def test_interrupted_run_without_checkpoints_leaves_nothing(tmp_path):
     out = tmp_path / "out"
-    with _interrupted_after(0), pytest.raises(KeyboardInterrupt):
+    with _interrupted_after(0), interrupted_exit():
         main(_argv(tmp_path, out))
     assert list(out.iterdir()) == []
 
@@ -151,7 +151,7 @@ def test_pipeline_resumes_a_killed_train_stage_from_its_checkpoint(tmp_path):
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(tiny_pipeline_recipe(1).replace("train: {", "train: {save_every: 1, "))
     argv = ["--config", str(recipe), "--sampler", "on_policy", "--iterations", "1", "--out", str(tmp_path / "run")]
-    with _interrupted_after(2), pytest.raises(KeyboardInterrupt):
+    with _interrupted_after(2), interrupted_exit():
         pipeline(argv)
     d = tmp_path / "run" / "iter_1"
     assert (d / ".train.trainer" / "checkpoint-2").is_dir() and not (d / "train").exists()

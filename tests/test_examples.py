@@ -19,6 +19,7 @@ import torch
 from bandit.examples import linear, tabular
 from bandit.metrics import METRICS
 from bandit.rates import convergence_order, iterations_to
+from tests.conftest import interrupted_exit
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "bandit" / "examples"
@@ -235,13 +236,13 @@ def test_failed_run_leaves_nothing_and_keeps_older_run(tmp_path, monkeypatch):
         return real(*a, **k)
 
     monkeypatch.setattr(experiment, "simulate", failing)
-    with pytest.raises(KeyboardInterrupt):
+    with interrupted_exit():
         run_main(tabular, argv)
     assert [p.name for p in out.iterdir()] == ["x"]
     assert {p.name: p.read_bytes() for p in (out / "x").iterdir()} == before
     no_hidden(out)
     calls.clear()
-    with pytest.raises(KeyboardInterrupt):
+    with interrupted_exit():
         run_main(tabular, argv[:-1] + ["fresh"])
     assert [p.name for p in out.iterdir()] == ["x"]
 

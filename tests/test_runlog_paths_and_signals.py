@@ -91,6 +91,43 @@ def test_sigterm_during_dpo_training_removes_the_run_and_trainer_folders(tmp_pat
     assert not out.exists() or list(out.iterdir()) == [], list(out.iterdir())
 
 
+def test_ctrl_c_is_one_line_exit_130_and_removes_the_run_being_written(tmp_path, capsys):
+    """KeyboardInterrupt inside an entry point's run folder: the folder's cleanup runs, then one line, exit 130."""
+    from runlog import exit_on_config_error
+
+    @exit_on_config_error
+    def main():
+        with RunDir(tmp_path, "x", {"a": 1}, [0]) as run:
+            run.log({"step": 0})
+            raise KeyboardInterrupt
+
+    with pytest.raises(SystemExit) as e:
+        main()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 130 and len(err) == 1 and "interrupted (Ctrl-C)" in err[0], err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_seeds_beyond_numpy_are_refused_with_the_largest_allowed():
+    """numpy's np.random.seed (what transformers.set_seed calls) takes 0 <= seed < 2**32: the check says so, and for
+    a derived seed (the pipeline's seed x 1000 + t) it names the largest seed that fits, found by bisection."""
+    import numpy as np
+
+    from runlog import SEED_MAX, check_seed
+
+    np.random.seed(SEED_MAX)  # the bound is numpy's own: its largest seed is accepted, one more is not
+    with pytest.raises(ValueError):
+        np.random.seed(SEED_MAX + 1)
+    assert check_seed("seed", SEED_MAX) == SEED_MAX
+    for bad in (-1, SEED_MAX + 1, 10**400, True, 2.5):
+        with pytest.raises(ConfigError, match="--seed: must be an integer"):
+            check_seed("seed", bad)
+    # (2**32 - 1 - 7) // 1000 = 4294967 by hand: 4294967 * 1000 + 7 = 4294967007 fits, 4294968 * 1000 + 7 does not
+    assert check_seed("seed", 4294967, derived=lambda s: s * 1000 + 7) == 4294967
+    with pytest.raises(ConfigError, match="so at most 4294967$"):
+        check_seed("seed", 4294968, derived=lambda s: s * 1000 + 7)
+
+
 def test_bulk_metric_lines_stay_strict_json_with_infinite_values():
     """Huge finite rewards overflow param_diff to inf: the log line still parses as strict JSON (null), so analysis
     can read its own log (DESIGN section 5)."""
