@@ -273,6 +273,8 @@ def main(argv=None) -> list[dict]:
         raise ConfigError(f"--metric: no run logs {names}")
     label = f"{args.level:.0%} CI" + (" (bootstrap)" if args.ci == "bootstrap" else "")
     markdown, table = to_markdown(rows, label), to_csv(rows)
+    if problems:  # the table says what it does not cover; each one is a warning line above
+        markdown += f"\n{len(problems)} malformed or empty log(s) left out (see the warnings).\n"
     if args.markdown:
         atomic_write_text(args.markdown, markdown)
     if args.csv:

@@ -47,3 +47,42 @@ ROWS = [
     Row("level-one", LB, ["run", "--level", "1"], "--level", 2, tabular_run(GOOD)),
     Row("alpha-nan", LB, ["run", "--alpha", "nan"], "--alpha", 2, tabular_run(GOOD)),
 ]
+
+# alignment.report: pipeline runs (metrics.jsonl + pipeline.json)
+REPORT = "alignment.report"
+
+
+def pipeline_run(metrics: str = '{"iteration": 0, "reward": 1.0, "kl": 0.0}\n', recipe: str = "{}"):
+    def setup(folder: Path) -> None:
+        write(folder / "p" / "metrics.jsonl", metrics)
+        write(folder / "p" / "pipeline.json", recipe)
+    return setup
+
+
+ROWS += [
+    Row("recipe-does-not-parse", REPORT, ["p"], "pipeline.json", 3, pipeline_run(recipe='{"iterations": ')),
+    Row("metrics-non-json-line", REPORT, ["p"], "metrics.jsonl line 1", 3, pipeline_run(metrics="oops\n")),
+    Row("metrics-nan-token", REPORT, ["p"], "metrics.jsonl line 1", 5,
+        pipeline_run(metrics='{"iteration": 0, "reward": NaN, "kl": 0.0}\n')),
+    Row("csv-is-a-folder", REPORT, ["p", "--csv", "p"], "--csv", 1, pipeline_run()),
+    Row("markdown-parent-is-a-file", REPORT, ["p", "--markdown", "p/pipeline.json/t.md"], "--markdown", 1,
+        pipeline_run()),
+    Row("markdown-unwritable", REPORT, ["p", "--markdown", "/proc/x/t.md"], "--markdown", 1, pipeline_run()),
+    Row("figure-not-png", REPORT, ["p", "--figure", "f.jpg"], "--figure", 1, pipeline_run()),
+]
+
+# the figure scripts share paper_figures.common's command line
+FIGURE_ENTRIES = ("paper_figures.make_all", "paper_figures.tabular_exact", "paper_figures.selection_toy")
+for _entry in FIGURE_ENTRIES:
+    ROWS += [
+        Row("runs-missing", _entry, ["--runs", "nope", "--out", "o"], "--runs", 3),
+        Row("runs-is-a-file", _entry, ["--runs", "f", "--out", "o"], "--runs", 3, lambda f: write(f / "f", "x")),
+        Row("out-is-a-file", _entry, ["--runs", "r", "--out", "r/run/run.json"], "--out", 1, tabular_run(GOOD, name="r/run")),
+        Row("out-unwritable", _entry, ["--runs", "r", "--out", "/proc/x"], "--out", 1, tabular_run(GOOD, name="r/run")),
+        Row("strict-empty-metrics", _entry, ["--runs", "r", "--out", "o", "--strict"], "metrics.jsonl", 5,
+            tabular_run("", name="r/run")),
+        Row("strict-infinity-token", _entry, ["--runs", "r", "--out", "o", "--strict"], "metrics.jsonl:1", 5,
+            tabular_run(_line().replace("1.0", "Infinity"), name="r/run")),
+        Row("strict-run-json-broken", _entry, ["--runs", "r", "--out", "o", "--strict"], "run.json", 3,
+            tabular_run(GOOD, "[", name="r/run")),
+    ]
