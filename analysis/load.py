@@ -203,7 +203,11 @@ def read_jsonl(path: str | os.PathLike, report) -> list[tuple[int, dict]]:
 
 def _metric_rows(metrics_file: Path, base: dict, report) -> list[dict]:
     rows = []
-    for _, obj in read_jsonl(metrics_file, report):
+    for lineno, obj in read_jsonl(metrics_file, report):
+        huge = [k for k, v in obj.items() if isinstance(v, int) and not isinstance(v, bool) and abs(v) > 2 ** 1023]
+        if huge:  # exact in JSON, but no float holds it: every statistic on it would overflow or be silently inf
+            report(Problem(str(metrics_file), lineno, f"{huge[0]!r}: integer too large for a number (beyond a float's range)"))
+            continue
         for key, family in METHOD_KEYS:
             if key in obj:
                 obj[key] = normalise(obj[key], family)

@@ -86,3 +86,6 @@ for _entry in FIGURE_ENTRIES:
         Row("strict-run-json-broken", _entry, ["--runs", "r", "--out", "o", "--strict"], "run.json", 3,
             tabular_run(GOOD, "[", name="r/run")),
     ]
+
+ROWS.append(Row("metric-400-digit-int", LB, ["run", "--strict"], "metrics.jsonl:1", 2,
+                tabular_run(_line().replace('"kl": 0.0', '"kl": 1' + "0" * 400))))
