@@ -377,14 +377,9 @@ def _check_output(option: str, value: str | None, suffixes: tuple[str, ...] = ()
     path = Path(value).expanduser()
     if suffixes and path.suffix.lower() not in suffixes:
         raise ConfigError(f"{option}: {value!r} must end in {' or '.join(suffixes)}")
-    if path.is_dir():
-        raise ConfigError(f"{option}: {value!r} is a folder; give a file name")
-    for parent in path.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise ConfigError(f"{option}: {str(parent)!r} exists and is not a folder")
-            break
-    return path
+    from analysis.outputs import check_out_file  # folder, file-parent and unwritable places, before any work
+
+    return check_out_file(path, option)
 
 
 def build_parser() -> ArgParser:

@@ -37,7 +37,8 @@ from scipy import stats
 from analysis.aggregate import iterations_to, mean_ci, median
 from analysis.curves import TOL, seed_series
 from analysis.runs import load_tasks
-from runlog import ArgParser, ConfigError, atomic_write_text, check_out, exit_on_config_error
+from analysis.outputs import check_out_file
+from runlog import ArgParser, ConfigError, atomic_write_text, exit_on_config_error
 
 DIRECTIONS = {"value_gap": "min", "param_diff": "min", "kl": "min", "value": "max", "reward_mean": "max",
               "win_rate": "max"}
@@ -252,7 +253,7 @@ def main(argv=None) -> list[dict]:
     metrics = None if args.metric is None else [Metric.parse(m) for m in args.metric]
     for flag, path in (("--markdown", args.markdown), ("--csv", args.csv)):
         if path is not None:
-            check_out(Path(path).parent, flag)
+            check_out_file(path, flag)
     tasks, problems = load_tasks(args.runs)
     missing = [p for p in problems if p.line is None and "no run folder" in p.reason]
     if missing:
@@ -272,6 +273,8 @@ def main(argv=None) -> list[dict]:
         raise ConfigError(f"--metric: no run logs {names}")
     label = f"{args.level:.0%} CI" + (" (bootstrap)" if args.ci == "bootstrap" else "")
     markdown, table = to_markdown(rows, label), to_csv(rows)
+    if problems:  # the table says what it does not cover; each one is a warning line above
+        markdown += f"\n{len(problems)} malformed or empty log(s) left out (see the warnings).\n"
     if args.markdown:
         atomic_write_text(args.markdown, markdown)
     if args.csv:

@@ -174,6 +174,11 @@ def _config_columns(run_file: Path, report) -> dict:
     return flatten(config, "config")
 
 
+def _not_strict_json(token: str):
+    # Python's json accepts Infinity/NaN, strict JSON (DESIGN section 5) does not: runlog.json_number writes null
+    raise json.JSONDecodeError(f"{token} is not strict JSON (a missing value is null)", token, 0)
+
+
 def read_jsonl(path: str | os.PathLike, report) -> list[tuple[int, dict]]:
     """(line number, object) of every non-blank line of a JSON-lines file. A line that is not valid JSON or
     not a JSON object is passed to `report` as a Problem and left out (a `report` that raises stops there).
@@ -184,7 +189,7 @@ def read_jsonl(path: str | os.PathLike, report) -> list[tuple[int, dict]]:
             if not line.strip():
                 continue
             try:
-                obj = json.loads(line)
+                obj = json.loads(line, parse_constant=_not_strict_json)
             except json.JSONDecodeError as e:
                 report(Problem(str(path), lineno, f"invalid JSON: {e.msg}", "json", e.msg))
                 continue
@@ -198,7 +203,11 @@ def read_jsonl(path: str | os.PathLike, report) -> list[tuple[int, dict]]:
 
 def _metric_rows(metrics_file: Path, base: dict, report) -> list[dict]:
     rows = []
-    for _, obj in read_jsonl(metrics_file, report):
+    for lineno, obj in read_jsonl(metrics_file, report):
+        huge = [k for k, v in obj.items() if isinstance(v, int) and not isinstance(v, bool) and abs(v) > 2 ** 1023]
+        if huge:  # exact in JSON, but no float holds it: every statistic on it would overflow or be silently inf
+            report(Problem(str(metrics_file), lineno, f"{huge[0]!r}: integer too large for a number (beyond a float's range)"))
+            continue
         for key, family in METHOD_KEYS:
             if key in obj:
                 obj[key] = normalise(obj[key], family)
@@ -226,5 +235,8 @@ def load_runs(paths, strict: bool = False, nested: bool = False) -> Loaded:
     for run in loaded.runs:
         folder = Path(run)
         base = {**_config_columns(folder / RUN_FILE, report), "run": run}
-        loaded.rows.extend(_metric_rows(folder / METRICS_FILE, base, report))
+        rows = _metric_rows(folder / METRICS_FILE, base, report)
+        if not rows:  # an empty log is a dropped run: said, never silent
+            report(Problem(str(folder / METRICS_FILE), None, "no metrics lines (empty file); run left out"))
+        loaded.rows.extend(rows)
     return loaded

@@ -60,6 +60,8 @@ def build_parser(description: str) -> ArgParser:
                         help=f"folder holding the run logs (searched recursively; default {DEFAULT_RUNS})")
     parser.add_argument("--out", default=DEFAULT_OUT, metavar="FOLDER",
                         help=f"where the figures go (created if needed; default {DEFAULT_OUT})")
+    parser.add_argument("--strict", action="store_true",
+                        help="a malformed or empty log is an error (default: a warning per run left out)")
     return parser
 
 
@@ -81,6 +83,14 @@ def load(runs):
     return tasks, [p for p in problems if not (p.line is None and p.reason.startswith(NO_RUNS))]
 
 
+def load_checked(args):
+    """load(args.runs), with --strict: the first malformed or empty log is the one error (nothing written yet)."""
+    tasks, problems = load(args.runs)
+    if problems and getattr(args, "strict", False):
+        raise ConfigError(f"--strict: malformed log: {problems[0]}")
+    return tasks, problems
+
+
 def print_warnings(problems, tasks=(), file=None) -> None:
     file = file or sys.stderr
     for p in problems:
@@ -96,7 +106,7 @@ def figure_main(name: str, command: str, make, argv=None, description: str | Non
 
     args = build_parser(description or f"Make the {name} figure from run logs.").parse_args(argv)
     check_paths(args)
-    tasks, problems = load(args.runs)
+    tasks, problems = load_checked(args)
     print_warnings(problems, tasks)
     notes: list[str] = []
     try:

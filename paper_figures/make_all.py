@@ -36,6 +36,7 @@ class Report:
     skipped: list[tuple[str, str]] = field(default_factory=list)   # (figure or table, reason with the command)
     failed: list[tuple[str, str]] = field(default_factory=list)    # (figure, error)
     notes: list[str] = field(default_factory=list)
+    left_out: list[str] = field(default_factory=list)              # malformed or empty logs not used (file: why)
 
 
 def parse_only(text: str | None) -> list[str]:
@@ -186,6 +187,10 @@ def print_report(report: Report, file=None) -> None:
     print(f"skipped ({len(report.skipped)}):" + ("" if report.skipped else " nothing"), file=file)
     for name, reason in report.skipped:
         print(f"  {name}: {reason}", file=file)
+    if report.left_out:
+        print(f"left out ({len(report.left_out)} malformed or empty logs):", file=file)
+        for p in report.left_out:
+            print(f"  {p}", file=file)
     if report.notes:
         print("notes:", file=file)
         for n in report.notes:
@@ -208,11 +213,12 @@ def main(argv=None) -> Report:
     args = build_parser().parse_args(argv)
     only = parse_only(args.only)
     common.check_paths(args)
-    tasks, problems = common.load(args.runs)
+    tasks, problems = common.load_checked(args)
     common.print_warnings(problems, tasks)
     if not tasks:
         print(f"warning: no bandit or alignment pipeline run under {args.runs}", file=sys.stderr)
     report = make_all(tasks, Path(args.out), only, runs=args.runs)
+    report.left_out = [str(p) for p in problems]
     print_report(report)
     if report.failed:
         sys.exit(1)

@@ -263,3 +263,33 @@ def test_cli_missing_runs_folder(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "analysis.leaderboard", str(tmp_path / "nope")],
                           capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 2 and "no run folder" in proc.stderr and "nope" in proc.stderr
+
+
+def test_leaderboard_without_strict_warns_once_per_bad_log_and_the_table_counts_them(tmp_path, capsys):
+    # issue 14 class 5: runs with an empty / non-strict-JSON log are never dropped silently
+    from analysis import leaderboard as lb
+
+    write_run(tmp_path / "good", "bandit/examples/tabular.py", {}, tabular_rows("unif", "exact", {0: [1.0, 0.5]}))
+    write_run(tmp_path / "empty", "bandit/examples/tabular.py", {}, [])
+    write_run(tmp_path / "inf", "bandit/examples/tabular.py", {}, tabular_rows("unif", "exact", {1: [1.0]}),
+              extra_lines=['{"setting": "exact", "sampler": "unif", "seed": 1, "step": 1, "value_gap": Infinity}\n'])
+    out = tmp_path / "t.md"
+    lb.main([str(tmp_path), "--markdown", str(out)])
+    warnings = [l for l in capsys.readouterr().err.splitlines() if l.startswith("warning:")]
+    assert len(warnings) == 2
+    assert any("empty" in w and "metrics.jsonl" in w for w in warnings)
+    assert any("metrics.jsonl:2" in w and "Infinity" in w for w in warnings)
+    assert "2 malformed or empty log(s) left out" in out.read_text()
+
+
+def test_null_metric_value_is_missing_not_zero(tmp_path):
+    # runlog.json_number writes null for inf/NaN: a reader takes it as missing (the row keeps None, no crash)
+    from analysis.load import load_runs
+
+    rows = tabular_rows("unif", "exact", {0: [1.0, 0.5]})
+    rows[1]["value_gap"] = None
+    write_run(tmp_path / "a", "bandit/examples/tabular.py", {}, rows)
+    loaded = load_runs([tmp_path / "a"], strict=True)
+    assert [r["value_gap"] for r in loaded.rows] == [1.0, None]
+    from analysis import leaderboard as lb
+    lb.main([str(tmp_path / "a"), "--format", "csv"])  # does not raise on the null
