@@ -48,7 +48,7 @@ from analysis import load
 from analysis.iterations import pooled_cell
 from analysis.style import SAMPLER_MARKERS, sampler_colors, sampler_key, save_figure
 from bandit.vocabulary import normalise
-from runlog import ArgParser, ConfigError, atomic_write_text, exit_on_config_error
+from runlog import ArgParser, ConfigError, atomic_write_text, check_out_file, exit_on_config_error
 
 METRICS_FILE = "metrics.jsonl"
 PIPELINE_FILE = "pipeline.json"
@@ -377,8 +377,6 @@ def _check_output(option: str, value: str | None, suffixes: tuple[str, ...] = ()
     path = Path(value).expanduser()
     if suffixes and path.suffix.lower() not in suffixes:
         raise ConfigError(f"{option}: {value!r} must end in {' or '.join(suffixes)}")
-    from analysis.outputs import check_out_file  # folder, file-parent and unwritable places, before any work
-
     return check_out_file(path, option)
 
 

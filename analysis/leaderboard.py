@@ -37,8 +37,7 @@ from scipy import stats
 from analysis.aggregate import iterations_to, mean_ci, median
 from analysis.curves import TOL, seed_series
 from analysis.runs import load_tasks
-from analysis.outputs import check_out_file
-from runlog import ArgParser, ConfigError, atomic_write_text, exit_on_config_error
+from runlog import ArgParser, ConfigError, atomic_write_text, check_out_file, exit_on_config_error
 
 DIRECTIONS = {"value_gap": "min", "param_diff": "min", "kl": "min", "value": "max", "reward_mean": "max",
               "win_rate": "max"}

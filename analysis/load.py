@@ -201,12 +201,35 @@ def read_jsonl(path: str | os.PathLike, report) -> list[tuple[int, dict]]:
     return out
 
 
+# the numeric columns of the project's logs (bandit.metrics.METRICS, the pipeline's evaluation metrics and their
+# intervals, the step counters); listed here rather than imported so that analysis loads no torch
+METRIC_NAMES = {"param_diff", "value", "value_gap", "kl", "reward_mean", "win_rate", "step", "iteration", "seed",
+                "loss", "pairs_used", "iters_to_tol"}
+METRIC_SUFFIXES = ("_mean", "_ci", "_lo", "_hi", "_std", "_rate")
+
+
+def is_metric_name(key: str) -> bool:
+    return key in METRIC_NAMES or key.endswith(METRIC_SUFFIXES)
+
+
+def _fits_float(v: int) -> bool:
+    try:
+        float(v)
+    except OverflowError:
+        return False
+    return True
+
+
 def _metric_rows(metrics_file: Path, base: dict, report) -> list[dict]:
     rows = []
     for lineno, obj in read_jsonl(metrics_file, report):
-        huge = [k for k, v in obj.items() if isinstance(v, int) and not isinstance(v, bool) and abs(v) > 2 ** 1023]
+        huge = [k for k, v in obj.items() if isinstance(v, int) and not isinstance(v, bool) and not _fits_float(v)]
         if huge:  # exact in JSON, but no float holds it: every statistic on it would overflow or be silently inf
             report(Problem(str(metrics_file), lineno, f"{huge[0]!r}: integer too large for a number (beyond a float's range)"))
+            continue
+        flags = [k for k, v in obj.items() if isinstance(v, bool) and is_metric_name(k)]
+        if flags:  # JSON true is not the number 1: a metric that is a bool is a broken line, not a value
+            report(Problem(str(metrics_file), lineno, f"{flags[0]!r}: {obj[flags[0]]!r} where a number is meant"))
             continue
         for key, family in METHOD_KEYS:
             if key in obj:

@@ -55,6 +55,21 @@ def check_out(out, flag: str = "--out") -> None:
         raise ConfigError(f"{flag}: {str(out)!r}{where} is not writable ({e.strerror})") from None
 
 
+def check_out_file(path, flag: str):
+    """An output file (a table, a figure): not an existing folder, and its parent a folder we can write in or
+    create (check_out's probe). Checked before any work. Returns the path."""
+    from pathlib import Path
+
+    p = Path(path).expanduser()
+    if p.is_dir():
+        raise ConfigError(f"{flag}: {str(path)!r} is a folder; give a file name")
+    parent = p.parent if str(p.parent) else Path(".")
+    if parent.exists() and not parent.is_dir():
+        raise ConfigError(f"{flag}: {str(path)!r} cannot be written: {str(parent)!r} is a file, not a folder")
+    check_out(parent, flag)
+    return p
+
+
 # a run is built in ".NAME.<8 random>.tmp" beside its place (runlog.RunDir): that name must fit the file system's
 # 255-byte limit too
 NAME_MAX_BYTES = 255 - len("..12345678.tmp")

@@ -46,6 +46,8 @@ ROWS = [
     # class 2: numbers at the edges
     Row("level-one", LB, ["run", "--level", "1"], "--level", 2, tabular_run(GOOD)),
     Row("alpha-nan", LB, ["run", "--alpha", "nan"], "--alpha", 2, tabular_run(GOOD)),
+    Row("metric-is-a-bool", LB, ["run", "--strict"], "where a number is meant", 2,
+        tabular_run(_line() + _line(0, 1).replace('"param_diff": 1.0', '"param_diff": true'))),
 ]
 
 # alignment.report: pipeline runs (metrics.jsonl + pipeline.json)
