@@ -222,6 +222,13 @@ def resolve(args: Args, check_preferences: bool = True) -> Plan:
                how=f"the stages' seeds, seed x 1000 + iteration (up to {args.iterations})")
     out = Path(args.out or f"runs/alignment/pipeline/{args.sampler}-seed{args.seed}")
     check_out(out)
+    recipe_file = load_yaml(args.config)
+    if not any(s in recipe_file for s in STAGES):  # else train_dpo reads the whole file as its own keys
+        raise ConfigError(f"--config: {args.config!r} has only pipeline keys and no stage section; a pipeline recipe "
+                          f"puts each stage's flags under {', '.join(s + ':' for s in STAGES)} (at least train:), "
+                          f"its own keys ({', '.join(sorted(f.name for f in dataclasses.fields(Args) if f.name not in STAGES)[:6])}, ...) at "
+                          f"the top; see alignment/configs/toy.yaml")
+    check_policy(args.policy)
     changes = _changes(args)
     sections, train_flags = {}, []
     for stage in STAGES:
@@ -256,6 +263,19 @@ def resolve(args: Args, check_preferences: bool = True) -> Plan:
     plan.recipe = {k: v for k, v in dataclasses.asdict(args).items() if k not in ("dry_run", "fresh", "out", "iterations")}
     plan.recipe["recipe_file"] = load_yaml(args.config)
     return plan
+
+
+def check_policy(policy: str) -> None:
+    """pi_0 must exist before anything is written: the usual miss is running the pipeline before SFT."""
+    from alignment.core.models import is_toy, model_source
+
+    if is_toy(policy):
+        return
+    looks_local = policy.startswith((".", "/", "~")) or policy.count("/") > 1
+    if looks_local and not Path(model_source(policy)).expanduser().exists():
+        raise ConfigError(f"--policy: no such model folder {policy!r}; the initial policy is written by the SFT step "
+                          f"(python -m alignment.sft --out runs/alignment/sft writes runs/alignment/sft/toy/model; "
+                          f"bash alignment/toy.sh runs it first), or give --policy a model folder or Hub name")
 
 
 def _changes(args: Args) -> dict:
