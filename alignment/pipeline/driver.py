@@ -221,6 +221,8 @@ def resolve(args: Args, check_preferences: bool = True) -> Plan:
     check_seed("seed", args.seed, derived=lambda s: stage_seed(s, args.iterations),
                how=f"the stages' seeds, seed x 1000 + iteration (up to {args.iterations})")
     out = Path(args.out or f"runs/alignment/pipeline/{args.sampler}-seed{args.seed}")
+    if out.is_dir():  # what only reads OUT first (check_out's writability probe touches the folder)
+        check_fresh(out) if args.fresh else read_recipe(out)
     check_out(out)
     recipe_file = load_yaml(args.config)
     if not any(s in recipe_file for s in STAGES):  # else train_dpo reads the whole file as its own keys
@@ -490,17 +492,26 @@ def run_stage(plan: Plan, stage: str, t: int) -> None:
     resume.mark_done(d / stage, stage=stage, iteration=t)
 
 
+def read_recipe(out: Path) -> dict | None:
+    """OUT/pipeline.json of an earlier run (None when there is none); one error line when it does not read back."""
+    path = out / "pipeline.json"
+    if not path.is_file():
+        return None
+    try:
+        old = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError):  # not ours to overwrite on a guess: the user decides
+        raise ConfigError(f"--out: {str(path)!r} is not readable JSON, so the run in {str(out)!r} cannot be "
+                          f"checked against this recipe; restore the file, or use --fresh to start the run over") from None
+    if not isinstance(old, dict):
+        raise ConfigError(f"--out: {str(path)!r} is not a pipeline recipe (a JSON object); restore it, or use --fresh")
+    return old
+
+
 def _check_same_recipe(plan: Plan, write: bool = True) -> None:
     path = plan.out / "pipeline.json"
     recipe = json.loads(dumps(plan.recipe))
     if path.exists():
-        try:
-            old = json.loads(path.read_text())
-        except (ValueError, UnicodeDecodeError):  # not ours to overwrite on a guess: the user decides
-            raise ConfigError(f"--out: {str(path)!r} is not readable JSON, so the run in {str(plan.out)!r} cannot be "
-                              f"checked against this recipe; restore the file, or use --fresh to start the run over") from None
-        if not isinstance(old, dict):
-            raise ConfigError(f"--out: {str(path)!r} is not a pipeline recipe (a JSON object); restore it, or use --fresh")
+        old = read_recipe(plan.out)
         if old != recipe:
             changed = sorted(k for k in set(old) | set(recipe) if old.get(k) != recipe.get(k))
             raise ConfigError(f"--out: {str(plan.out)!r} holds a run of another recipe (differs in: "
