@@ -616,6 +616,10 @@ def run(args: Args) -> Path | None:
     prompts = load_pipeline_prompts(args.prompts, args.split, args.prompt_field, args.prompt_template, "--prompts")
     eval_prompts = load_pipeline_prompts(args.eval_prompts, args.eval_split, args.prompt_field, args.prompt_template,
                                          "--eval-prompts", benchmarks=True)[:args.num_eval_prompts]
+    if not args.fresh:  # a finished stage whose outputs do not read back: one line now, not after rewriting run.json
+        for t in range(0, t_total + 1):
+            for stage in plan.stages(t):
+                resume.is_done(plan.stage_dir(t) / stage)
     if args.fresh:
         _fresh(plan.out)
     _check_same_recipe(plan)
