@@ -37,6 +37,7 @@ def _tree(folder: Path) -> dict:
             for p in folder.rglob("*")}
 
 
+@pytest.mark.slow  # the dry run checks every stage's flags (~15 s on a busy 2-core machine)
 def test_bad_eval_prompts_leave_nothing_and_the_corrected_command_is_not_another_recipe(tmp_path, capsys):
     """The eval prompts used to be read after pipeline.json and run.json were written, so the corrected command was
     refused as another recipe. Now the refusal writes nothing; the corrected command passes every check."""
