@@ -230,7 +230,6 @@ def resolve(args: Args, check_preferences: bool = True) -> Plan:
                           f"puts each stage's flags under {', '.join(s + ':' for s in STAGES)} (at least train:), "
                           f"its own keys ({', '.join(sorted(f.name for f in dataclasses.fields(Args) if f.name not in STAGES)[:6])}, ...) at "
                           f"the top; see alignment/configs/toy.yaml")
-    check_policy(args.policy)
     changes = _changes(args)
     sections, train_flags = {}, []
     for stage in STAGES:
@@ -609,6 +608,7 @@ def run(args: Args) -> Path | None:
         return None
 
     # everything is read and checked before anything is written or deleted: a refused command leaves nothing
+    check_policy(args.policy)  # here, not in resolve: a recipe script checks its pipelines before its SFT step runs
     if args.fresh:
         check_fresh(plan.out)
     else:
