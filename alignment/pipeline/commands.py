@@ -155,8 +155,16 @@ class Recipe:
         return word(v)
 
     def words(self, key: str) -> list[str]:
-        """The words of the string at `key` (e.g. launch: accelerate launch --config_file ...)."""
-        return shlex.split(self.value(key))
+        """The words of the string at `key` (e.g. launch: accelerate launch --config_file ...). A launch: key must
+        name a known launcher (driver.LAUNCHERS): a recipe must not run any command by surprise."""
+        if key.rsplit(".", 1)[-1] == "launch":
+            from alignment.pipeline.driver import check_launcher
+
+            return check_launcher(self.value(key), f"--config: {self.path!r} key {key!r}")
+        try:
+            return shlex.split(self.value(key))
+        except ValueError as e:
+            raise ConfigError(f"--config: {self.path!r} key {key!r}: cannot split it into words ({e})") from None
 
     def flags(self, section: str, module_name: str, skip: tuple = ()) -> list[str]:
         """The mapping `section` as flags of `module_name`, each key checked against the module's Args as its own

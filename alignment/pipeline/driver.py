@@ -46,6 +46,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import re
 import shlex
 import shutil
 import subprocess
@@ -220,7 +221,15 @@ def resolve(args: Args, check_preferences: bool = True) -> Plan:
     check_seed("seed", args.seed, derived=lambda s: stage_seed(s, args.iterations),
                how=f"the stages' seeds, seed x 1000 + iteration (up to {args.iterations})")
     out = Path(args.out or f"runs/alignment/pipeline/{args.sampler}-seed{args.seed}")
+    if out.is_dir():  # what only reads OUT first (check_out's writability probe touches the folder)
+        check_fresh(out) if args.fresh else read_recipe(out)
     check_out(out)
+    recipe_file = load_yaml(args.config)
+    if not any(s in recipe_file for s in STAGES):  # else train_dpo reads the whole file as its own keys
+        raise ConfigError(f"--config: {args.config!r} has only pipeline keys and no stage section; a pipeline recipe "
+                          f"puts each stage's flags under {', '.join(s + ':' for s in STAGES)} (at least train:), "
+                          f"its own keys ({', '.join(sorted(f.name for f in dataclasses.fields(Args) if f.name not in STAGES)[:6])}, ...) at "
+                          f"the top; see alignment/configs/toy.yaml")
     changes = _changes(args)
     sections, train_flags = {}, []
     for stage in STAGES:
@@ -255,6 +264,19 @@ def resolve(args: Args, check_preferences: bool = True) -> Plan:
     plan.recipe = {k: v for k, v in dataclasses.asdict(args).items() if k not in ("dry_run", "fresh", "out", "iterations")}
     plan.recipe["recipe_file"] = load_yaml(args.config)
     return plan
+
+
+def check_policy(policy: str) -> None:
+    """pi_0 must exist before anything is written: the usual miss is running the pipeline before SFT."""
+    from alignment.core.models import is_toy, model_source
+
+    if is_toy(policy):
+        return
+    looks_local = policy.startswith((".", "/", "~")) or policy.count("/") > 1
+    if looks_local and not Path(model_source(policy)).expanduser().exists():
+        raise ConfigError(f"--policy: no such model folder {policy!r}; the initial policy is written by the SFT step "
+                          f"(python -m alignment.sft --out runs/alignment/sft writes runs/alignment/sft/toy/model; "
+                          f"bash alignment/toy.sh runs it first), or give --policy a model folder or Hub name")
 
 
 def _changes(args: Args) -> dict:
@@ -296,9 +318,27 @@ def _check_stage(stage: str, argv: list[str]) -> None:
         raise
 
 
+LAUNCHERS = (("accelerate", "launch"), ("torchrun",), ("deepspeed",), ("python", "-m", "torch.distributed.run"),
+             ("python3", "-m", "torch.distributed.run"))
+
+
+def check_launcher(launch, where: str) -> list[str]:
+    """The words of a launch prefix, which must begin with one of LAUNCHERS: a recipe's launch: runs in a shell-free
+    subprocess, but any other program would still run whatever the recipe says."""
+    try:
+        words = shlex.split(launch) if isinstance(launch, str) else [str(w) for w in launch]
+    except ValueError as e:
+        raise ConfigError(f"{where}: cannot split {launch!r} into words ({e})") from None
+    if not any(tuple(words[:len(k)]) == k for k in LAUNCHERS):
+        raise ConfigError(f"{where}: {shlex.join(words) or '(empty)'!r} is not a known launcher; allowed: "
+                          + ", ".join(" ".join(k) for k in LAUNCHERS[:4]) + " (followed by their options)")
+    return words
+
+
 def check_launch(launch: str) -> None:
-    """The accelerate config named in --launch must exist and be valid YAML."""
-    words = shlex.split(launch)
+    """--launch must start with a known launcher (so a recipe cannot run any command), and the accelerate config it
+    names must exist and be valid YAML."""
+    words = check_launcher(launch, "--launch")
     if "--config_file" in words:
         i = words.index("--config_file")
         if i + 1 >= len(words):
@@ -434,8 +474,10 @@ def run_stage(plan: Plan, stage: str, t: int) -> None:
     log = d / f"{stage}.log"
     resuming = resume_flags(plan, stage, t)
     if plan.args.launch:
+        command = plan.command(stage, t) + resuming
+        print(f"# {shlex.join(command)}", flush=True)  # what runs, in full, before it runs
         with open(log, "a" if resuming else "w") as f:  # the stage's printed lines; its progress bar stays on the terminal
-            code = subprocess.call(plan.command(stage, t) + resuming, stdout=f)
+            code = subprocess.call(command, stdout=f)
         if code:
             raise ConfigError(f"{stage} of iteration {t} failed (exit code {code}); its output: {log}")
     else:
@@ -449,21 +491,32 @@ def run_stage(plan: Plan, stage: str, t: int) -> None:
     resume.mark_done(d / stage, stage=stage, iteration=t)
 
 
-def _check_same_recipe(plan: Plan) -> None:
+def read_recipe(out: Path) -> dict | None:
+    """OUT/pipeline.json of an earlier run (None when there is none); one error line when it does not read back."""
+    path = out / "pipeline.json"
+    if not path.is_file():
+        return None
+    try:
+        old = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError):  # not ours to overwrite on a guess: the user decides
+        raise ConfigError(f"--out: {str(path)!r} is not readable JSON, so the run in {str(out)!r} cannot be "
+                          f"checked against this recipe; restore the file, or use --fresh to start the run over") from None
+    if not isinstance(old, dict):
+        raise ConfigError(f"--out: {str(path)!r} is not a pipeline recipe (a JSON object); restore it, or use --fresh")
+    return old
+
+
+def _check_same_recipe(plan: Plan, write: bool = True) -> None:
     path = plan.out / "pipeline.json"
     recipe = json.loads(dumps(plan.recipe))
     if path.exists():
-        try:
-            old = json.loads(path.read_text())
-        except (ValueError, UnicodeDecodeError):  # not ours to overwrite on a guess: the user decides
-            raise ConfigError(f"--out: {str(path)!r} is not readable JSON, so the run in {str(plan.out)!r} cannot be "
-                              f"checked against this recipe; restore the file, or use --fresh to start the run over") from None
-        if not isinstance(old, dict):
-            raise ConfigError(f"--out: {str(path)!r} is not a pipeline recipe (a JSON object); restore it, or use --fresh")
+        old = read_recipe(plan.out)
         if old != recipe:
             changed = sorted(k for k in set(old) | set(recipe) if old.get(k) != recipe.get(k))
             raise ConfigError(f"--out: {str(plan.out)!r} holds a run of another recipe (differs in: "
                               f"{', '.join(changed)}); use another --out, or --fresh to start it over")
+    if not write:
+        return
     plan.out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(path, recipe)
 
@@ -509,14 +562,40 @@ def print_commands(plan: Plan) -> None:
             print(shlex.join(plan.command(stage, t)))
 
 
-def _fresh(out: Path) -> None:
-    """--fresh: delete OUT, which must be a run folder of this driver (its pipeline.json) or empty."""
+# what the driver writes into OUT (all that --fresh may delete): its recipe, log, table, eval prompts, iterations
+OWN_ENTRIES = re.compile(r"(pipeline\.json|run\.json|metrics\.jsonl|eval_prompts\.jsonl|iter_\d+|"
+                         r"\.(pipeline|run|metrics|eval_prompts)\.json(l)?\..*\.tmp)$")
+
+
+def check_fresh(out: Path) -> None:
+    """--fresh deletes only what this driver wrote (DESIGN section 6): OUT must hold the driver's own pipeline.json
+    and nothing else than the driver's entries, and must not be the working directory, an ancestor of it, home or
+    root. Checked before anything is deleted or written."""
     if not out.exists():
         return
-    if not (out / "pipeline.json").is_file() and any(out.iterdir()):
+    here, target = Path.cwd().resolve(), out.resolve()
+    if target == here or target in here.parents or target in (Path.home().resolve(), Path(target.anchor)):
+        raise ConfigError(f"--fresh: --out {str(out)!r} is the working directory, an ancestor of it, home or root; "
+                          f"refusing to delete it (give the run's own folder as --out)")
+    if not any(out.iterdir()):
+        return
+    if not (out / "pipeline.json").is_file():
         raise ConfigError(f"--fresh: {str(out)!r} holds no pipeline.json, so it is not a pipeline run folder; it is "
                           f"left alone (delete it yourself, or use another --out)")
-    shutil.rmtree(out)
+    foreign = sorted(p.name for p in out.iterdir() if not OWN_ENTRIES.match(p.name))
+    if foreign:
+        raise ConfigError(f"--fresh: {str(out)!r} holds entries the pipeline did not write ("
+                          f"{', '.join(foreign[:5])}{', ...' if len(foreign) > 5 else ''}); nothing deleted "
+                          f"(move them out, or use another --out)")
+
+
+def _fresh(out: Path) -> None:
+    """--fresh: delete the driver's own entries of OUT (check_fresh has passed)."""
+    if not out.exists():
+        return
+    for p in out.iterdir():
+        if OWN_ENTRIES.match(p.name):
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
 
 
 def run(args: Args) -> Path | None:
@@ -528,6 +607,19 @@ def run(args: Args) -> Path | None:
         print_commands(plan)
         return None
 
+    # everything is read and checked before anything is written or deleted: a refused command leaves nothing
+    check_policy(args.policy)  # here, not in resolve: a recipe script checks its pipelines before its SFT step runs
+    if args.fresh:
+        check_fresh(plan.out)
+    else:
+        _check_same_recipe(plan, write=False)
+    prompts = load_pipeline_prompts(args.prompts, args.split, args.prompt_field, args.prompt_template, "--prompts")
+    eval_prompts = load_pipeline_prompts(args.eval_prompts, args.eval_split, args.prompt_field, args.prompt_template,
+                                         "--eval-prompts", benchmarks=True)[:args.num_eval_prompts]
+    if not args.fresh:  # a finished stage whose outputs do not read back: one line now, not after rewriting run.json
+        for t in range(0, t_total + 1):
+            for stage in plan.stages(t):
+                resume.is_done(plan.stage_dir(t) / stage)
     if args.fresh:
         _fresh(plan.out)
     _check_same_recipe(plan)
@@ -538,9 +630,6 @@ def run(args: Args) -> Path | None:
     hf_logging.disable_progress_bar()  # weight-loading bars; each stage keeps its own progress bar
     from alignment.core.data import write_jsonl
 
-    prompts = load_pipeline_prompts(args.prompts, args.split, args.prompt_field, args.prompt_template, "--prompts")
-    eval_prompts = load_pipeline_prompts(args.eval_prompts, args.eval_split, args.prompt_field, args.prompt_template,
-                                         "--eval-prompts", benchmarks=True)[:args.num_eval_prompts]
     write_jsonl(plan.out / "eval_prompts.jsonl", eval_prompts)
     rows, t0 = [], time.perf_counter()
     for t in range(0, t_total + 1):

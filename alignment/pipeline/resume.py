@@ -13,6 +13,7 @@ is the trainer's own, removed by it when it finishes.
 """
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from pathlib import Path
@@ -29,7 +30,39 @@ def marker(folder) -> Path:
 def is_done(folder) -> bool:
     """The stage that writes `folder` has finished: its marker and its run.json are both there."""
     folder = Path(folder)
-    return marker(folder).exists() and (folder / "run.json").exists()
+    if not (marker(folder).exists() and (folder / "run.json").exists()):
+        return False
+    check_readable(folder)
+    return True
+
+
+def _strict(constant: str):
+    raise ValueError(f"{constant} is not JSON")
+
+
+def check_readable(folder: Path) -> None:
+    """A finished stage's outputs must read back before a rerun trusts its marker (a disk filled up, a copy cut
+    short): run.json parses, metrics.jsonl is strict JSON line by line. Otherwise one error naming the file; nothing
+    is deleted on a guess: the user removes the stage's folder (and marker) to redo it."""
+    from runlog import ConfigError
+
+    redo = (f"remove {str(folder)!r} and {str(marker(folder))!r} to redo that stage, or rerun with --fresh to start "
+            f"the run over")
+    try:
+        json.loads((folder / "run.json").read_text(), parse_constant=_strict)
+    except (OSError, ValueError, UnicodeDecodeError):
+        raise ConfigError(f"{str(folder / 'run.json')!r} of a finished stage does not read back as JSON; {redo}") from None
+    metrics = folder / "metrics.jsonl"
+    if metrics.exists():
+        try:
+            lines = metrics.read_text().splitlines()
+        except (OSError, UnicodeDecodeError):
+            lines = ["\ufffd"]
+        for i, line in enumerate(lines, 1):
+            try:
+                json.loads(line, parse_constant=_strict)
+            except ValueError:
+                raise ConfigError(f"{str(metrics)!r} line {i} of a finished stage is not strict JSON; {redo}") from None
 
 
 def mark_done(folder, **info) -> None:

@@ -25,7 +25,7 @@ from alignment.pipeline import resume
 from alignment.pipeline.commands import (PYTHON, StageFailed, check_seed_text, check_uint, dispatch, parse_script, script_parser,
                                          script_path)
 from bandit.vocabulary import PAIR_SAMPLER, SELECTOR, canonical
-from runlog import ConfigError
+from runlog import ConfigError, check_out
 
 # the runs go in parallel, one torch thread each (torch's threads stall when cores are shared); no network
 CHILD_ENV = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -146,7 +146,9 @@ def _parse(name: str, usage: str, argv):
                            positional=("DIR",))
     if args.out is not None and args.DIR is not None:
         parser.error(f"the output folder is given twice: --out {args.out} and {args.DIR}")
-    return Path(args.out or args.DIR or f"runs/alignment/{name}"), args.dry_run
+    out = Path(args.out or args.DIR or f"runs/alignment/{name}")
+    check_out(out, "--out" if args.DIR is None else "DIR")  # one line now, not a traceback at the first mkdir
+    return out, args.dry_run
 
 
 def _names(var: str, default: str, family: str, allowed=None) -> list[str]:
@@ -239,8 +241,6 @@ def _grep(paths, pattern: str, first: bool = False) -> None:
 def _setup(out: Path, dry_run: bool) -> None:
     os.environ.update(CHILD_ENV)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    if not dry_run:
-        out.joinpath("logs").mkdir(parents=True, exist_ok=True)
 
 
 # ------------------------------------------------------------------------------------------------ toy
@@ -270,6 +270,8 @@ def toy(argv) -> None:
         check_stage(job)
     for job in pipelines:
         check_pipeline(job)
+    if not dry_run:  # only after every command is checked: a refused command leaves nothing
+        out.joinpath("logs").mkdir(parents=True, exist_ok=True)
     if dry_run:
         show([sft, rm] + pipelines)
         print(shlex.join(report))
@@ -345,6 +347,8 @@ def toy_selection(argv) -> None:
     data_ready = resume.is_done(annotate.folder)  # else step 1 writes it: its rows are read when the pipelines run
     for job in first + needed + gap:
         check_pipeline(job, check_preferences=data_ready)
+    if not dry_run:  # only after every command is checked: a refused command leaves nothing
+        out.joinpath("logs").mkdir(parents=True, exist_ok=True)
     if dry_run:
         show([sft, generate, annotate] + first + needed + gap)
         print(shlex.join(report))
