@@ -49,3 +49,8 @@ for entry in ("alignment.sft", "alignment.reward_model"):
         Row("batch-size-0", entry, ["--batch-size", "0"], "--batch-size", 2),
         Row("data-not-utf8", entry, ["--data", "data.jsonl"], "data.jsonl", 3, setup=_not_utf8),
     ]
+
+ROWS += [
+    Row("identical-pair", "alignment.reward_model", ["--data", "pairs.jsonl"], "2 such pairs", 5,
+        setup=lambda f: pairs_file(f, [PAIR, dict(PAIR, rejected="b"), dict(PAIR, rejected="b")])),
+]
