@@ -62,8 +62,11 @@ share of every global batch of batch-size x grad-accum x processes pairs.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import json
 import time
+import types
+import typing
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -197,7 +200,59 @@ def check_dpo_extras(extra: dict, where: str = "--config: dpo") -> dict:
                               f"(see --help) instead of the dpo: mapping")
         if key not in known:
             raise ConfigError(f"{where}: {key!r} is not a DPOConfig field (TRL {__import__('trl').__version__})")
+    hints = typing.get_type_hints(DPOConfig)
+    fields = {f.name: f for f in dataclasses.fields(DPOConfig)}
+    for key, value in extra.items():
+        # Checked here, before any model loads: TRL itself only trips over a wrong type mid-training.
+        allowed = hints[key]
+        if not value_fits(value, allowed):
+            raise ConfigError(f"{where}.{key}: must be {type_name(allowed)}, got {value!r} "
+                              f"({type(value).__name__})")
+        choices = fields[key].metadata.get("choices")
+        if choices and isinstance(value, str) and value not in choices:
+            raise ConfigError(f"{where}.{key}: must be one of {', '.join(map(str, choices))}, got {value!r}")
     return extra
+
+
+def value_fits(value, annotation) -> bool:
+    """Whether a YAML/JSON value has a DPOConfig field's type; a bool is not a number (YAML true is not 1)."""
+    origin = typing.get_origin(annotation)
+    if annotation is typing.Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(value_fits(value, a) for a in typing.get_args(annotation))
+    if origin is typing.Literal:
+        return any(value == a and type(value) is type(a) for a in typing.get_args(annotation))
+    if annotation is type(None):
+        return value is None
+    if origin in (list, tuple):
+        (item,) = typing.get_args(annotation)[:1] or (typing.Any,)
+        return isinstance(value, list) and all(value_fits(v, item) for v in value)
+    if origin is dict or annotation is dict:
+        return isinstance(value, dict)
+    if annotation is bool:
+        return isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        return isinstance(value, str) and value in {m.value for m in annotation}
+    if isinstance(annotation, type):
+        return isinstance(value, annotation)
+    return True  # an annotation we cannot read: TRL's own checks decide
+
+
+def type_name(annotation) -> str:
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return " or ".join(type_name(a) for a in typing.get_args(annotation))
+    if annotation is type(None):
+        return "null"
+    if typing.get_origin(annotation) is typing.Literal:
+        return " or ".join(repr(a) for a in typing.get_args(annotation))
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        return "one of " + ", ".join(m.value for m in annotation)
+    return getattr(annotation, "__name__", str(annotation))
 
 
 def check_lora(args: Args) -> None:
@@ -235,7 +290,7 @@ def resolve(args: Args) -> torch.device:
     check_trackers(args)
     check_name(args.name)
     check_out(args.out)
-    check_dpo_extras(args.dpo)
+    check_dpo_extras(args.dpo, f"--config {args.config}: dpo" if args.config else "--config: dpo")
     check_sampler_fields(args)  # --loss, --margin-scale and the selector flags; the selector's canonical name
     d = args.dpo
     check_trl_loss(args.loss, d.get("label_smoothing", 0.0), d.get("f_divergence_type", "reverse_kl"),

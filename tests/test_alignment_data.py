@@ -182,7 +182,7 @@ GEN_PROBLEMS = {
     "num_tokens length": (_gen(num_tokens=[1, 2]), "'num_tokens' has 2 entries"),
     "negative num_tokens": (_gen(num_tokens=[1, -2, 3]), "'num_tokens[1]' must be an integer >= 0"),
     "non-finite reward": ([json.dumps(GEN[0]), json.dumps(GEN[1])[:-1] + ', "rewards": [1.0, NaN, 2.0]}'],
-                          "'rewards[1]' must be a finite number"),
+                          "(line 2): not valid JSON (NaN is not JSON"),  # strict JSON: refused as it is read
     "duplicate id": (_gen(id="a"), "duplicate id 'a'"),
     "bad id": (_gen(id=[1]), "field 'id' must be a string or an integer"),
     "malformed JSON": ([json.dumps(GEN[0]), '{"id": "b", "prompt": '], "not valid JSON"),
@@ -250,18 +250,18 @@ PREF_PROBLEMS = {
     "non-string chosen": (_pref(chosen=1.5), "'chosen' must be a string"),
     "messages in a plain set": (_pref(rejected=[{"role": "assistant", "content": "x"}]), "'rejected' must be a string"),
     "non-finite chosen_reward": ([json.dumps(PREF[1]), json.dumps(PREF[0])[:-1] + ', "chosen_reward": Infinity}'],
-                                 "'chosen_reward' must be a finite number"),
+                                 "(line 2): not valid JSON (Infinity is not JSON"),
     "string reward": (_pref(rejected_reward="3"), "'rejected_reward' must be a finite number"),
     "rewards length": (_pref(rewards=[1.0]), "'rewards' has 1 entries but 'responses' has 2"),
     "non-finite rewards": ([json.dumps(PREF[1]), json.dumps(PREF[0]).replace('"rewards": [0.0', '"rewards": [NaN')],
-                           "'rewards[0]' must be a finite number"),
+                           "(line 2): not valid JSON (NaN is not JSON"),
     "duplicate id": (_pref(id="b"), "duplicate id 'b'"),
     "malformed JSON": ([json.dumps(PREF[1]), json.dumps(PREF[0])[:-3]], "not valid JSON"),
     "identical": (_pref(rejected=PREF[0]["chosen"]), "same text"),
     "string score": (_pref(chosen_reward=None, rejected_reward=None, score_chosen="7", score_rejected=1.0),
                      "'score_chosen' must be a finite number"),
     "non-finite score": ([json.dumps(PREF[1]), _pref(chosen_reward=None, rejected_reward=None)[1][:-1]
-                          + ', "score_chosen": 1, "score_rejected": NaN}'], "'score_rejected' must be a finite number"),
+                          + ', "score_chosen": 1, "score_rejected": NaN}'], "(line 2): not valid JSON (NaN is not JSON"),
 }
 
 
@@ -323,3 +323,38 @@ def test_hub_flags_and_split_reach_datasets(monkeypatch, tmp_path):
     expect_error(lambda: load_preferences(str(f), data_dir="helpful-base"), "--data-dir", "local file", "p.jsonl")
     expect_error(lambda: load_prompts(str(f), config="default"), "--data-config", "local file")
     assert len(seen) == 2  # a refused flag never reaches datasets
+
+
+def _one_bad_pair(tmp_path, line: str) -> str:
+    good = json.dumps({"prompt": "a", "chosen": "b", "rejected": "c"})
+    (tmp_path / "p.jsonl").write_text(good + "\n" + line + "\n")
+    with pytest.raises(ConfigError) as e:
+        load_preferences(str(tmp_path / "p.jsonl"))
+    return str(e.value)
+
+
+@pytest.mark.parametrize("extra, field", [
+    ({"chosen_reward": 10**400, "rejected_reward": 0}, "chosen_reward"),     # float() overflows on it
+    ({"chosen_reward": -10**400, "rejected_reward": 0}, "chosen_reward"),
+    ({"score_chosen": True, "score_rejected": 1}, "score_chosen"),             # JSON true is not 1
+    ({"chosen_reward": 1, "rejected_reward": False}, "rejected_reward"),
+])
+def test_reward_that_is_no_finite_float_names_file_line_and_field(tmp_path, extra, field):
+    msg = _one_bad_pair(tmp_path, json.dumps({"prompt": "a", "chosen": "b", "rejected": "c", **extra}))
+    assert "p.jsonl" in msg and "line 2" in msg and repr(field) in msg
+
+
+@pytest.mark.parametrize("token", ["NaN", "Infinity", "-Infinity"])
+def test_nan_and_infinity_tokens_are_not_json(tmp_path, token):
+    # json.dumps(float("nan"), allow_nan=False) refuses these: strict JSON has no such tokens
+    with pytest.raises(ValueError):
+        json.dumps(float(token.replace("Infinity", "inf")), allow_nan=False)
+    msg = _one_bad_pair(tmp_path, '{"prompt": "a", "chosen": "b", "rejected": "c", "chosen_reward": %s}' % token)
+    assert "line 2" in msg and token.lstrip("-") in msg
+
+
+def test_identical_pairs_error_counts_them(tmp_path):
+    rows = [{"prompt": "a", "chosen": "b", "rejected": "c"}] + [{"prompt": "a", "chosen": "b", "rejected": "b"}] * 3
+    (tmp_path / "p.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(ConfigError, match=r"row 1 \(line 2\).*3 such pairs"):
+        load_preferences(str(tmp_path / "p.jsonl"))

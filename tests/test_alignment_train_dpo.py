@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import typing
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -263,3 +265,28 @@ def test_lora_flag_errors(tmp_path, argv, flag):
               *argv], tmp_path)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and flag in r.stderr, r.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("extra, allowed", [
+    ({"max_grad_norm": True}, "float"),          # YAML true is not 1.0
+    ({"weight_decay": "0.01"}, "float"),
+    ({"use_weighting": 1}, "bool"),              # 1 is not true
+    ({"eval_steps": True}, "float"),
+])
+def test_recipe_dpo_value_of_the_wrong_type_is_refused_before_loading(extra, allowed):
+    from trl import DPOConfig
+    from alignment.train_dpo import check_dpo_extras
+    from runlog import ConfigError
+
+    (key,) = extra
+    # the type DPOConfig itself declares for the field (independent of our check)
+    assert allowed in str(typing.get_type_hints(DPOConfig)[key])
+    with pytest.raises(ConfigError, match=rf"recipe.yaml: dpo\.{key}: must be {allowed}"):
+        check_dpo_extras(extra, "--config recipe.yaml: dpo")
+
+
+def test_recipe_dpo_values_of_the_right_type_pass():
+    from alignment.train_dpo import check_dpo_extras
+
+    ok = {"max_grad_norm": 10, "weight_decay": 0.01, "use_weighting": True, "lr_scheduler_kwargs": {"a": 1}}
+    assert check_dpo_extras(ok) == ok

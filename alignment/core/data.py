@@ -66,6 +66,11 @@ def _where(field: str, source: str, i: int, lines: list[int] | None = None) -> s
     return f"{field}: {source} row {i}{line}"
 
 
+def _not_json_constant(token: str):
+    # Python's json reads NaN / Infinity / -Infinity, which strict JSON (and other readers) refuse.
+    raise json.JSONDecodeError(f"{token} is not JSON (strict JSON has no NaN or Infinity)", token, 0)
+
+
 def _read_jsonl(path: Path, field: str, source: str) -> tuple[list[dict], list[int]]:
     """Rows of a JSON Lines text and the line number of each; one error per malformed line."""
     rows, lines = [], []
@@ -79,7 +84,7 @@ def _read_jsonl(path: Path, field: str, source: str) -> tuple[list[dict], list[i
             continue
         where = f"{field}: {source} row {len(rows)} (line {n})"
         try:
-            row = json.loads(line)
+            row = json.loads(line, parse_constant=_not_json_constant)
         except json.JSONDecodeError as e:
             raise ConfigError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
         except RecursionError:  # json's parser recurses per level of nesting
@@ -100,7 +105,7 @@ def _read_json(path: Path, field: str, source: str) -> tuple[list[dict], list[in
     if not text.lstrip().startswith("["):
         return _read_jsonl(path, field, source)
     try:
-        data = json.loads(text)
+        data = json.loads(text, parse_constant=_not_json_constant)
     except json.JSONDecodeError as e:
         raise ConfigError(f"{field}: {source} line {e.lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
     except RecursionError:
@@ -242,8 +247,16 @@ def check_completion(value, where: str, name: str, conversational: bool = False)
 
 
 def check_reward(value, where: str, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ConfigError(f"{where}: field {name!r} must be a finite number, got {value!r}")
+    bad = isinstance(value, bool) or not isinstance(value, (int, float))  # JSON true is not 1
+    if not bad:
+        try:  # a 400-digit JSON integer overflows float(); math.isfinite on it raises, not returns False
+            bad = not math.isfinite(float(value))
+        except OverflowError:
+            bad = True
+    if bad:
+        shown = f"an integer of {len(str(abs(value)))} digits" if isinstance(value, int) and not isinstance(
+            value, bool) and abs(value) > 10**30 else repr(value)
+        raise ConfigError(f"{where}: field {name!r} must be a finite number (a float), got {shown}")
     return float(value)
 
 
@@ -432,6 +445,12 @@ def _scores_as_rewards(row: dict, where: str) -> dict:
                 rejected_reward=check_reward(scores[1], where, "score_rejected"))
 
 
+def identical_pairs(where: str, count: int) -> ConfigError:
+    """The one error every stage gives for pairs whose chosen == rejected (where: the first such row)."""
+    more = f" ({count} such pairs in all)" if count > 1 else ""
+    return ConfigError(f"{where}: 'chosen' and 'rejected' are the same text; such a pair carries no preference{more}")
+
+
 def validate_preferences(rows: list[dict], source: str, field: str = "--preferences",
                          lines: list[int] | None = None, allow_identical: bool = False) -> list[dict]:
     """TRL preference rows {"prompt", "chosen", "rejected"} plus optional rewards, checked (see module doc)."""
@@ -461,7 +480,7 @@ def validate_preferences(rows: list[dict], source: str, field: str = "--preferen
         check_completion(chosen, where, "chosen", conv)
         check_completion(rejected, where, "rejected", conv)
         if chosen == rejected and not allow_identical:
-            raise ConfigError(f"{where}: 'chosen' and 'rejected' are the same text; such a pair carries no preference")
+            raise identical_pairs(where, sum(r.get("chosen") == r.get("rejected") for r in rows[i:]))
         row = _scores_as_rewards(row, where)
         for name in ("chosen_reward", "rejected_reward"):
             if row.get(name) is not None:

@@ -167,7 +167,7 @@ def load_file_pairs(args) -> tuple[list[dict], list[dict]]:
     data_dir (optional), num_pairs, num_heldout, seed (alignment.reward_model's flags). A text prompt beside whole
     conversations (UltraFeedback-binarized's prompt column, a copy of the user turn) is dropped: the
     conversations are scored whole."""
-    from alignment.core.data import check_text, is_messages, load_rows
+    from alignment.core.data import check_text, identical_pairs, is_messages, load_rows
 
     rows = load_rows(args.data, "--data", getattr(args, "split", "train"), config=getattr(args, "data_config", None),
                      data_dir=getattr(args, "data_dir", None))
@@ -187,6 +187,8 @@ def load_file_pairs(args) -> tuple[list[dict], list[dict]]:
             check_text(row["prompt"], where, "prompt")
             if isinstance(row["prompt"], str) and not (isinstance(row["chosen"], str) and isinstance(row["rejected"], str)):
                 raise ConfigError(f"{where}: a plain-text 'prompt' needs plain-text 'chosen' and 'rejected'")
+        if row["chosen"] == row["rejected"]:  # as train_dpo refuses them: no preference to learn
+            raise identical_pairs(where, sum(r.get("chosen") == r.get("rejected") for r in rows[i:]))
         clean.append({"prompt": row.get("prompt"), "chosen": row["chosen"], "rejected": row["rejected"]})
     return shuffled_split(clean, args.num_pairs, args.num_heldout, args.seed, "--data", repr(args.data))
 
