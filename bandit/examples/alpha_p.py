@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from bandit.envs import TabularEnv
-from bandit.examples.common import (PAPER, check_alpha, llm_mix_p, metric_lines, parse_p, resolve_device, run_generator,
+from bandit.examples.common import (PAPER, bandit_bytes, check_memory, check_alpha, llm_mix_p, metric_lines, parse_p, resolve_device, run_generator,
                                     summarise)
 from bandit.rates import TOL
 from bandit.runner import simulate
@@ -143,6 +143,9 @@ def run(args: Args):
     if args.lr is not None:
         check_positive("lr", args.lr)
     lr = args.lr if args.lr is not None else PAPER[args.setting]["lr"]
+    check_memory("the simulation's tensors", bandit_bytes(args.seeds, 1, args.actions, args.num_samples,
+                                                          args.setting != "exact"),
+                 "--seeds x --actions" + (" x --num-samples" if args.setting != "exact" else ""))
     check_out(args.out)
     name = args.setting if args.name is None else args.name  # blank: an error, not the default
     check_name(name)

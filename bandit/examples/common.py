@@ -139,6 +139,44 @@ def resolve_specs(args, samplers: list[str]) -> tuple[dict, dict]:
     return specs, resolved
 
 
+
+def available_memory() -> int:
+    """Bytes this machine can still give (MemAvailable of /proc/meminfo, else free pages from os.sysconf)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import os
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def check_memory(what: str, nbytes: int, flags: str) -> None:
+    """Refuse, with the estimate, a size whose big tensors cannot fit in the available memory, before allocating.
+    `nbytes` is an exact int (400-digit sizes never go through float). Belongs in runlog: shared by every stage."""
+    free = available_memory()
+    if nbytes > free:
+        est = f"{nbytes / 2**30:.3g} GiB" if nbytes < 2**1000 else f"about 2**{nbytes.bit_length() - 1} bytes"
+        raise ConfigError(f"{flags}: {what} need an estimated {est}, more than the {free / 2**30:.3g} GiB of memory "
+                          f"available; lower them")
+
+
+# float64 tensors of shape [contexts, actions, seeds] the simulation holds at once (rewards, policy, reference,
+# gradients, sampler weights and metric temporaries): a conservative count, not a measurement
+LIVE_TENSORS = 16
+
+
+def bandit_bytes(seeds: int, contexts: int, actions: int, num_samples: int, empirical: bool, dim: int = 0) -> int:
+    """Estimated bytes of the simulation's big tensors (exact ints)."""
+    n = LIVE_TENSORS * seeds * contexts * actions * 8
+    if dim:
+        n += seeds * contexts * actions * dim * 8                # linear features [E, A, d] per seed
+    if empirical:
+        n += 4 * seeds * contexts * num_samples * 8              # drawn pairs (two int64 indices, labels, weights)
+    return n
+
+
 def resolve(args: BanditArgs, defaults: dict = PAPER) -> Plan:
     """Check every argument before anything is written; raise ConfigError naming the bad field."""
     samplers = canonical_list(args.samplers, PAIR_SAMPLER, "bandit", "--samplers", allowed=tuple(SAMPLERS))
@@ -151,6 +189,14 @@ def resolve(args: BanditArgs, defaults: dict = PAPER) -> Plan:
     check_seed("seed", args.seed)
     check_out(args.out)
     check_positive("beta", args.beta)
+    dim = getattr(args, "dim", 0)
+    if isinstance(dim, int) and dim >= 1:
+        flags = "--seeds x --contexts x --actions x --dim"
+    else:
+        dim, flags = 0, "--seeds x --contexts x --actions"
+    empirical = args.setting in ("empirical", "both")
+    check_memory("the simulation's tensors", bandit_bytes(args.seeds, args.contexts, args.actions, args.num_samples,
+                                                          empirical, dim), flags + (" x --num-samples" if empirical else ""))
     if args.lr is not None:
         if args.step == "newton":
             raise ConfigError("--lr: applies to --step fixed only; --step newton sets the step from the rewards")

@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 
 from analysis.aggregate import t_interval
 from bandit.envs import LinearEnv, TabularEnv
-from bandit.examples.common import resolve_device
+from bandit.examples.common import bandit_bytes, check_memory, resolve_device
 from bandit.metrics import METRICS
 from bandit.offline import OfflineSim, candidates_for, kept_count, make_dataset
 from bandit.samplers import SAMPLERS
@@ -145,6 +145,12 @@ def resolve(args: Args) -> Plan:
         raise ConfigError(f"--actions: must be an integer >= 2 (a pair needs two actions), got {args.actions}")
     check_seed("seed", args.seed)
     check_positive("beta", args.beta)
+    # before any float arithmetic on sizes (kept_count): environments [E, A] (and linear features [E, A, d]) per
+    # seed, plus the dataset's pairs and a step's candidates
+    check_memory("the simulation's tensors",
+                 bandit_bytes(args.seeds, args.contexts, args.actions, 0, False, args.dim)
+                 + 8 * args.seeds * (args.dataset + args.batch) * (8 + args.dim),
+                 "--seeds x --contexts x --actions x --dim, --dataset, --batch")
     if args.lr is not None:
         check_positive("lr", args.lr)
     check_number("flip", args.flip, low=0, high=1)  # a probability
