@@ -646,7 +646,7 @@ def run(args: Args) -> Path | None:
     plan = resolve(args)
 
     from alignment import generate
-    from alignment.generation.backend import check_lengths, encode_prompts, load_models
+    from alignment.generation.backend import check_generation_memory, check_lengths, encode_prompts, load_models
     from runlog import resolve_device
     from alignment.core.rewards import load_reward
 
@@ -660,6 +660,11 @@ def run(args: Args) -> Path | None:
     prompts = chat_prompts(prompts, tokenizer)
     prompt_ids = encode_prompts(tokenizer, prompts)
     check_lengths(models, prompt_ids, plan.cfg.max_new_tokens, prompts)
+    cfg = plan.cfg
+    # the policy's and pi_ref's responses and the KL draws are kept; a batch draws batch_size * kl_samples at once
+    check_generation_memory(models, len(prompts), cfg.kl_samples + 2, min(cfg.batch_size, len(prompts)),
+                            max(map(len, prompt_ids), default=0), cfg.max_new_tokens,
+                            "--kl-samples, --max-new-tokens, --batch-size")
     multi_turn = "mt_bench" in plan.exports and any(len(p.get("turns", ())) > 1 for p in prompts)
     if multi_turn:
         check_turn_lengths(models["policy"], tokenizer, prompts, prompt_ids, plan.cfg.max_new_tokens)

@@ -248,7 +248,7 @@ def run(args: Args) -> Path | None:
     from tqdm.auto import tqdm
 
     from alignment.core.data import load_prompts, write_jsonl
-    from alignment.generation.backend import check_lengths, encode_prompts
+    from alignment.generation.backend import check_generation_memory, check_lengths, encode_prompts
 
     # gloo processes on a machine without CUDA (torchrun / accelerate launch --cpu), one per GPU otherwise
     state = PartialState(cpu=args.device == "cpu" or not torch.cuda.is_available())
@@ -280,6 +280,15 @@ def run(args: Args) -> Path | None:
         except ConfigError:
             backend.close()
             raise
+    per_prompt = max(args.num_responses, plan.candidates or 0)
+    batch_prompts = min(plan.batch_size or 16, len(prompts))
+    try:
+        check_generation_memory(models, len(prompts), per_prompt, batch_prompts, max(map(len, prompt_ids), default=0),
+                                args.max_new_tokens, "--num-responses, --max-new-tokens, --batch-size")
+    except ConfigError:
+        if not models:
+            backend.close()
+        raise
 
     indices = list(range(len(prompts)))
     indices_of = {p["id"]: i for i, p in enumerate(prompts)}

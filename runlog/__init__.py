@@ -9,11 +9,11 @@ and analysis/ reads only these files.
 """
 from runlog.cli import (ConfigError, ArgParser, arg, check_name, check_out, check_out_file, entry_point, exit_on_config_error,
                         parse_dataclass)
-from runlog.checks import SEED_MAX, check_number, check_positive, check_seed, check_ratio, is_ratio, resolve_device
+from runlog.checks import SEED_MAX, available_memory, check_memory, check_number, check_positive, check_seed, check_ratio, is_ratio, resolve_device
 from runlog.rundir import RunDir, atomic_write_json, atomic_write_text, json_number, read_metrics, read_run
 
 __all__ = [
     "ConfigError", "ArgParser", "arg", "check_name", "check_out", "check_out_file", "entry_point", "exit_on_config_error", "parse_dataclass",
-    "SEED_MAX", "check_number", "check_positive", "check_seed", "check_ratio", "is_ratio", "resolve_device",
+    "SEED_MAX", "available_memory", "check_memory", "check_number", "check_positive", "check_seed", "check_ratio", "is_ratio", "resolve_device",
     "RunDir", "atomic_write_json", "atomic_write_text", "json_number", "read_metrics", "read_run",
 ]

@@ -3,6 +3,8 @@ names the flag and what is allowed (DESIGN.md section 6)."""
 from __future__ import annotations
 
 import math
+import os
+from pathlib import Path
 
 from runlog.cli import ConfigError
 
@@ -99,3 +101,24 @@ def check_seed(flag: str, value, derived=None, how: str = "") -> int:
         raise ConfigError(f"--{flag}: {value} is too large: {how or 'the seeds derived from it'} must stay <= "
                           f"{SEED_MAX} (numpy's limit), so at most {low}")
     return int(value)
+
+
+def available_memory() -> int:
+    """Bytes this machine can still give (MemAvailable of /proc/meminfo, else free pages from os.sysconf)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def check_memory(what: str, nbytes: int, flags: str) -> None:
+    """Refuse, with the estimate, a size whose big tensors cannot fit in the available memory, before allocating.
+    `nbytes` is an exact int (400-digit sizes never go through float)."""
+    free = available_memory()
+    if nbytes > free:
+        est = f"{nbytes / 2**30:.3g} GiB" if nbytes < 2**1000 else f"about 2**{nbytes.bit_length() - 1} bytes"
+        raise ConfigError(f"{flags}: {what} need an estimated {est}, more than the {free / 2**30:.3g} GiB of memory "
+                          f"available; lower them")

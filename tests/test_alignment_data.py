@@ -182,7 +182,7 @@ GEN_PROBLEMS = {
     "num_tokens length": (_gen(num_tokens=[1, 2]), "'num_tokens' has 2 entries"),
     "negative num_tokens": (_gen(num_tokens=[1, -2, 3]), "'num_tokens[1]' must be an integer >= 0"),
     "non-finite reward": ([json.dumps(GEN[0]), json.dumps(GEN[1])[:-1] + ', "rewards": [1.0, NaN, 2.0]}'],
-                          "(line 2): not valid JSON (NaN is not JSON"),  # strict JSON: refused as it is read
+                          "(line 2): 'rewards[1]' is NaN, which is not JSON"),  # strict JSON: refused as it is read
     "duplicate id": (_gen(id="a"), "duplicate id 'a'"),
     "bad id": (_gen(id=[1]), "field 'id' must be a string or an integer"),
     "malformed JSON": ([json.dumps(GEN[0]), '{"id": "b", "prompt": '], "not valid JSON"),
@@ -250,18 +250,18 @@ PREF_PROBLEMS = {
     "non-string chosen": (_pref(chosen=1.5), "'chosen' must be a string"),
     "messages in a plain set": (_pref(rejected=[{"role": "assistant", "content": "x"}]), "'rejected' must be a string"),
     "non-finite chosen_reward": ([json.dumps(PREF[1]), json.dumps(PREF[0])[:-1] + ', "chosen_reward": Infinity}'],
-                                 "(line 2): not valid JSON (Infinity is not JSON"),
+                                 "(line 2): 'chosen_reward' is Infinity, which is not JSON"),
     "string reward": (_pref(rejected_reward="3"), "'rejected_reward' must be a finite number"),
     "rewards length": (_pref(rewards=[1.0]), "'rewards' has 1 entries but 'responses' has 2"),
     "non-finite rewards": ([json.dumps(PREF[1]), json.dumps(PREF[0]).replace('"rewards": [0.0', '"rewards": [NaN')],
-                           "(line 2): not valid JSON (NaN is not JSON"),
+                           "(line 2): 'rewards[0]' is NaN, which is not JSON"),
     "duplicate id": (_pref(id="b"), "duplicate id 'b'"),
     "malformed JSON": ([json.dumps(PREF[1]), json.dumps(PREF[0])[:-3]], "not valid JSON"),
     "identical": (_pref(rejected=PREF[0]["chosen"]), "same text"),
     "string score": (_pref(chosen_reward=None, rejected_reward=None, score_chosen="7", score_rejected=1.0),
                      "'score_chosen' must be a finite number"),
     "non-finite score": ([json.dumps(PREF[1]), _pref(chosen_reward=None, rejected_reward=None)[1][:-1]
-                          + ', "score_chosen": 1, "score_rejected": NaN}'], "(line 2): not valid JSON (NaN is not JSON"),
+                          + ', "score_chosen": 1, "score_rejected": NaN}'], "(line 2): 'score_rejected' is NaN, which is not JSON"),
 }
 
 

@@ -37,6 +37,8 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(row, tmp_path, monkeyp
         row.setup(folder)
     argv = row.args(folder)
     monkeypatch.chdir(folder)  # default output places (runs/...) land here too
+    for key, value in (row.env or {}).items():
+        monkeypatch.setenv(key, value)
     before = tree(folder)
     main = importlib.import_module(row.entry).main
     capsys.readouterr()

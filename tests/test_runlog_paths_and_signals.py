@@ -199,3 +199,27 @@ def test_a_blank_name_is_an_error_not_the_default(entry, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert e.value.code == 2 and len(err.splitlines()) == 1 and "--name" in err, err
     assert not (tmp_path / "out").exists()
+
+
+def test_memory_estimates_are_exact_ints_and_refuse_only_beyond_what_is_free(monkeypatch):
+    """check_memory compares exact ints (a 400-digit size never goes through float) and refuses only above the free
+    bytes; generation_bytes by hand: ids 3 x 5 x 8 = 120, one model's cache and logits 3 x (5 x 2 x 2 x 4 + 2 x 10)
+    x 4 = 1200, a model named twice (--ref the same as --policy) counted once."""
+    import types
+
+    import runlog.checks as checks
+    from alignment.generation.backend import generation_bytes
+
+    monkeypatch.setattr(checks, "available_memory", lambda: 1000)
+    checks.check_memory("x", 1000, "--size")
+    with pytest.raises(ConfigError, match="--size: x need an estimated"):
+        checks.check_memory("x", 1001, "--size")
+    with pytest.raises(ConfigError, match=r"about 2\*\*1328 bytes"):  # 10**400 has 1329 bits
+        checks.check_memory("x", 10 ** 400, "--size")
+
+    model = types.SimpleNamespace(config=types.SimpleNamespace(num_hidden_layers=2, hidden_size=4, vocab_size=10))
+    assert generation_bytes({}, 3, 5) == 120
+    assert generation_bytes({"policy": model}, 3, 5) == 120 + 1200
+    assert generation_bytes({"policy": model, "ref": model}, 3, 5) == 120 + 1200
+    other = types.SimpleNamespace(config=model.config)
+    assert generation_bytes({"policy": model, "ref": other}, 3, 5) == 120 + 2400

@@ -66,9 +66,31 @@ def _where(field: str, source: str, i: int, lines: list[int] | None = None) -> s
     return f"{field}: {source} row {i}{line}"
 
 
-def _not_json_constant(token: str):
-    # Python's json reads NaN / Infinity / -Infinity, which strict JSON (and other readers) refuse.
-    raise json.JSONDecodeError(f"{token} is not JSON (strict JSON has no NaN or Infinity)", token, 0)
+class _NotJSON(str):
+    """Where Python's json would read NaN / Infinity / -Infinity, which strict JSON (and other readers) refuse."""
+
+
+def _not_json_constant(token: str) -> _NotJSON:
+    return _NotJSON(token)
+
+
+def _not_json_at(obj, path: str = "") -> tuple[str, str] | None:
+    """(path, token) of the first NaN or Infinity in a parsed row, e.g. ('rewards[3]', 'Infinity'), else None."""
+    if isinstance(obj, _NotJSON):
+        return path, str(obj)
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, list) else ()
+    for key, value in items:
+        found = _not_json_at(value, f"{path}[{key}]" if isinstance(key, int) else f"{path}.{key}" if path else key)
+        if found:
+            return found
+    return None
+
+
+def _refuse_not_json(obj, where: str) -> None:
+    found = _not_json_at(obj)
+    if found:
+        raise ConfigError(f"{where}: {found[0]!r} is {found[1]}, which is not JSON (strict JSON has no NaN or "
+                          f"Infinity)")
 
 
 def _read_jsonl(path: Path, field: str, source: str) -> tuple[list[dict], list[int]]:
@@ -85,6 +107,7 @@ def _read_jsonl(path: Path, field: str, source: str) -> tuple[list[dict], list[i
         where = f"{field}: {source} row {len(rows)} (line {n})"
         try:
             row = json.loads(line, parse_constant=_not_json_constant)
+            _refuse_not_json(row, where)
         except json.JSONDecodeError as e:
             raise ConfigError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
         except RecursionError:  # json's parser recurses per level of nesting
@@ -106,6 +129,9 @@ def _read_json(path: Path, field: str, source: str) -> tuple[list[dict], list[in
         return _read_jsonl(path, field, source)
     try:
         data = json.loads(text, parse_constant=_not_json_constant)
+        if isinstance(data, list):
+            for i, row in enumerate(data):
+                _refuse_not_json(row, _where(field, source, i))
     except json.JSONDecodeError as e:
         raise ConfigError(f"{field}: {source} line {e.lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
     except RecursionError:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from alignment.core.toy import TASK_SEED
 from bandit.spec import Tilt
-from runlog import ConfigError
+from runlog import ConfigError, check_memory
 
 
 def encode_prompts(tokenizer, rows: list[dict], field: str = "--prompts") -> list[list[int]]:
@@ -156,5 +156,33 @@ def check_lengths(models: dict, prompt_ids, max_new_tokens: int, rows):
             raise ConfigError(f"--max-new-tokens: prompt {rows[i]['id']!r} has {len(prompt_ids[i])} tokens; with "
                               f"{max_new_tokens} new ones that is {need} positions, more than --{key}'s "
                               f"max_position_embeddings {limit}")
+
+
+# bytes per generated token a run keeps until it is written: its int64 id, its share of the decoded text and of the
+# JSON row, Python's object overhead (a generous count, not a measurement)
+HELD_BYTES_PER_TOKEN = 64
+
+
+def generation_bytes(models: dict, sequences: int, length: int) -> int:
+    """Estimated bytes of one batch of `sequences` rows of up to `length` positions (exact ints, so 400-digit sizes
+    never go through float): the int64 ids, and each distinct model's key/value cache (2 x layers x hidden float32
+    per position, an upper bound under grouped-query attention) and next-token logits."""
+    n = sequences * length * 8
+    for m in {id(m): m for m in models.values()}.values():
+        c = m.config
+        layers, hidden, vocab = (int(getattr(c, f, 0) or 0) for f in ("num_hidden_layers", "hidden_size", "vocab_size"))
+        n += sequences * (length * 2 * layers * hidden + 2 * vocab) * 4
+    return n
+
+
+def check_generation_memory(models: dict, prompts: int, per_prompt: int, batch_prompts: int, longest_prompt: int,
+                            max_new_tokens: int, flags: str) -> None:
+    """Refuse, with the estimate, a generation whose responses (all kept until the run is written) or whose largest
+    batch cannot fit in the available memory, before anything is drawn."""
+    check_memory(f"{prompts} prompts x {per_prompt} responses x {max_new_tokens} tokens",
+                 prompts * per_prompt * max_new_tokens * HELD_BYTES_PER_TOKEN, flags)
+    if models:
+        check_memory(f"batches of {batch_prompts} prompts x {per_prompt} responses",
+                     generation_bytes(models, batch_prompts * per_prompt, longest_prompt + max_new_tokens), flags)
 
 

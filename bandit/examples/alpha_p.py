@@ -33,12 +33,12 @@ import numpy as np
 import torch
 
 from bandit.envs import TabularEnv
-from bandit.examples.common import (PAPER, bandit_bytes, check_memory, check_alpha, llm_mix_p, metric_lines, parse_p, resolve_device, run_generator,
+from bandit.examples.common import (PAPER, bandit_bytes, check_alpha, llm_mix_p, metric_lines, parse_p, resolve_device, run_generator,
                                     summarise)
 from bandit.rates import TOL
 from bandit.runner import simulate
 from bandit.spec import BASES, SPECS
-from runlog import ConfigError, RunDir, arg, atomic_write_json, check_name, check_out, check_positive, check_seed, entry_point
+from runlog import ConfigError, RunDir, arg, atomic_write_json, check_memory, check_name, check_out, check_positive, check_seed, entry_point
 
 STEPS = ("newton", "fixed")
 REFERENCE = "mix_p (paper)"      # the label of the paper's bandit mix_p row

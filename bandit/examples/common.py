@@ -18,7 +18,7 @@ from bandit.runner import simulate
 from bandit.samplers import DEFAULT_SAMPLERS, SAMPLERS, drawable
 from bandit.spec import BASES, SPECS, PairSpec, mix_p_llm
 from bandit.vocabulary import PAIR_SAMPLER, canonical_list
-from runlog import (ConfigError, RunDir, arg, atomic_write_json, check_name, check_out, check_number, check_positive,
+from runlog import (ConfigError, RunDir, arg, atomic_write_json, check_memory, check_name, check_out, check_number, check_positive,
                     check_seed, json_number)
 from runlog import resolve_device as runlog_resolve_device
 
@@ -138,28 +138,6 @@ def resolve_specs(args, samplers: list[str]) -> tuple[dict, dict]:
                                                if llm else {})
     return specs, resolved
 
-
-
-def available_memory() -> int:
-    """Bytes this machine can still give (MemAvailable of /proc/meminfo, else free pages from os.sysconf)."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    import os
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-
-
-def check_memory(what: str, nbytes: int, flags: str) -> None:
-    """Refuse, with the estimate, a size whose big tensors cannot fit in the available memory, before allocating.
-    `nbytes` is an exact int (400-digit sizes never go through float). Belongs in runlog: shared by every stage."""
-    free = available_memory()
-    if nbytes > free:
-        est = f"{nbytes / 2**30:.3g} GiB" if nbytes < 2**1000 else f"about 2**{nbytes.bit_length() - 1} bytes"
-        raise ConfigError(f"{flags}: {what} need an estimated {est}, more than the {free / 2**30:.3g} GiB of memory "
-                          f"available; lower them")
 
 
 # float64 tensors of shape [contexts, actions, seeds] the simulation holds at once (rewards, policy, reference,

@@ -41,14 +41,14 @@ from tqdm.auto import tqdm
 
 from analysis.aggregate import t_interval
 from bandit.envs import LinearEnv, TabularEnv
-from bandit.examples.common import bandit_bytes, check_memory, resolve_device
+from bandit.examples.common import bandit_bytes, resolve_device
 from bandit.metrics import METRICS
 from bandit.offline import OfflineSim, candidates_for, kept_count, make_dataset
 from bandit.samplers import SAMPLERS
 from bandit.vocabulary import PAIR_SAMPLER, canonical
 from bandit.selectors import SELECTORS, SelectorConfig, canonical_selector, make_selector
 from runlog import (
-    ConfigError, RunDir, arg, atomic_write_json, check_name, check_number, check_out, check_positive, check_ratio, check_seed, exit_on_config_error,
+    ConfigError, RunDir, arg, atomic_write_json, check_memory, check_name, check_number, check_out, check_positive, check_ratio, check_seed, exit_on_config_error,
     json_number, parse_dataclass)
 
 DESCRIPTION = (

@@ -27,6 +27,7 @@ class Row:
     klass: int                                # issue 14's class, 1..7
     setup: Callable[[Path], None] | None = None   # writes the row's input files into its folder
     slow: bool = False                        # loads torch models or runs work before failing: slow lane
+    env: dict | None = None                   # environment variables set for the row (the shell scripts' SEEDS, ...)
 
     def args(self, folder: Path) -> list:
         return [str(a) for a in (self.argv(folder) if callable(self.argv) else self.argv)]

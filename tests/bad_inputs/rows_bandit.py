@@ -38,4 +38,6 @@ ROWS += [
     Row("huge-dataset", "bandit.examples.offline", ["--dataset", HUGE], "estimated", 2),
     Row("alpha-nan", "bandit.examples.alpha_p", ["--alphas", "nan"], "--alphas", 2),
     Row("temperature-inf", "bandit.examples.alpha_p", ["--temperatures", "inf"], "--temperatures", 2),
+    Row("unknown-base", "bandit.examples.alpha_p", ["--bases", "pi,bogus"], "--bases", 5),
+    Row("unknown-step-rule", "bandit.examples.alpha_p", ["--steps", "bogus"], "--steps", 5),
 ]

@@ -61,6 +61,11 @@ ROWS = [
     Row("toy-dir-twice", TOYS, ["toy", "--out", "a", "b"], "twice", 5),
     Row("toy-no-such-script", TOYS, ["toy_bogus"], "toy_bogus", 5),
     Row("toy-selection-out-under-proc", TOYS, ["toy_selection", "--out", "/proc/sel"], "--out", 1),
+    Row("toy-seeds-2-to-32", TOYS, ["toy", "--dry-run"], "SEEDS", 2, env={"SEEDS": f"0 {2**32}"}),
+    Row("toy-seeds-not-a-number", TOYS, ["toy", "--dry-run"], "SEEDS", 2, env={"SEEDS": "0 one"}),
+    Row("toy-recipe-not-utf8", TOYS, ["toy", "--dry-run"], "r.yaml", 3, env={"RECIPE": "r.yaml"},
+        setup=lambda f: write(f / "r.yaml", b"iterations: \xff\xfe\n")),
+    Row("toy-recipe-missing", TOYS, ["toy", "--dry-run"], "nope.yaml", 3, env={"RECIPE": "nope.yaml"}),
     # the offline recipes (sams.sh, active.sh, difficulty.sh)
     Row("sams-unknown-flag", OFFLINE, ["sams", "--bogus"], "--bogus", 5),
     Row("sams-seed-2-to-32", OFFLINE, ["sams", "--seed", str(2**32)], "--seed", 2, setup=recipe_copy("sams")),
