@@ -21,9 +21,21 @@ Numbers, per sampler and iteration, for the true reward, the win rate against th
                  the half-width of the mean of k independent means; such rows are marked '*'.
 Iteration 0 is the initial policy (pi = pi_ref, KL 0), evaluated by each run.
 
+Over seeds (the seed is the unit of replication; analysis.seed_comparison), after the table:
+    over seeds   reward and KL per sampler and iteration as the mean of the seeds' own means +- the 95% t-interval
+                 over the seeds
+    paired       for the last iteration every sampler reached, each pair of samplers' true-reward difference,
+                 paired by seed (same SFT policy, prompts and evaluation seed), its t-interval over seeds, the
+                 paired t-test's p, Holm-adjusted over the pairs, the minimum detectable difference (MDD, 80%
+                 power at 5%, from the measured spread of the differences), and the verdict: a direction only
+                 where the Holm-adjusted test supports it, else "no detectable difference at this power"
+    matched KL   the reward at KL budgets (--kl-budgets), interpolated along each seed's per-iteration path
+                 (analysis.matched_kl), over the seeds that reach the budget, and its paired tests
+
 Outputs: the table on stdout (plain text); --markdown the same table in Markdown, --csv one row per sampler and
 iteration with full precision, --figure PATH.png the reward-vs-KL figure (and PATH.pdf next to it): one line per
-sampler through its iterations, 95% CIs as error bars in both directions. Everything is checked and computed
+sampler through its iterations (the mean of the seeds' means), 95% t-intervals over the seeds as error bars in both
+directions (with one seed: its evaluation-sampling CI). Everything is checked and computed
 before anything is written; each file is written atomically.
 """
 from __future__ import annotations
@@ -44,8 +56,13 @@ import textwrap
 from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
+
 from analysis import load
+from analysis.aggregate import t_interval
 from analysis.iterations import pooled_cell
+from analysis.matched_kl import matched_kl_table
+from analysis.seed_comparison import ALPHA, POWER, kl_budgets, paired_differences, verdict
 from analysis.style import SAMPLER_MARKERS, sampler_colors, sampler_key, save_figure
 from bandit.vocabulary import normalise
 from runlog import ArgParser, ConfigError, atomic_write_text, check_out_file, exit_on_config_error
@@ -207,7 +224,8 @@ def load_table(runs) -> list[dict]:
     Keys: sampler, iteration, seeds (how many), seed_list, and analysis.iterations.pooled_cell's: n (pooled
     per-prompt values; with the fallback the sum of the seeds' num_prompts, or None), ci_method ("pooled" or
     "seed_ci", see the module doc), and for each metric M of reward, win_rate, kl: M (mean), M_ci (95%
-    half-width), M_seed_min, M_seed_max.
+    half-width), M_seed_min, M_seed_max; M_over_seeds and M_over_seeds_ci (the mean of the seeds' own means and
+    its 95% t-interval over the seeds), and values: {M: {seed: that seed's mean}} for the paired comparisons.
     """
     loaded = [_Run(Path(r)) for r in runs]
     owner = {}
@@ -229,6 +247,11 @@ def load_table(runs) -> list[dict]:
         members.sort(key=lambda m: _seed_key(m[0].seed))
         out = {"sampler": sampler, "iteration": t, "seeds": len(members), "seed_list": [run.seed for run, _ in members]}
         out |= pooled_cell([(row, run.evaluations(t)) for run, row in members], cell_metrics, CONFIDENCE)
+        # the seed as the unit of replication: each seed's own mean, and the t-interval over the seeds
+        out["values"] = {name: {run.seed: row[mean_key] for run, row in members} for name, mean_key, *_ in METRICS}
+        for name, *_ in METRICS:
+            out[name + "_over_seeds"], out[name + "_over_seeds_ci"] = t_interval(list(out["values"][name].values()),
+                                                                                  CONFIDENCE)
         table.append(out)
     return table
 
@@ -307,7 +330,7 @@ def format_markdown(rows: list[dict]) -> str:
 
 
 CSV_FIELDS = ["sampler", "iteration", "seeds", "seed_list", "n", "ci_method"] + [
-    name + s for name, *_ in METRICS for s in ("", "_ci", "_seed_min", "_seed_max")]
+    name + s for name, *_ in METRICS for s in ("", "_ci", "_seed_min", "_seed_max", "_over_seeds", "_over_seeds_ci")]
 
 
 def format_csv(rows: list[dict]) -> str:
@@ -320,11 +343,127 @@ def format_csv(rows: list[dict]) -> str:
     return buf.getvalue()
 
 
+# ------------------------------------------------------------------------------------------------ over seeds
+
+def compare_seeds(rows: list[dict], budgets=None) -> dict:
+    """The comparison with the seed as the unit of replication (analysis.seed_comparison), from load_table's rows:
+
+    over_seeds   per sampler and iteration: reward and KL as the mean of the seeds' own means +- the 95% t-interval
+                 over the seeds
+    final        the last iteration every sampler reached; paired: the paired, Holm-adjusted differences of the
+                 true reward there, each with its minimum detectable difference (80% power, 5% level)
+    matched_kl   the reward at each KL budget (linear interpolation along each seed's per-iteration path, seeds
+                 that reach it), mean +- t-interval over those seeds; matched_paired: paired differences per budget
+    budgets      the KL budgets: `budgets`, or fractions of the smallest sampler mean of the final KL
+    """
+    samplers = sorted({r["sampler"] for r in rows}, key=sampler_key)
+    by = {(r["sampler"], r["iteration"]): r for r in rows}
+    final = min(max(t for (s, t) in by if s == sampler) for sampler in samplers)
+    paired = paired_differences({s: by[(s, final)]["values"]["reward"] for s in samplers}, order=samplers)
+    paths = {}
+    for s in samplers:
+        seeds = {}
+        for t in sorted(t for (name, t) in by if name == s):
+            for seed, kl in by[(s, t)]["values"]["kl"].items():
+                path = seeds.setdefault(seed, ([], []))
+                path[0].append(kl)
+                path[1].append(by[(s, t)]["values"]["reward"][seed])
+        paths[s] = seeds
+    if budgets is None:
+        budgets = kl_budgets({s: by[(s, final)]["kl_over_seeds"] for s in samplers})
+    matched = matched_kl_table(paths, budgets, CONFIDENCE)
+    matched.sort(key=lambda r: (r["kl_budget"], sampler_key(r["method"])))
+    matched_paired = {b: paired_differences({r["method"]: r["values"] for r in matched if r["kl_budget"] == b},
+                                            order=samplers) for b in budgets}
+    return {"samplers": samplers, "final": final, "paired": paired, "budgets": list(budgets), "matched_kl": matched,
+            "matched_paired": matched_paired,
+            "over_seeds": [r for r in rows if r["seeds"] >= 1]}
+
+
+def _pm(mean, half, digits: int = 3) -> tuple[str, str]:
+    return _num(mean, digits), _num(half, digits)
+
+
+def _p(x) -> str:
+    return "-" if x is None or not math.isfinite(x) else (f"{x:.3f}" if x >= 0.001 else "<0.001")
+
+
+def _signed(x) -> str:
+    return "nan" if not math.isfinite(x) else f"{x:+.3f}"
+
+
+def _mdd_line(c: dict) -> str:
+    paired = [r for r in c["paired"] if math.isfinite(r["mdd"])]
+    if not paired:
+        return "minimum detectable paired difference: needs at least 2 shared seeds per pair"
+    mdd = sorted(r["mdd"] for r in paired)
+    holm_mdd = sorted(r["mdd_holm"] for r in paired)
+    seeds = min(r["seeds"] for r in paired)
+    return (f"minimum detectable paired difference of the true reward at iteration {c['final']} ({POWER:.0%} power, "
+            f"{ALPHA:.0%} level, {seeds} seeds, the run's own spread): median {np.median(mdd):.3f} over the "
+            f"{len(mdd)} pairs (range {mdd[0]:.3f}..{mdd[-1]:.3f}); at Holm's strictest level "
+            f"{ALPHA:.0%}/{len(c['paired'])}: median {np.median(holm_mdd):.3f} (range {holm_mdd[0]:.3f}..{holm_mdd[-1]:.3f})")
+
+
+def _seed_tables(c: dict) -> list[tuple[str, list[str], list[list[str]], list[bool]]]:
+    """The over-seeds sections as (title, header, body, right-aligned) tables."""
+    over = [[r["sampler"], str(r["iteration"]), str(r["seeds"]), *_pm(r["reward_over_seeds"], r["reward_over_seeds_ci"]),
+             *_pm(r["kl_over_seeds"], r["kl_over_seeds_ci"])] for r in c["over_seeds"]]
+    tables = [("Over seeds: each seed's own mean, 95% t-interval over the seeds (the seed is the unit of replication)",
+               ["sampler", "iter", "seeds", "reward", "+- (seeds)", "KL", "+- (seeds)"], over,
+               [False, True, True, True, True, True, True])]
+
+    def pair_rows(rows):
+        return [[f"{r['a']} - {r['b']}", str(r["seeds"]), _signed(r["diff"]), _num(r["diff_ci"]), _p(r["p"]),
+                 _p(r["p_holm"]), _num(r["mdd"]), verdict(r)] for r in rows]
+
+    header = ["pair (a - b)", "seeds", "diff", "+- (seeds)", "p", "p Holm", "MDD", "verdict"]
+    right = [False, True, True, True, True, True, True, False]
+    tables.append((f"Paired by seed, true reward at iteration {c['final']} (paired t-test, Holm over "
+                   f"{len(c['paired'])} pairs; MDD: minimum detectable difference, {POWER:.0%} power, {ALPHA:.0%})",
+                   header, pair_rows(c["paired"]), right))
+    if c["budgets"]:
+        matched = [[f"{r['kl_budget']:g}", r["method"], f"{r['reached']}/{r['seeds']}", *_pm(r["reward"], r["hi"] - r["reward"])]
+                   for r in c["matched_kl"]]
+        tables.append(("Reward at matched KL (linear interpolation along each seed's per-iteration path; seeds that "
+                       "reach the budget; 95% t-interval over them)",
+                       ["KL budget", "sampler", "reached", "reward", "+- (seeds)"], matched,
+                       [True, False, True, True, True]))
+        rows = [[f"{b:g}"] + line for b in c["budgets"] for line in pair_rows(c["matched_paired"][b])]
+        tables.append(("Paired by seed at matched KL (Holm within each budget)", ["KL budget"] + header, rows,
+                       [True] + right))
+    return tables
+
+
+def format_seed_text(c: dict) -> str:
+    out = []
+    for title, header, body, right in _seed_tables(c):
+        widths = [max(len(x) for x in col) for col in zip(header, *body)]
+
+        def line(cells):
+            return "  ".join(x.rjust(w) if r else x.ljust(w) for x, w, r in zip(cells, widths, right)).rstrip()
+
+        out += ["", textwrap.fill(title, FOOTER_WIDTH), line(header), line(["-" * w for w in widths])]
+        out += [line(cells) for cells in body]
+    out += ["", textwrap.fill(_mdd_line(c), FOOTER_WIDTH, subsequent_indent="  ")]
+    return "\n".join(out) + "\n"
+
+
+def format_seed_markdown(c: dict) -> str:
+    out = []
+    for title, header, body, right in _seed_tables(c):
+        out += ["", f"**{title}**", "", "| " + " | ".join(h.replace("+-", "±") for h in header) + " |",
+                "|" + "|".join("---:" if r else "---" for r in right) + "|"]
+        out += ["| " + " | ".join(body_cell.replace("<", "&lt;") for body_cell in cells) + " |" for cells in body]
+    out += ["", _mdd_line(c)]
+    return "\n".join(out) + "\n"
+
+
 # ------------------------------------------------------------------------------------------------ figure
 
 def plot_reward_vs_kl(rows: list[dict], path) -> list[Path]:
-    """Mean true reward against KL(pi || pi_ref), one line per sampler through its iterations, 95% CIs as error
-    bars both ways, each point labelled with its iteration. Writes PATH (PNG) and PATH with .pdf; returns both."""
+    """Mean true reward against KL(pi || pi_ref), one line per sampler through its iterations, 95% intervals (over
+    seeds, see the module doc) as error bars both ways, each point labelled with its iteration. Writes PATH (PNG) and PATH with .pdf; returns both."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only; no display needed
@@ -334,27 +473,33 @@ def plot_reward_vs_kl(rows: list[dict], path) -> list[Path]:
     pdf = path.with_suffix(".pdf")
     samplers = sorted({r["sampler"] for r in rows}, key=sampler_key)
     colors = sampler_colors(samplers)
+    over_seeds = min(r["seeds"] for r in rows) >= 2
     nan0 = lambda x: 0.0 if math.isnan(x) else x  # a NaN half-width (one prompt) draws no bar
     with plt.rc_context({"font.size": 11, "axes.titlesize": 13, "axes.labelsize": 12, "legend.fontsize": 10}):
         fig, ax = plt.subplots(figsize=(8, 5.2))
         for sampler in samplers:
             mine = sorted((r for r in rows if r["sampler"] == sampler), key=lambda r: r["iteration"])
-            x = [r["kl"] for r in mine]
-            y = [r["reward"] for r in mine]
             seeds = max(r["seeds"] for r in mine)
+            # intervals over seeds where there are several (the seed is the unit of replication), else the
+            # one seed's evaluation-sampling interval
+            suffix, ci = ("_over_seeds", "_over_seeds_ci") if over_seeds else ("", "_ci")
+            x = [r["kl" + suffix] for r in mine]
+            y = [r["reward" + suffix] for r in mine]
             _, caps, bars = ax.errorbar(
-                x, y, xerr=[nan0(r["kl_ci"]) for r in mine], yerr=[nan0(r["reward_ci"]) for r in mine],
+                x, y, xerr=[nan0(r["kl" + ci]) for r in mine], yerr=[nan0(r["reward" + ci]) for r in mine],
                 color=colors[sampler], marker=SAMPLER_MARKERS.get(sampler, "o"), markersize=6, lw=1.8,
                 elinewidth=1, capsize=3, label=f"{sampler} ({seeds} seed{'s' if seeds != 1 else ''})")
             for artist in (*caps, *bars):
                 artist.set_alpha(0.55)  # the lines and markers stay in front of the (often overlapping) bars
-            for r in mine:
-                ax.annotate(str(r["iteration"]), (r["kl"], r["reward"]), xytext=(5, 5), textcoords="offset points",
+            for r, xi, yi in zip(mine, x, y):
+                ax.annotate(str(r["iteration"]), (xi, yi), xytext=(5, 5), textcoords="offset points",
                             fontsize=8, color=colors[sampler])
         ax.set_xlabel(r"KL$(\pi\,\|\,\pi_{\mathrm{ref}})$ (nats per response)")
         ax.set_ylabel("mean true reward")
-        note = "points: iterations (0 = initial policy); error bars: 95% CI, per-prompt values pooled over seeds"
-        if any(r["ci_method"] != "pooled" for r in rows):
+        note = ("points: iterations (0 = initial policy); error bars: 95% t-interval over the seeds' own means"
+                if over_seeds else "points: iterations (0 = initial policy); error bars: 95% CI of the evaluation "
+                                   "sampling (one seed)")
+        if not over_seeds and any(r["ci_method"] != "pooled" for r in rows):
             note += "\n(some CIs combine the seeds' reported CIs: evaluations.jsonl missing)"
         ax.set_title("Reward vs KL over DPO iterations", pad=10 + 12 * (note.count("\n") + 1))  # room for the note
         ax.text(0.5, 1.01, note, transform=ax.transAxes, ha="center", va="bottom", fontsize=9, color="0.3")
@@ -391,7 +536,25 @@ def build_parser() -> ArgParser:
     parser.add_argument("--figure", metavar="PATH.png", help="write the reward-vs-KL figure here (and PATH.pdf)")
     parser.add_argument("--csv", metavar="PATH", help="write the table as CSV (full precision)")
     parser.add_argument("--markdown", metavar="PATH", help="write the table as Markdown")
+    parser.add_argument("--kl-budgets", metavar="B,B,...", default=None,
+                        help="KL budgets of the matched-KL table, comma-separated numbers > 0 (default: 0.25, 0.5, "
+                             "0.75 and 1 times the smallest sampler mean of the final iteration's KL)")
     return parser
+
+
+def _budgets(text: str | None) -> list[float] | None:
+    if text is None:
+        return None
+    out = []
+    for part in text.split(","):
+        try:
+            b = float(part)
+        except ValueError:
+            b = math.nan
+        if not (math.isfinite(b) and b > 0):
+            raise ConfigError(f"--kl-budgets: each budget must be a finite number > 0, got {part.strip()!r}")
+        out.append(b)
+    return out
 
 
 @exit_on_config_error
@@ -403,9 +566,11 @@ def main(argv=None) -> list[dict]:
     outputs = [p.resolve() for p in (figure, figure.with_suffix(".pdf") if figure else None, csv_path, markdown) if p]
     if len(set(outputs)) < len(outputs):
         raise ConfigError("--figure, --csv, --markdown: give each output its own file (PATH.pdf is the figure's too)")
+    budgets = _budgets(args.kl_budgets)
     rows = load_table(find_runs(args.runs))
-    text = format_table(rows)
-    md = format_markdown(rows) if markdown else None
+    seeds = compare_seeds(rows, budgets)
+    text = format_table(rows) + format_seed_text(seeds)
+    md = format_markdown(rows) + format_seed_markdown(seeds) if markdown else None
     table_csv = format_csv(rows) if csv_path else None
     written = []
     if figure:

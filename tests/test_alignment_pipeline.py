@@ -73,6 +73,33 @@ def test_each_sampler_runs_an_iteration(tmp_path, sampler):
         assert rows[1]["num_pairs"] <= 6 and len(_lines(out / "iter_1" / "generate" / "generations.jsonl")) == 6
 
 
+def test_samplers_of_one_seed_are_paired(tmp_path):
+    """Issue 15's pairing: for one seed, every sampler starts from the same policy (iteration 0's evaluation: the same
+    responses, rewards and KL, drawn with the same evaluation seed), trains on the same prompts and is evaluated on
+    the same prompts with the same seed in every iteration; only the sampler differs in the stages' flags."""
+    runs = {}
+    for sampler in ("on_policy", "mix_p"):
+        runs[sampler] = out = tmp_path / sampler
+        main(["--config", _recipe(tmp_path), "--sampler", sampler, "--iterations", "1", "--seed", "4",
+              "--out", str(out)])
+    a, b = runs["on_policy"], runs["mix_p"]
+    assert (a / "eval_prompts.jsonl").read_bytes() == (b / "eval_prompts.jsonl").read_bytes()
+    assert (a / "iter_1" / "prompts.jsonl").read_bytes() == (b / "iter_1" / "prompts.jsonl").read_bytes()
+    assert (a / "iter_0" / "evaluate" / "evaluations.jsonl").read_bytes() == \
+        (b / "iter_0" / "evaluate" / "evaluations.jsonl").read_bytes()
+    for stage in ("generate", "train", "evaluate"):
+        ca = json.loads((a / "iter_1" / stage / "run.json").read_text())["config"]
+        cb = json.loads((b / "iter_1" / stage / "run.json").read_text())["config"]
+        differ = {k for k in set(ca) | set(cb) if ca.get(k) != cb.get(k)}
+        # the run's own folders (the prompt files in them are equal, above), its export name and the sampler
+        allowed = {"generate": {"sampler", "prompts", "out", "resolved"}, "train": {"preferences", "out", "resolved"},
+                   "evaluate": {"policy", "prompts", "out", "generator_name", "resolved"}}[stage]
+        assert differ <= allowed, (stage, differ - allowed)
+        assert ca["seed"] == cb["seed"]
+        if stage != "train":
+            assert Path(ca["prompts"]).name == Path(cb["prompts"]).name
+
+
 def _start(argv):
     return subprocess.Popen([sys.executable, "-m", "alignment.pipeline", *argv], cwd=REPO, env=ENV, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
