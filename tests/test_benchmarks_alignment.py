@@ -70,3 +70,31 @@ def test_pairs_config_and_peak_memory_child():
     assert bench.config_differences(a, torch.device("cpu"), Path("unused")) == []
     peak = bench.run_isolated(bench._dpo_peak, "rev_kl", a)["peak_mib"]
     assert 0 < peak < bench.peak_rss_mib() + 4096
+
+
+def test_bench_toy_step_counts_the_dpo_steps_flops_and_prints_the_matmul_ratio(tmp_path):
+    """bench_toy --what step: one DPO step is pi forward + backward (about 3 forwards) and pi_ref's forward, so the
+    FLOPs torch counts are about 4 x one forward's 2 x (matmul weights) x tokens; and the table prints both
+    matmul rates next to the step's."""
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_toy.py"), "--what", "step", "--steps", "2"],
+                         cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    text = out.stdout
+    assert "the DPO step (achieved)" in text and "(LM head)" in text and "matmul 1024x1024x1024" in text
+    import re
+
+    from alignment.core.toy import build_model, build_tokenizer
+
+    model = build_model(build_tokenizer(), "base")
+    weights = sum(m.weight.numel() for m in model.modules() if m.__class__.__name__ == "Linear")
+    tokens = int(re.search(r"(\d+) padded tokens per model", text).group(1))
+    gflop = float(re.search(r"FLOPs counted ([\d.]+) GFLOP", text).group(1))
+    forward = 2 * weights * tokens / 1e9   # the linear layers; attention's scores add a little on top
+    assert 3.98 * forward <= gflop <= 5 * forward, (gflop, forward)   # 3.98: the printed value is rounded
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bench_toy_refuses_an_unknown_part(tmp_path):
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_toy.py"), "--what", "bogus"],
+                         cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and len(out.stderr.splitlines()) == 1 and "--what" in out.stderr
