@@ -51,7 +51,8 @@ class Args:
     label: str = arg("bt", "toy labels: bt = winner sampled with P(a > b) = sigmoid(r(a) - r(b)); hard = the "
                      "higher true reward wins (ties dropped)", choices=list(LABELS))
     epochs: float = arg(2.0, "passes over the training pairs (ignored when --max-steps is given)")
-    max_steps: int | None = arg(None, "optimizer steps; overrides --epochs")
+    max_steps: int | None = arg(None, "optimizer steps; overrides --epochs. Not capped: a huge value is your choice and runs until it "
+                                                 "ends or is stopped (the progress bar shows steps and time left; Ctrl-C removes the run)")
     lr: float = arg(2e-3, "peak learning rate (AdamW, linear decay after a short warmup)")
     batch_size: int = arg(32, "pairs per optimizer step")
     max_length: int = arg(512, "tokens per text (prompt + response); longer pairs are dropped, as TRL does")

@@ -33,7 +33,8 @@ class Args:
     num_train: int = arg(8000, "training rows (toy: generated; a file or Hub dataset: at most this many)")
     num_heldout: int = arg(256, "held-out rows for the held-out loss")
     epochs: float = arg(2.0, "passes over the training rows (ignored when --max-steps is given)")
-    max_steps: int | None = arg(None, "optimizer steps; overrides --epochs")
+    max_steps: int | None = arg(None, "optimizer steps; overrides --epochs. Not capped: a huge value is your choice and runs until it "
+                                                 "ends or is stopped (the progress bar shows steps and time left; Ctrl-C removes the run)")
     lr: float = arg(1.5e-3, "peak learning rate (AdamW, linear decay after a short warmup)")
     batch_size: int = arg(16, "rows per optimizer step")
     max_length: int = arg(512, "tokens per row (prompt + completion); longer rows are truncated")

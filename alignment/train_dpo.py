@@ -118,7 +118,8 @@ class Args:
     lr_scheduler: str = arg("cosine", "learning-rate schedule after warmup", choices=["cosine", "linear", "constant"])
     warmup_ratio: float = arg(0.1, "fraction of the steps spent warming the learning rate up from 0")
     epochs: float = arg(2.0, "passes over the pairs (ignored when --max-steps is given)")
-    max_steps: int | None = arg(None, "optimizer steps; overrides --epochs")
+    max_steps: int | None = arg(None, "optimizer steps; overrides --epochs. Not capped: a huge value is your choice and runs until it "
+                                                 "ends or is stopped (the progress bar shows steps and time left; Ctrl-C removes the run)")
     batch_size: int = arg(16, "pairs per device per forward pass")
     grad_accum: int = arg(1, "forward passes per optimizer step (global batch = batch-size x grad-accum x processes)")
     max_length: int = arg(512, "tokens per sequence (prompt + response); longer ones are cut at the end")

@@ -63,7 +63,7 @@ def stages(args: Args) -> None:
         driver.run_stage = timed
         t0 = time.perf_counter()
         try:
-            with contextlib.redirect_stdout(io.StringIO()):
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
                 driver.main(["--config", str(RECIPE), "--policy", "toy:base", "--reward", "toy-oracle",
                              "--sampler", "on_policy", "--iterations", str(args.iterations), "--out", f"{tmp}/run"])
         finally:
@@ -74,7 +74,8 @@ def stages(args: Args) -> None:
     for stage, s in sorted(times.items(), key=lambda kv: -kv[1]):
         print(f"{stage:<10} {s:8.2f} {s / total:6.1%}")
     rest = total - sum(times.values())
-    print(f"{'(rest)':<10} {rest:8.2f} {rest / total:6.1%}   loading prompts, checks, logs")
+    print(f"{'(rest)':<10} {rest:8.2f} {rest / total:6.1%}   importing the stages' libraries (torch, transformers, "
+          f"TRL: paid once per process), checking every stage, prompts, logs")
 
 
 # ------------------------------------------------------------------------------------------------ step

@@ -41,8 +41,11 @@ The sampler comparison on the toy task, on a laptop CPU (about 8 minutes on 2 co
          --reward DIR/reward_model/toy --sampler S --seed N --out DIR/pipeline/S-seedN
      (alignment/configs/toy.yaml: 3 iterations of generate -> annotate with the reward model -> DPO -> evaluate
      with the true reward)
-  3. A table (sampler x iteration: true reward, win rate against the initial policy, KL, with 95% CIs) and a
-     reward-vs-KL figure: DIR/table.md, DIR/table.csv, DIR/reward_vs_kl.png (and .pdf)
+  3. The report (alignment.report): the table (sampler x iteration: true reward, win rate against the initial
+     policy, KL), the same with 95% intervals over the seeds, the samplers' differences paired by seed with
+     Holm-adjusted tests, the reward at matched KL budgets, and the minimum detectable paired difference (80%
+     power, 5% level) of this run; and the reward-vs-KL figure: DIR/table.md, DIR/table.csv,
+     DIR/reward_vs_kl.png (and .pdf)
 Logs: DIR/logs/. Every command is checked before the first one runs. Rerunning resumes: finished stages are
 kept, a killed run continues where it stopped.
 
@@ -51,7 +54,7 @@ kept, a killed run continues where it stopped.
   -h, --help     this help
 Environment:
   SAMPLERS       samplers (default "offline on_policy gshf mix_p"; aliases accepted: online, mixp, ...)
-  SEEDS          seeds (default "0 1 2")
+  SEEDS          seeds (default "0 1 2 3 4 5 6 7 8 9": the seed is the unit of replication, see the report)
   JOBS           pipelines at a time (default 2)
   RECIPE         the pipeline recipe (default alignment/configs/toy.yaml)
   SFT_FLAGS, RM_FLAGS, PIPELINE_FLAGS   extra flags of alignment.sft, alignment.reward_model, alignment.pipeline
@@ -248,7 +251,7 @@ def _setup(out: Path, dry_run: bool) -> None:
 def toy(argv) -> None:
     out, dry_run = _parse("toy", TOY_USAGE, argv)
     samplers = _names("SAMPLERS", "offline on_policy gshf mix_p", PAIR_SAMPLER)
-    seeds = [check_seed_text("SEEDS", s) for s in env("SEEDS", "0 1 2").split()]
+    seeds = [check_seed_text("SEEDS", s) for s in env("SEEDS", " ".join(map(str, range(10)))).split()]
     jobs_at_once = check_uint("JOBS", env("JOBS", "2"), 1)
     recipe = env("RECIPE", "alignment/configs/toy.yaml")
     pipeline_flags = env_words("PIPELINE_FLAGS")
