@@ -36,7 +36,8 @@ usage: {script} [--out DIR] [--dry-run]          (also: {script} DIR)
 The sampler comparison on the toy task, on a laptop CPU (about 8 minutes on 2 cores):
   1. SFT of the ~1M-parameter toy policy and training of the toy reward model, in parallel:
        python -m alignment.sft --out DIR/sft $SFT_FLAGS;  python -m alignment.reward_model --out DIR/reward_model $RM_FLAGS
-  2. The iterative DPO pipeline for each sampler and seed, JOBS runs at a time:
+  2. The iterative DPO pipeline for each sampler and seed, in JOBS processes that each run their share one after
+     the other (alignment.pipeline.chain: the libraries are imported once per process, not once per run):
        python -m alignment.pipeline --config $RECIPE $PIPELINE_FLAGS --policy DIR/sft/toy/model
          --reward DIR/reward_model/toy --sampler S --seed N --out DIR/pipeline/S-seedN
      (alignment/configs/toy.yaml: 3 iterations of generate -> annotate with the reward model -> DPO -> evaluate
@@ -223,6 +224,41 @@ def run_jobs(jobs: list[Job], at_once: int) -> None:
         raise StageFailed(f"{len(failed)} command(s) failed: " + "; ".join(f"{j.label} ({j.log})" for j in failed), 1)
 
 
+def run_slots(jobs: list[Job], at_once: int, logs: Path) -> None:
+    """The pipeline jobs in `at_once` processes (alignment.pipeline.chain), job i in slot i mod at_once, each slot
+    running its jobs one after the other in-process: torch, transformers and TRL are imported once per slot, not
+    once per pipeline. Once a job fails no slot starts a new one; then StageFailed names the failed ones' logs."""
+    import json
+
+    stop = logs / ".stop"
+    stop.unlink(missing_ok=True)
+    slots = [jobs[i::at_once] for i in range(min(max(1, at_once), len(jobs)))]
+    procs = []
+    for slot in slots:
+        plan = {"stop": str(stop), "runs": [{"label": j.label, "log": str(j.log), "argv": list(j.words[3:])}
+                                            for j in slot]}
+        procs.append(subprocess.Popen([PYTHON, "-m", "alignment.pipeline.chain", json.dumps(plan)]))
+    codes = [p.wait() for p in procs]
+    stop.unlink(missing_ok=True)
+    if any(codes):
+        if any(c in (130, 143) for c in codes):
+            raise KeyboardInterrupt
+        unfinished = [j for j in jobs if not _finished(j)]
+        raise StageFailed(f"{len(unfinished)} of {len(jobs)} pipelines did not finish (the failed one is named above, "
+                          f"with its log); rerun to continue where they stopped", 1)
+
+
+def _finished(job: Job) -> bool:
+    """A pipeline job's run folder holds a finished run.json (the driver writes 'finished' at its last iteration)."""
+    import json
+
+    out = Path(job.words[job.words.index("--out") + 1]) / "run.json"
+    try:
+        return json.loads(out.read_text()).get("finished") is not None
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def run_plain(words: list[str]) -> None:
     code = subprocess.call(words)
     if code:
@@ -286,8 +322,8 @@ def toy(argv) -> None:
     _grep([sft.log, rm.log], r"held-out|fluency")
     print(f"== 2/3 the pipelines: samplers {{{' '.join(samplers)}}} x seeds {{{' '.join(map(str, seeds))}}}, "
           f"{jobs_at_once} at a time", flush=True)
-    run_jobs(pipelines, jobs_at_once)
-    print("== 3/3 the table and the figure", flush=True)
+    run_slots(pipelines, jobs_at_once, logs)
+    print("== 3/3 the report and the figure", flush=True)
     run_plain(report)
     print(f"done in {time.perf_counter() - start:.0f} s: {out}")
 
