@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The sampler comparison on the toy task, on a laptop CPU (about 8 minutes on 2 cores): SFT policy and reward model,
+# The sampler comparison on the toy task, on a laptop CPU (about 8 minutes on 2 cores, 10 seeds): SFT policy and reward model,
 # the iterative DPO pipeline (alignment/configs/toy.yaml) per sampler and seed, then a table and a reward-vs-KL figure.
 #   bash alignment/toy.sh [--out DIR] [--dry-run]          (default DIR: runs/alignment/toy)
 # Options and environment variables (SAMPLERS, SEEDS, JOBS, RECIPE, SFT_FLAGS, RM_FLAGS, PIPELINE_FLAGS): --help.

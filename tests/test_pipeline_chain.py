@@ -47,3 +47,6 @@ def test_a_chained_run_gives_what_the_run_gives_alone(tmp_path):
     assert strip(_rows(tmp_path / "chain" / "mix_p")) == strip(_rows(tmp_path / "alone"))
     assert (tmp_path / "chain" / "mix_p" / "iter_1" / "evaluate" / "evaluations.jsonl").read_bytes() == \
         (tmp_path / "alone" / "iter_1" / "evaluate" / "evaluations.jsonl").read_bytes()
+    # the run's own command in run.json, as `python -m alignment.pipeline ARGV` records it (analysis reads it)
+    command = json.loads((tmp_path / "chain" / "mix_p" / "run.json").read_text())["command"]
+    assert command[0].endswith("alignment/pipeline/__main__.py") and command[1:] == runs[1]["argv"]

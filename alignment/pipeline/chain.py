@@ -31,12 +31,18 @@ def run_chain(plan: dict) -> int:
             return 0
         log = Path(run["log"])
         log.parent.mkdir(parents=True, exist_ok=True)
-        with open(log, "w") as f, contextlib.redirect_stderr(f):
-            try:
-                driver.main(list(run["argv"]))
-                code = 0
-            except SystemExit as e:
-                code = e.code if isinstance(e.code, int) else 1
+        # run.json records sys.argv as the command: the one `python -m alignment.pipeline ARGV` has (analysis
+        # tells a pipeline run by it), not this chain's
+        saved, sys.argv = sys.argv, [str(Path(driver.__file__).with_name("__main__.py")), *run["argv"]]
+        try:
+            with open(log, "w") as f, contextlib.redirect_stderr(f):
+                try:
+                    driver.main(list(run["argv"]))
+                    code = 0
+                except SystemExit as e:
+                    code = e.code if isinstance(e.code, int) else 1
+        finally:
+            sys.argv = saved
         if code in (130, 143):  # interrupted: the signal's own code, nothing more to say
             return code
         if code:

@@ -33,7 +33,7 @@ CHILD_ENV = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 TOY_USAGE = """\
 usage: {script} [--out DIR] [--dry-run]          (also: {script} DIR)
 
-The sampler comparison on the toy task, on a laptop CPU (about 8 minutes on 2 cores):
+The sampler comparison on the toy task, on a laptop CPU (about 8 minutes on 2 cores, 10 seeds):
   1. SFT of the ~1M-parameter toy policy and training of the toy reward model, in parallel:
        python -m alignment.sft --out DIR/sft $SFT_FLAGS;  python -m alignment.reward_model --out DIR/reward_model $RM_FLAGS
   2. The iterative DPO pipeline for each sampler and seed, in JOBS processes that each run their share one after
