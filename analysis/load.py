@@ -179,6 +179,11 @@ def _not_strict_json(token: str):
     raise json.JSONDecodeError(f"{token} is not strict JSON (a missing value is null)", token, 0)
 
 
+def read_json_strict(path: str | os.PathLike):
+    """One strict JSON document (run.json): NaN and Infinity are refused as JSONDecodeError, as in the logs."""
+    return json.loads(Path(path).read_text(), parse_constant=_not_strict_json)
+
+
 def read_jsonl(path: str | os.PathLike, report) -> list[tuple[int, dict]]:
     """(line number, object) of every non-blank line of a JSON-lines file. A line that is not valid JSON or
     not a JSON object is passed to `report` as a Problem and left out (a `report` that raises stops there).

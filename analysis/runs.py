@@ -21,7 +21,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from analysis.load import RUN_FILE, Loaded, Problem, find_runs, flatten, load_runs
+from analysis.load import RUN_FILE, Loaded, Problem, find_runs, flatten, load_runs, read_json_strict
 
 BANDIT_KINDS = ("tabular", "linear", "offline")
 KINDS = BANDIT_KINDS + ("pipeline",)
@@ -45,8 +45,8 @@ def read_info(folder: str) -> RunInfo | Problem:
     """Kind, flat config and start time of one run folder, or the Problem that prevents reading them."""
     path = Path(folder) / RUN_FILE
     try:
-        meta = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+        meta = read_json_strict(path)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         return Problem(str(path), getattr(e, "lineno", None), f"cannot read run.json: {e}")
     if not isinstance(meta, dict) or not isinstance(meta.get("config", {}), dict):
         return Problem(str(path), None, "run.json is not an object with a 'config' object")

@@ -11,6 +11,7 @@ seed-to-seed training variance is what decides whether a difference is real.
 from __future__ import annotations
 
 import math
+import warnings
 from itertools import combinations
 
 import numpy as np
@@ -37,7 +38,9 @@ def paired_differences(values: dict, order=None, alpha: float = ALPHA, power: fl
         common = sorted(set(values[a]) & set(values[b]), key=str)
         d = np.array([values[a][s] - values[b][s] for s in common], dtype=np.float64)
         diff, half = t_interval(d) if d.size else (math.nan, math.nan)
-        how, p = compare(values[a], values[b])
+        with warnings.catch_warnings():  # nearly constant differences: scipy warns, its p-value still stands
+            warnings.simplefilter("ignore", RuntimeWarning)
+            how, p = compare(values[a], values[b])
         if how != "paired":  # fewer than 2 shared seeds: no paired test (a Welch test would not be paired)
             p = math.nan
         rows.append({"a": a, "b": b, "seeds": len(common), "diff": diff, "diff_ci": half, "p": p,

@@ -23,13 +23,13 @@ LLM_SETTINGS = (("0.5", "0.7"), ("0.5", "1"))
 
 def study_runs(runs) -> list[Path]:
     """Run folders under `runs` written by bandit/examples/alpha_p.py (run.json's resolved.study, or its command)."""
-    from analysis.load import find_runs
+    from analysis.load import find_runs, read_json_strict
 
     out = []
     for folder in find_runs([str(runs)], problems=[]):
         try:
-            meta = json.loads((Path(folder) / "run.json").read_text())
-        except (OSError, json.JSONDecodeError):
+            meta = read_json_strict(Path(folder) / "run.json")
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
             continue
         command = (meta.get("command") or [""])[0]
         resolved = (meta.get("config") or {}).get("resolved") or {}

@@ -49,7 +49,12 @@ def check_out(out, flag: str = "--out") -> None:
         return
     # a probe folder, removed at once: permissions alone miss read-only or virtual file systems (/proc), and root
     try:
+        before = os.stat(existing)
         os.rmdir(tempfile.mkdtemp(dir=existing, prefix=".probe-"))
+        try:  # the probe leaves the folder as it was, its modification time included
+            os.utime(existing, ns=(before.st_atime_ns, before.st_mtime_ns))
+        except OSError:  # a folder we may write in but do not own: its time moves, nothing else
+            pass
     except OSError as e:
         where = "" if existing == path else f" (its nearest existing folder {str(existing)!r})"
         raise ConfigError(f"{flag}: {str(out)!r}{where} is not writable ({e.strerror})") from None

@@ -223,3 +223,23 @@ def test_memory_estimates_are_exact_ints_and_refuse_only_beyond_what_is_free(mon
     assert generation_bytes({"policy": model, "ref": model}, 3, 5) == 120 + 1200
     other = types.SimpleNamespace(config=model.config)
     assert generation_bytes({"policy": model, "ref": other}, 3, 5) == 120 + 2400
+
+
+def test_the_output_check_leaves_an_existing_folder_as_it_was(tmp_path):
+    """check_out probes with a folder it removes at once; the folder's modification time comes back too (the bad
+    input table compares mtimes: a refused command changes nothing)."""
+    folder = tmp_path / "out"
+    folder.mkdir()
+    os.utime(folder, ns=(1_000_000_000, 1_000_000_000))
+    check_out(folder)
+    check_out(folder / "new" / "deeper")   # the nearest existing folder is probed: still unchanged
+    assert folder.stat().st_mtime_ns == 1_000_000_000 and list(folder.iterdir()) == []
+
+
+def test_analysis_refuses_a_run_json_that_is_not_strict_json(tmp_path):
+    from analysis.load import Problem
+    from analysis.runs import read_info
+
+    (tmp_path / "run.json").write_text('{"config": {"lr": NaN}, "command": ["bandit/examples/tabular.py"]}')
+    problem = read_info(str(tmp_path))
+    assert isinstance(problem, Problem) and "NaN is not strict JSON" in problem.reason
