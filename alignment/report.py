@@ -35,8 +35,9 @@ Over seeds (the seed is the unit of replication; analysis.seed_comparison), afte
 Outputs: the table on stdout (plain text); --markdown the same table in Markdown, --csv one row per sampler and
 iteration with full precision, --figure PATH.png the reward-vs-KL figure (and PATH.pdf next to it): one line per
 sampler through its iterations (the mean of the seeds' means), 95% t-intervals over the seeds as error bars in both
-directions (with one seed: its evaluation-sampling CI). Everything is checked and computed
-before anything is written; each file is written atomically.
+directions (with one seed: its evaluation-sampling CI), and the differences significant after Holm (see below)
+named above the plot. Everything is checked and computed before anything is written; each file is written
+atomically.
 """
 from __future__ import annotations
 
@@ -461,7 +462,15 @@ def format_seed_markdown(c: dict) -> str:
 
 # ------------------------------------------------------------------------------------------------ figure
 
-def plot_reward_vs_kl(rows: list[dict], path) -> list[Path]:
+def significant_lines(c: dict) -> list[str]:
+    """The differences compare_seeds finds significant after Holm: at the final iteration and at each KL budget."""
+    out = [f"iteration {c['final']}: {verdict(r)}" for r in c["paired"] if r["significant"]]
+    for b in c["budgets"]:
+        out += [f"KL {b:g}: {verdict(r)}" for r in c["matched_paired"][b] if r["significant"]]
+    return out
+
+
+def plot_reward_vs_kl(rows: list[dict], path, significant: list[str] | None = None) -> list[Path]:
     """Mean true reward against KL(pi || pi_ref), one line per sampler through its iterations, 95% intervals (over
     seeds, see the module doc) as error bars both ways, each point labelled with its iteration. Writes PATH (PNG) and PATH with .pdf; returns both."""
     import matplotlib
@@ -499,6 +508,9 @@ def plot_reward_vs_kl(rows: list[dict], path) -> list[Path]:
         note = ("points: iterations (0 = initial policy); error bars: 95% t-interval over the seeds' own means"
                 if over_seeds else "points: iterations (0 = initial policy); error bars: 95% CI of the evaluation "
                                    "sampling (one seed)")
+        if significant is not None and over_seeds:
+            note += ("\nsignificant after Holm, paired by seed: " + "; ".join(significant) if significant
+                     else "\nno difference significant after Holm (paired by seed)")
         if not over_seeds and any(r["ci_method"] != "pooled" for r in rows):
             note += "\n(some CIs combine the seeds' reported CIs: evaluations.jsonl missing)"
         ax.set_title("Reward vs KL over DPO iterations", pad=10 + 12 * (note.count("\n") + 1))  # room for the note
@@ -574,7 +586,7 @@ def main(argv=None) -> list[dict]:
     table_csv = format_csv(rows) if csv_path else None
     written = []
     if figure:
-        written += plot_reward_vs_kl(rows, figure)
+        written += plot_reward_vs_kl(rows, figure, significant_lines(seeds))
     if csv_path:
         atomic_write_text(csv_path, table_csv)
         written.append(csv_path)

@@ -450,3 +450,13 @@ def test_report_prints_the_seed_sections_and_refuses_bad_budgets(runs, capsys):
         report.main([str(runs), "--kl-budgets", "0.5,-1"])
     assert e.value.code == 2
     assert "--kl-budgets" in capsys.readouterr().err
+
+
+def test_the_figure_names_only_the_differences_significant_after_holm():
+    from analysis.seed_comparison import paired_differences
+
+    a = {0: 1.0, 1: 2.0, 2: 1.5, 3: 2.5}
+    b = {0: 0.1, 1: 1.4, 2: 0.2, 3: 1.9}   # a - b: p 0.0144, significant after Holm over 1 pair
+    c = {"final": 3, "paired": paired_differences({"a": a, "b": b}, order=["a", "b"]), "budgets": [0.5],
+         "matched_paired": {0.5: paired_differences({"a": a, "b": dict(a)}, order=["a", "b"])}}
+    assert report.significant_lines(c) == ["iteration 3: a > b"]
