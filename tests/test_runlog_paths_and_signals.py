@@ -91,6 +91,23 @@ def test_sigterm_during_dpo_training_removes_the_run_and_trainer_folders(tmp_pat
     assert not out.exists() or list(out.iterdir()) == [], list(out.iterdir())
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("module, flags", [
+    ("alignment.sft", ["--num-train", "64", "--num-heldout", "8", "--num-samples", "0"]),
+    ("alignment.reward_model", ["--num-pairs", "64", "--num-heldout", "8"]),
+])
+def test_sigterm_during_sft_or_reward_model_training_leaves_nothing(tmp_path, module, flags):
+    """Their trainer folder lives inside the run being written (RunDir's hidden folder), so SIGTERM mid-training
+    removes both: no stray trainer folder, no hidden run folder."""
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", module, "--model", "toy:tiny", "--max-steps", "100000", *flags,
+                             "--out", str(out)], cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    _, err = _terminate_when(proc, lambda: any(out.glob(".toy.*.tmp/trainer")))
+    assert proc.returncode == 143, err[-2000:]
+    assert not out.exists() or list(out.iterdir()) == [], list(out.iterdir())
+
+
 def test_ctrl_c_is_one_line_exit_130_and_removes_the_run_being_written(tmp_path, capsys):
     """KeyboardInterrupt inside an entry point's run folder: the folder's cleanup runs, then one line, exit 130."""
     from runlog import exit_on_config_error
