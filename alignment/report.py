@@ -66,7 +66,7 @@ from analysis.matched_kl import matched_kl_table
 from analysis.seed_comparison import ALPHA, POWER, kl_budgets, paired_differences, verdict
 from analysis.style import SAMPLER_MARKERS, sampler_colors, sampler_key, save_figure
 from bandit.vocabulary import normalise
-from runlog import ArgParser, ConfigError, atomic_write_text, check_out_file, exit_on_config_error
+from runlog import ArgParser, ConfigError, atomic_write_text, check_number, check_out_file, exit_on_config_error
 
 METRICS_FILE = "metrics.jsonl"
 PIPELINE_FILE = "pipeline.json"
@@ -302,15 +302,22 @@ def _columns(rows: list[dict], pm: str, align: bool) -> tuple[list[str], list[li
     return header, body, right
 
 
-def format_table(rows: list[dict]) -> str:
-    """The table as aligned plain text (one line per sampler and iteration), with the CI method as a footer."""
-    header, body, right = _columns(rows, " +- ", align=True)
+def _aligner(header: list[str], body: list[list[str]], right: list[bool]):
+    """line(cells) -> the cells padded to their column's width (right-aligned where `right`), and the rule line
+    under the header: the plain-text tables' one layout."""
     widths = [max(len(x) for x in col) for col in zip(header, *body)]
 
     def line(cells):
         return "  ".join(c.rjust(w) if r else c.ljust(w) for c, w, r in zip(cells, widths, right)).rstrip()
 
-    out = [line(header), line(["-" * w for w in widths])]
+    return line, line(["-" * w for w in widths])
+
+
+def format_table(rows: list[dict]) -> str:
+    """The table as aligned plain text (one line per sampler and iteration), with the CI method as a footer."""
+    header, body, right = _columns(rows, " +- ", align=True)
+    line, rule = _aligner(header, body, right)
+    out = [line(header), rule]
     previous = None
     for row, cells in zip(rows, body):
         if previous is not None and row["sampler"] != previous:
@@ -376,9 +383,8 @@ def compare_seeds(rows: list[dict], budgets=None) -> dict:
     matched.sort(key=lambda r: (r["kl_budget"], sampler_key(r["method"])))
     matched_paired = {b: paired_differences({r["method"]: r["values"] for r in matched if r["kl_budget"] == b},
                                             order=samplers) for b in budgets}
-    return {"samplers": samplers, "final": final, "paired": paired, "budgets": list(budgets), "matched_kl": matched,
-            "matched_paired": matched_paired,
-            "over_seeds": [r for r in rows if r["seeds"] >= 1]}
+    return {"final": final, "paired": paired, "budgets": list(budgets), "matched_kl": matched,
+            "matched_paired": matched_paired, "over_seeds": rows}
 
 
 def _pm(mean, half, digits: int = 3) -> tuple[str, str]:
@@ -439,12 +445,8 @@ def _seed_tables(c: dict) -> list[tuple[str, list[str], list[list[str]], list[bo
 def format_seed_text(c: dict) -> str:
     out = []
     for title, header, body, right in _seed_tables(c):
-        widths = [max(len(x) for x in col) for col in zip(header, *body)]
-
-        def line(cells):
-            return "  ".join(x.rjust(w) if r else x.ljust(w) for x, w, r in zip(cells, widths, right)).rstrip()
-
-        out += ["", textwrap.fill(title, FOOTER_WIDTH), line(header), line(["-" * w for w in widths])]
+        line, rule = _aligner(header, body, right)
+        out += ["", textwrap.fill(title, FOOTER_WIDTH), line(header), rule]
         out += [line(cells) for cells in body]
     out += ["", textwrap.fill(_mdd_line(c), FOOTER_WIDTH, subsequent_indent="  ")]
     return "\n".join(out) + "\n"
@@ -562,9 +564,8 @@ def _budgets(text: str | None) -> list[float] | None:
         try:
             b = float(part)
         except ValueError:
-            b = math.nan
-        if not (math.isfinite(b) and b > 0):
-            raise ConfigError(f"--kl-budgets: each budget must be a finite number > 0, got {part.strip()!r}")
+            raise ConfigError(f"--kl-budgets: each budget must be a number, got {part.strip()!r}") from None
+        check_number("kl-budgets", b, low=0, low_open=True)
         out.append(b)
     return out
 

@@ -67,11 +67,8 @@ def _where(field: str, source: str, i: int, lines: list[int] | None = None) -> s
 
 
 class _NotJSON(str):
-    """Where Python's json would read NaN / Infinity / -Infinity, which strict JSON (and other readers) refuse."""
-
-
-def _not_json_constant(token: str) -> _NotJSON:
-    return _NotJSON(token)
+    """Where Python's json would read NaN / Infinity / -Infinity, which strict JSON (and other readers) refuse: the
+    token, kept as json's parse_constant so that _not_json_at can say where it stood."""
 
 
 def _not_json_at(obj, path: str = "") -> tuple[str, str] | None:
@@ -106,7 +103,7 @@ def _read_jsonl(path: Path, field: str, source: str) -> tuple[list[dict], list[i
             continue
         where = f"{field}: {source} row {len(rows)} (line {n})"
         try:
-            row = json.loads(line, parse_constant=_not_json_constant)
+            row = json.loads(line, parse_constant=_NotJSON)
             _refuse_not_json(row, where)
         except json.JSONDecodeError as e:
             raise ConfigError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
@@ -128,7 +125,7 @@ def _read_json(path: Path, field: str, source: str) -> tuple[list[dict], list[in
     if not text.lstrip().startswith("["):
         return _read_jsonl(path, field, source)
     try:
-        data = json.loads(text, parse_constant=_not_json_constant)
+        data = json.loads(text, parse_constant=_NotJSON)
         if isinstance(data, list):
             for i, row in enumerate(data):
                 _refuse_not_json(row, _where(field, source, i))
